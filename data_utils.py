@@ -1,0 +1,275 @@
+"""WikiText-2 (raw) and the GPT-2 tokenizer, from the Hugging Face hub or from local files.
+
+Two layouts turn a split into fixed-length training sequences:
+    lines   (the reference study) every non-empty line is its own sequence, truncated to max_length
+            tokens and padded with the EOS token; padding carries no loss.
+    packed  the split's rows concatenated in order and cut into max_length-token blocks; a final
+            partial block is dropped (at most max_length - 1 tokens).
+In both, a sequence of L tokens is scored on its L - 1 next-token targets: input = tokens[:-1],
+target = tokens[1:], so the first token of each sequence is context only.
+
+Tokenized splits are cached on disk, keyed by tokenizer, text hash, layout and length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from transformer_from_scratch import IGNORE_INDEX
+
+SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+# Published sha256 of the original wikitext-2-raw-v1.zip members (see shared/data/README.md).
+KNOWN_SHA256 = {
+    "wiki.train.raw": "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57",
+    "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
+    "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
+}
+HUB_DATASET = ("Salesforce/wikitext", "wikitext-2-raw-v1")
+HUB_TOKENIZER = "gpt2"
+DATA_DIR_ENV = "WIKITEXT2_DIR"  # a folder with the wiki.*.raw files
+TOKENIZER_ENV = "GPT2_TOKENIZER"  # a hub name or a local tokenizer folder
+CACHE_DIR_ENV = "ACTIVATION_STUDY_CACHE"
+LAYOUTS = ("lines", "packed")
+CACHE_FORMAT = 1  # bump when the cached tensors' meaning changes
+
+
+class DataError(ValueError):
+    """Missing or unusable data; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class SplitText:
+    """The rows of one split, as the hub dataset has them (one row per line, "" for blank lines)."""
+
+    name: str
+    rows: list[str]
+    source: str  # "hub:<dataset>/<config>" or the local file's path
+    sha256: str
+
+    def describe(self) -> dict:
+        return {"split": self.name, "source": self.source, "sha256": self.sha256, "rows": len(self.rows)}
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_rows(path: Path) -> tuple[list[str], str]:
+    """Rows exactly as the hub's wikitext builder yields them: each line with its newline, blank
+    lines (a lone space in the raw files) as ""."""
+    raw = path.read_bytes()
+    lines = raw.decode("utf-8").splitlines(keepends=True)
+    return [line if line.strip() else "" for line in lines], sha256_bytes(raw)
+
+
+def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:
+    """A WikiText-2 split by name ("train", "validation", "test") or a plain text file's path.
+
+    data_dir (or $WIKITEXT2_DIR) holds the original wiki.*.raw files; without it the split comes
+    from the Hugging Face hub.
+    """
+    data_dir = data_dir or (Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else None)
+    if split not in SPLIT_FILES:
+        path = Path(split)
+        if not path.is_file():
+            raise DataError(f"split {split!r} is neither one of {sorted(SPLIT_FILES)} nor a text file")
+        rows, digest = read_rows(path)
+        return SplitText(split, rows, str(path.resolve()), digest)
+    if data_dir is not None:
+        path = Path(data_dir) / SPLIT_FILES[split]
+        if not path.is_file():
+            raise DataError(f"missing data file {SPLIT_FILES[split]} for split {split!r} in folder {data_dir}")
+        rows, digest = read_rows(path)
+        if digest != KNOWN_SHA256[path.name]:
+            warnings.warn(f"{path} does not match the published sha256 of {path.name}", stacklevel=2)
+        return SplitText(split, rows, str(path.resolve()), digest)
+    return load_hub_split(split)
+
+
+def load_hub_split(split: str) -> SplitText:
+    try:
+        import datasets
+
+        rows = list(datasets.load_dataset(*HUB_DATASET, split=split)["text"])
+    except Exception as err:  # no network, no cache, renamed dataset, ...
+        raise DataError(
+            f"could not load {'/'.join(HUB_DATASET)} split {split!r} from the hub ({type(err).__name__}); "
+            f"pass --data_dir or set ${DATA_DIR_ENV} to a folder with the wiki.*.raw files"
+        ) from None
+    return SplitText(split, rows, "hub:" + "/".join(HUB_DATASET), sha256_bytes("".join(rows).encode()))
+
+
+def load_tokenizer(name_or_dir: str | None = None):
+    """The GPT-2 tokenizer: a hub name (default "gpt2") or a local folder (or $GPT2_TOKENIZER)."""
+    from transformers import AutoTokenizer
+
+    name_or_dir = name_or_dir or os.environ.get(TOKENIZER_ENV) or HUB_TOKENIZER
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
+    except Exception as err:
+        raise DataError(
+            f"could not load tokenizer {name_or_dir!r} ({type(err).__name__}); pass --tokenizer or set "
+            f"${TOKENIZER_ENV} to a local folder with vocab.json and merges.txt"
+        ) from None
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"tokenizer {name_or_dir!r} has no EOS token to pad with")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    description = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return sha256_bytes(description.encode())
+
+
+def byte_level_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE spells each byte as one printable character (OpenAI's
+    ``bytes_to_unicode``: printable Latin-1 bytes stand for themselves, the rest map to 256 + n);
+    this maps each such character back to its byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    chars = [*map(chr, printable), *(chr(256 + n) for n in range(len(others)))]
+    return dict(zip(chars, [*printable, *others]))
+
+
+def token_byte_lengths(tokenizer) -> Int[Tensor, " d_vocab"]:
+    """UTF-8 bytes each token id stands for (0 for special tokens, which are not text).
+
+    Counted from the token's own bytes, so a token holding part of a multibyte character counts just
+    the bytes it holds, and the lengths of a text's tokens sum to len(text.encode("utf-8")).
+    """
+    decoder = byte_level_decoder()
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.get_vocab()
+    lengths = torch.zeros(max(len(tokenizer), max(vocab.values()) + 1), dtype=torch.int64)
+    for piece, token_id in vocab.items():
+        if token_id in special:
+            continue
+        if not all(char in decoder for char in piece):
+            raise DataError(f"tokenizer is not byte-level BPE (token {piece!r}); bytes per token are undefined")
+        lengths[token_id] = len(piece)  # one character per byte
+    return lengths
+
+
+@dataclass
+class TokenizedSplit:
+    """Fixed-length sequences of one split; ``lengths`` says how many leading tokens are real."""
+
+    tokens: Int[Tensor, "n_seq max_length"]
+    lengths: Int[Tensor, " n_seq"]
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def batch(self, index: Int[Tensor, " batch"]) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+        """(inputs, targets) for these sequences, padded only to the batch's longest sequence.
+
+        Dropping the trailing all-padding columns changes nothing under a causal mask (no position
+        sees later ones) and saves the work of the padded tail.
+        """
+        lengths = self.lengths[index]
+        longest = max(int(lengths.max()), 2)
+        seq = self.tokens[index, :longest]
+        inputs, targets = seq[:, :-1], seq[:, 1:].clone()
+        padded = torch.arange(1, longest, device=seq.device)[None, :] >= lengths[:, None]
+        targets[padded] = IGNORE_INDEX
+        return inputs, targets
+
+    def scored_targets(self) -> Int[Tensor, " n_scored"]:
+        """Every target token that carries loss, in order."""
+        inputs, targets = self.batch(torch.arange(len(self)))
+        return targets[targets != IGNORE_INDEX]
+
+
+def layout_sequences(
+    token_lists: list[list[int]], layout: str, max_length: int, pad_id: int
+) -> tuple[Tensor, Tensor, dict]:
+    """Arrange tokenized rows into (n_seq, max_length) sequences plus their real lengths."""
+    if layout == "lines":
+        token_lists = [ids for ids in token_lists if ids]
+        truncated = sum(len(ids) > max_length for ids in token_lists)
+        tokens = torch.full((len(token_lists), max_length), pad_id, dtype=torch.int64)
+        lengths = torch.zeros(len(token_lists), dtype=torch.int64)
+        for i, ids in enumerate(token_lists):
+            ids = ids[:max_length]
+            tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+            lengths[i] = len(ids)
+        return tokens, lengths, {"truncated_sequences": truncated}
+    if layout == "packed":
+        stream = torch.tensor([t for ids in token_lists for t in ids], dtype=torch.int64)
+        n_blocks = len(stream) // max_length
+        tokens = stream[: n_blocks * max_length].view(n_blocks, max_length)
+        lengths = torch.full((n_blocks,), max_length, dtype=torch.int64)
+        return tokens, lengths, {"dropped_tail_tokens": len(stream) - n_blocks * max_length}
+    raise DataError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "activation-study")
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tokenize_split(
+    text: SplitText,
+    tokenizer,
+    layout: str = "lines",
+    max_length: int = 128,
+    byte_lengths: Tensor | None = None,
+    cache_dir: Path | None = None,
+) -> TokenizedSplit:
+    """Tokenize one split into the chosen layout (cached), and count its scored tokens and bytes."""
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    if max_length < 2:
+        raise DataError(f"max_length must be at least 2 (one input, one target), got {max_length}")
+    key = sha256_bytes(
+        f"{CACHE_FORMAT}|{tokenizer_fingerprint(tokenizer)}|{text.sha256}|{layout}|{max_length}".encode()
+    )[:32]
+    cache_file = (cache_dir or default_cache_dir()) / f"{key}.pt"
+    try:
+        cached = torch.load(cache_file, weights_only=True)
+        tokens, lengths, layout_info = cached["tokens"], cached["lengths"], cached["info"]
+    except (FileNotFoundError, RuntimeError, KeyError, EOFError):
+        token_lists = tokenizer(text.rows, add_special_tokens=False)["input_ids"] if text.rows else []
+        tokens, lengths, layout_info = layout_sequences(token_lists, layout, max_length, tokenizer.eos_token_id)
+        layout_info = {**layout_info, "text_tokens": sum(map(len, token_lists))}
+        try:
+            atomic_save({"tokens": tokens, "lengths": lengths, "info": layout_info}, cache_file)
+        except OSError as err:  # a read-only cache folder only costs time
+            warnings.warn(f"could not cache tokenized data in {cache_file.parent}: {err}", stacklevel=2)
+    split = TokenizedSplit(tokens, lengths)
+    scored = split.scored_targets()
+    if byte_lengths is None:
+        byte_lengths = token_byte_lengths(tokenizer)
+    split.info = {
+        **text.describe(),
+        "layout": layout,
+        "max_length": max_length,
+        "sequences": len(split),
+        **layout_info,
+        "tokens": int(scored.numel()),
+        "bytes": int(byte_lengths[scored].sum()),
+    }
+    return split

@@ -1,0 +1,95 @@
+"""One frozen config object for the model's shape, checked once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .activations import ACTIVATIONS, canonical_activation
+
+PRESETS = ("seed", "gpt2")
+ATTENTION_IMPLS = ("einsum", "sdpa")
+
+# Matched gated MLPs are 2/3 as wide, rounded to a multiple of this: a width that vectorises well
+# and, at the reference sizes (d_mlp 1024 -> 680), keeps the MLP parameter count within 1%.
+MATCHED_WIDTH_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Model shape. Defaults are the reference study.
+
+    preset "seed": the study's architecture: fixed sinusoidal positions, attention without biases,
+        LayerNorm before attention and before the MLP, no final LayerNorm.
+    preset "gpt2": GPT-2's layout: learned positions, attention biases, a final LayerNorm; it exists
+        so the implementation can be checked weight-for-weight against Hugging Face's GPT-2.
+    match_params: give gated (GLU) activations 2/3 of d_mlp so their MLP has, within 1%, the
+        parameter count of an ungated one (three matrices instead of two).
+    attn_impl: "einsum" (from scratch, the default) or "sdpa" (PyTorch's fused kernel, same maths).
+    """
+
+    d_vocab: int = 50257
+    n_ctx: int = 128
+    d_model: int = 256
+    n_heads: int = 4
+    d_mlp: int = 1024
+    n_layers: int = 2
+    act_fn: str = "gelu"
+    preset: str = "seed"
+    match_params: bool = False
+    attn_impl: str = "einsum"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for field in ("d_vocab", "n_ctx", "d_model", "n_heads", "d_mlp", "n_layers"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                f"choose n_heads among the divisors of d_model"
+            )
+        try:
+            object.__setattr__(self, "act_fn", canonical_activation(self.act_fn))
+        except ValueError as err:
+            raise ValueError(f"act_fn: {err}") from None
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        if self.attn_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"unknown attn_impl {self.attn_impl!r}; choose one of {list(ATTENTION_IMPLS)}"
+            )
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+
+    @property
+    def d_head(self) -> int:  # derived, so it can never disagree with d_model and n_heads
+        return self.d_model // self.n_heads
+
+    @property
+    def gated(self) -> bool:
+        return ACTIVATIONS[self.act_fn].gated
+
+    @property
+    def d_hidden(self) -> int:
+        """The MLP's actual hidden width: d_mlp, or 2/3 of it for a parameter-matched gated MLP."""
+        if not (self.gated and self.match_params):
+            return self.d_mlp
+        multiple = MATCHED_WIDTH_MULTIPLE
+        return max(multiple, round(2 * self.d_mlp / 3 / multiple) * multiple)
+
+    @property
+    def learned_pos(self) -> bool:
+        return self.preset == "gpt2"
+
+    @property
+    def attn_bias(self) -> bool:
+        return self.preset == "gpt2"
+
+    @property
+    def final_ln(self) -> bool:
+        return self.preset == "gpt2"
+
+    def to_dict(self) -> dict:
+        """The fields plus the derived facts a reader of a log needs (d_head, d_hidden)."""
+        return {**asdict(self), "d_head": self.d_head, "d_hidden": self.d_hidden}

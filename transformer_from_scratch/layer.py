@@ -1,0 +1,28 @@
+"""One pre-LayerNorm transformer block:
+
+    x = x + Attention(LN1(x))
+    x = x + MLP(LN2(x))
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .attention import Attention
+from .config import TransformerConfig
+from .layer_norm import LayerNorm
+from .mlp import MLP
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid = resid + self.attn(self.ln1(resid))
+        return resid + self.mlp(self.ln2(resid))

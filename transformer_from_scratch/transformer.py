@@ -1,0 +1,111 @@
+"""The decoder-only transformer: embed, add positions, n_layers pre-LN blocks, unembed.
+
+Initialisation (``init_weights``) is part of the experiment, so it is spelled out here:
+    preset "seed" (the study):  MLP W_in and W_gate Kaiming-normal (std sqrt(2 / d_model)), W_out
+        Xavier-normal (std sqrt(2 / (d_hidden + d_model))), MLP biases zero; W_E, W_U, W_Q, W_K,
+        W_V, W_O ~ N(0, 0.02); LayerNorm weight 1, bias 0.
+    preset "gpt2": GPT-2's scheme: every matrix ~ N(0, 0.02), the two residual-writing projections
+        (W_O, W_out) scaled by 1/sqrt(2 n_layers), biases zero, LayerNorm weight 1, bias 0.
+Each parameter draws from its own generator seeded by (seed, parameter name), so for one seed two
+models that differ only in their MLP activation start with identical weights everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from .config import TransformerConfig
+from .embed import Embed
+from .layer import TransformerBlock
+from .layer_norm import LayerNorm
+from .loss import linear_cross_entropy
+from .pos_embed import make_pos_embed
+from .unembed import Unembed
+
+IGNORE_INDEX = -100  # target value of positions that carry no loss (padding)
+
+
+def parameter_generator(seed: int, name: str) -> torch.Generator:
+    """A generator that depends only on the seed and the parameter's name (stable across runs)."""
+    return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+
+
+def init_std(cfg: TransformerConfig, name: str, param: Tensor) -> float | None:
+    """Standard deviation of the normal a parameter is drawn from; None for constant init."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf.startswith("b_") or leaf in ("w", "b"):
+        return None  # biases zero, LayerNorm weight one (set by the constructors)
+    if cfg.preset == "gpt2":
+        scale = 1 / math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1.0
+        return 0.02 * scale
+    if leaf in ("W_in", "W_gate"):
+        return math.sqrt(2.0 / param.shape[0])  # Kaiming normal, fan_in = d_model, ReLU gain
+    if leaf == "W_out":
+        return math.sqrt(2.0 / (param.shape[0] + param.shape[1]))  # Xavier normal
+    return 0.02
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.pos_embed = make_pos_embed(cfg)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg) if cfg.final_ln else nn.Identity()
+        self.unembed = Unembed(cfg)
+        self.init_weights(seed)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        for name, param in self.named_parameters():
+            std = init_std(self.cfg, name, param)
+            if std is None:
+                continue
+            values = torch.randn(param.shape, generator=parameter_generator(seed, name)) * std
+            param.copy_(values)
+
+    def residual(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream after the last block (and the final LayerNorm, where there is one)."""
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds n_ctx={self.cfg.n_ctx}")
+        resid = self.embed(tokens) + self.pos_embed(tokens)
+        for block in self.blocks:
+            resid = block(resid)
+        return self.ln_final(resid)
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.unembed(self.residual(tokens))
+
+    def nll_sum(
+        self, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"], fused: bool = True
+    ) -> Float[Tensor, ""]:
+        """Summed next-token NLL (nats) over the positions whose target is not IGNORE_INDEX.
+
+        fused=True unembeds only the scored positions, in blocks, without full-size logits
+        (see loss.py); fused=False is the textbook path. Both give the same loss and gradients.
+        """
+        resid = self.residual(tokens)
+        if not fused:
+            logits = self.unembed(resid)
+            return F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+        scored = targets != IGNORE_INDEX
+        return linear_cross_entropy(resid[scored], self.unembed.W_U, targets[scored])
+
+
+def parameter_counts(model: Transformer) -> dict[str, int]:
+    """total; non_embedding (total less W_E, W_pos and W_U, as in Kaplan et al. 2020); mlp."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = sum(
+        p.numel() for name, p in model.named_parameters() if name.split(".")[-1] in ("W_E", "W_pos", "W_U")
+    )
+    mlp = sum(p.numel() for block in model.blocks for p in block.mlp.parameters())
+    return {"total": total, "non_embedding": total - embedding, "mlp": mlp}
