@@ -26,8 +26,7 @@ DEFAULT_CHUNK_ROWS = 256
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, chunk_rows: int) -> Tensor:  # type: ignore[override]
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+    def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, chunk_rows: int, needs_grad: bool) -> Tensor:  # type: ignore[override]
         n_rows = h.shape[0]
         buffer = h.new_empty(min(chunk_rows, n_rows), W_U.shape[1])
         nll = h.new_zeros((), dtype=torch.float32)
@@ -55,7 +54,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_nll: Tensor):  # type: ignore[override]
         grad_h, grad_W_t = ctx.saved_tensors
-        return grad_h * grad_nll, grad_W_t.t() * grad_nll, None, None
+        return grad_h * grad_nll, grad_W_t.t() * grad_nll, None, None, None
 
 
 def linear_cross_entropy(
@@ -65,4 +64,6 @@ def linear_cross_entropy(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Float[Tensor, ""]:
     """Sum over rows of -log softmax(h W_U)[target]; every target must be a real token id."""
-    return _LinearCrossEntropy.apply(h, W_U, targets, chunk_rows)
+    # Decided here, not from ctx.needs_input_grad, which stays True under torch.no_grad().
+    needs_grad = torch.is_grad_enabled() and (h.requires_grad or W_U.requires_grad)
+    return _LinearCrossEntropy.apply(h, W_U, targets, chunk_rows, needs_grad)

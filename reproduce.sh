@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Reproduce the activation study end to end: train every (activation, seed), then analyse.
+# Re-running it resumes: complete runs are skipped, interrupted ones continue from their checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+Usage: bash reproduce.sh [options]
+
+Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu, reglu, for every
+seed, with the reference study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset,
+lines layout), then runs analyze_results.py. Resumes where it stopped.
+
+Options (environment variable in brackets):
+  --data_dir DIR        local WikiText-2 raw files [WIKITEXT2_DIR]; default: the Hugging Face hub
+  --tokenizer DIR       local GPT-2 tokenizer folder [GPT2_TOKENIZER]; default: gpt2 from the hub
+  --train_split NAME    split to train on (default train)            [TRAIN_SPLIT]
+  --val_split NAME      split to evaluate on (default validation)    [VAL_SPLIT]
+  --epochs N            epochs per run (default 3)                   [EPOCHS]
+  --max_steps N         stop each run after N steps (default: none)  [MAX_STEPS]
+  --seeds "S1 S2 ..."   seeds (default "42 43 44")                   [SEEDS]
+  --ungated "A B ..."   ungated activations (default "relu gelu silu")        [UNGATED]
+  --gated "A B ..."     gated activations, parameter-matched (default "geglu swiglu reglu") [GATED]
+  --output_dir DIR      logs and figures (default results)           [OUTPUT_DIR]
+  --jobs N              parallel training processes, threads split between them (default 1) [JOBS]
+  --extra "ARGS"        more train_simple.py flags, e.g. "--log_every 5" [EXTRA]
+  -h, --help            this help
+
+Example on a machine without hub access (train on test, evaluate on validation):
+  bash reproduce.sh --data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer \
+      --train_split test --val_split validation
+USAGE
+}
+
+PYTHON=${PYTHON:-python}
+DATA_DIR=${WIKITEXT2_DIR:-}; TOKENIZER=${GPT2_TOKENIZER:-}
+TRAIN_SPLIT=${TRAIN_SPLIT:-train}; VAL_SPLIT=${VAL_SPLIT:-validation}
+EPOCHS=${EPOCHS:-3}; MAX_STEPS=${MAX_STEPS:-}; SEEDS=${SEEDS:-42 43 44}
+UNGATED=${UNGATED:-relu gelu silu}; GATED=${GATED:-geglu swiglu reglu}
+OUTPUT_DIR=${OUTPUT_DIR:-results}; JOBS=${JOBS:-1}; EXTRA=${EXTRA:-}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit 0 ;;
+    --data_dir|--tokenizer|--train_split|--val_split|--epochs|--max_steps|--seeds|--ungated|--gated|--output_dir|--jobs|--extra)
+      [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+      case "$1" in
+        --data_dir) DATA_DIR=$2 ;; --tokenizer) TOKENIZER=$2 ;; --train_split) TRAIN_SPLIT=$2 ;;
+        --val_split) VAL_SPLIT=$2 ;; --epochs) EPOCHS=$2 ;; --max_steps) MAX_STEPS=$2 ;; --seeds) SEEDS=$2 ;;
+        --ungated) UNGATED=$2 ;; --gated) GATED=$2 ;; --output_dir) OUTPUT_DIR=$2 ;; --jobs) JOBS=$2 ;;
+        --extra) EXTRA=$2 ;;
+      esac
+      shift 2 ;;
+    *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer" >&2; exit 2; }
+
+common=(--num_epochs "$EPOCHS" --batch_size 8 --seeds $SEEDS --train_split "$TRAIN_SPLIT"
+        --val_split "$VAL_SPLIT" --output_dir "$OUTPUT_DIR" --resume)
+[ -n "$DATA_DIR" ] && common+=(--data_dir "$DATA_DIR")
+[ -n "$TOKENIZER" ] && common+=(--tokenizer "$TOKENIZER")
+[ -n "$MAX_STEPS" ] && common+=(--max_steps "$MAX_STEPS")
+# shellcheck disable=SC2206
+[ -n "$EXTRA" ] && common+=($EXTRA)
+
+# One job per (activation, matched?) pair, dealt round-robin to $JOBS workers.
+jobs_list=()
+for a in $UNGATED; do jobs_list+=("$a"); done
+for a in $GATED; do jobs_list+=("$a --match_params"); done
+threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
+
+worker() {
+  local k=$1 i
+  for i in "${!jobs_list[@]}"; do
+    if [ $(( i % JOBS )) -eq "$k" ]; then
+      # shellcheck disable=SC2086
+      "$PYTHON" train_simple.py --activation ${jobs_list[$i]} --threads "$threads" "${common[@]}"
+    fi
+  done
+}
+
+pids=()
+for k in $(seq 0 $(( JOBS - 1 ))); do worker "$k" & pids+=($!); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+[ "$status" -eq 0 ] || { echo "error: some training runs failed; rerun to resume" >&2; exit 1; }
+"$PYTHON" analyze_results.py --results_dir "$OUTPUT_DIR"
