@@ -57,7 +57,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer" >&2; exit 2; }
 
-common=(--num_epochs "$EPOCHS" --batch_size 8 --seeds $SEEDS --train_split "$TRAIN_SPLIT"
+common=(--num_epochs "$EPOCHS" --batch_size 8 --train_split "$TRAIN_SPLIT"
         --val_split "$VAL_SPLIT" --output_dir "$OUTPUT_DIR" --resume)
 [ -n "$DATA_DIR" ] && common+=(--data_dir "$DATA_DIR")
 [ -n "$TOKENIZER" ] && common+=(--tokenizer "$TOKENIZER")
@@ -65,10 +65,10 @@ common=(--num_epochs "$EPOCHS" --batch_size 8 --seeds $SEEDS --train_split "$TRA
 # shellcheck disable=SC2206
 [ -n "$EXTRA" ] && common+=($EXTRA)
 
-# One job per (activation, matched?) pair, dealt round-robin to $JOBS workers.
+# One job per (activation, seed), dealt round-robin to $JOBS workers.
 jobs_list=()
-for a in $UNGATED; do jobs_list+=("$a"); done
-for a in $GATED; do jobs_list+=("$a --match_params"); done
+for a in $UNGATED; do for s in $SEEDS; do jobs_list+=("$a --seeds $s"); done; done
+for a in $GATED; do for s in $SEEDS; do jobs_list+=("$a --match_params --seeds $s"); done; done
 threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 
 worker() {
