@@ -50,6 +50,7 @@ from transformer_from_scratch import (
     TransformerConfig,
     activation_names,
     canonical_activation,
+    derived_generator,
     parameter_counts,
 )
 
@@ -168,7 +169,7 @@ def pick_device(name: str) -> torch.device:
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     """The training order of one epoch: a function of seed and epoch only, so every activation
     sees the same order and a resumed run picks up exactly where it stopped."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return torch.randperm(n, generator=derived_generator(seed, f"data order, epoch {epoch}"))
 
 
 def layer_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:

@@ -29,7 +29,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, chunk_rows: int, needs_grad: bool) -> Tensor:  # type: ignore[override]
         n_rows = h.shape[0]
         buffer = h.new_empty(min(chunk_rows, n_rows), W_U.shape[1])
-        nll = h.new_zeros((), dtype=torch.float32)
+        nll = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
         grad_h = torch.empty_like(h) if needs_grad else None
         # d nll / d W_U accumulated as its transpose (d_vocab, d_model): that GEMM orientation is
         # markedly faster on CPU BLAS than accumulating into (d_model, d_vocab).
@@ -41,7 +41,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             row_max = logits.amax(dim=1, keepdim=True)
             probs = logits.sub_(row_max).exp_()  # in place: the buffer now holds exp(logit - max)
             sum_exp = probs.sum(dim=1, keepdim=True)
-            nll += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum().float()
+            nll += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
             if needs_grad:
                 grad_logits = probs.div_(sum_exp)  # softmax
                 grad_logits[torch.arange(h_c.shape[0], device=h.device), t_c] -= 1.0

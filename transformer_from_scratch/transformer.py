@@ -31,9 +31,13 @@ from .unembed import Unembed
 IGNORE_INDEX = -100  # target value of positions that carry no loss (padding)
 
 
-def parameter_generator(seed: int, name: str) -> torch.Generator:
-    """A generator that depends only on the seed and the parameter's name (stable across runs)."""
-    return torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+def derived_generator(seed: int, purpose: str) -> torch.Generator:
+    """A generator that depends only on the seed and a purpose string, stable across runs.
+
+    Hashed into 32 bits on purpose: PyTorch's CPU generator keeps only the low 32 bits of a seed,
+    so arithmetic such as ``seed * 2**32 + x`` would silently give every seed the same stream.
+    """
+    return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{purpose}".encode()))
 
 
 def init_std(cfg: TransformerConfig, name: str, param: Tensor) -> float | None:
@@ -68,7 +72,7 @@ class Transformer(nn.Module):
             std = init_std(self.cfg, name, param)
             if std is None:
                 continue
-            values = torch.randn(param.shape, generator=parameter_generator(seed, name)) * std
+            values = torch.randn(param.shape, generator=derived_generator(seed, name)) * std
             param.copy_(values)
 
     def residual(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny model config, a tiny byte-level BPE tokenizer built on the fly (no
+network), and small text corpora with multibyte characters."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from transformer_from_scratch import TransformerConfig  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+WIKITEXT_DIR = SHARED_DATA / "wikitext-2-raw-v1"
+GPT2_TOKENIZER_DIR = SHARED_DATA / "gpt2-tokenizer"
+
+# Lines in WikiText's raw style: leading space, trailing " \n", blank lines as a lone space.
+CORPUS_LINES = [
+    " = Café society = \n",
+    " \n",
+    " The naïve café in 中国 served crème brûlée to 42 guests . \n",
+    " Emoji 🙂 and 🚀 travel well ; so do ß , ø and Ω . \n",
+    " \n",
+    " A short line . \n",
+    " The quick brown fox jumps over the lazy dog , again and again and again and again . \n",
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    torch.set_num_threads(1)  # tiny models: threading costs more than it gives
+    yield
+
+
+@pytest.fixture
+def tiny_cfg() -> TransformerConfig:
+    return TransformerConfig(d_vocab=97, n_ctx=16, d_model=32, n_heads=4, d_mlp=64, n_layers=2, act_fn="gelu")
+
+
+def build_tiny_tokenizer(folder: Path, vocab_size: int = 300):
+    """A byte-level BPE tokenizer trained on CORPUS_LINES, saved to ``folder`` and returned."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    backend.train_from_iterator(CORPUS_LINES * 3, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tokenizer")
+    build_tiny_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from data_utils import load_tokenizer
+
+    return load_tokenizer(str(tiny_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Plain text files usable as train / validation splits."""
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "train.txt").write_text("".join(CORPUS_LINES * 6), encoding="utf-8")
+    (folder / "valid.txt").write_text("".join(CORPUS_LINES[::-1] * 2), encoding="utf-8")
+    return folder
+
+
+needs_shared_data = pytest.mark.skipif(
+    not (WIKITEXT_DIR.is_dir() and GPT2_TOKENIZER_DIR.is_dir()),
+    reason=f"local WikiText-2 / GPT-2 tokenizer not found under {SHARED_DATA}",
+)

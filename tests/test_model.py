@@ -1,0 +1,156 @@
+"""Components against trusted references, causality, parameter counts, fused loss, overfitting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from transformer_from_scratch import (
+    ACTIVATIONS,
+    IGNORE_INDEX,
+    Attention,
+    LayerNorm,
+    Transformer,
+    TransformerConfig,
+    linear_cross_entropy,
+    parameter_counts,
+)
+
+
+def test_layer_norm_matches_torch(tiny_cfg):
+    ours, ref = LayerNorm(tiny_cfg), torch.nn.LayerNorm(tiny_cfg.d_model, eps=tiny_cfg.layer_norm_eps)
+    with torch.no_grad():
+        for p in (ours.w, ours.b):
+            p.normal_()
+        ref.weight.copy_(ours.w)
+        ref.bias.copy_(ours.b)
+    x = torch.randn(2, 7, tiny_cfg.d_model) * 3 + 1
+    torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["seed", "gpt2"])
+def test_einsum_attention_matches_scaled_dot_product_attention(tiny_cfg, preset):
+    cfg = replace(tiny_cfg, preset=preset)
+    attn = Attention(cfg)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 9, cfg.d_model)
+    q, k, v = (torch.einsum("bpm,hmd->bhpd", x, getattr(attn, f"W_{n}")) for n in "QKV")
+    if cfg.attn_bias:
+        q, k, v = q + attn.b_Q[:, None], k + attn.b_K[:, None], v + attn.b_V[:, None]
+    z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected = torch.einsum("bhpd,hdm->bpm", z, attn.W_O) + (attn.b_O if cfg.attn_bias else 0)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    fused = Attention(replace(cfg, attn_impl="sdpa"))
+    fused.load_state_dict(attn.state_dict())
+    torch.testing.assert_close(fused(x), attn(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["seed", "gpt2"])
+def test_future_tokens_do_not_change_past_logits(tiny_cfg, preset):
+    model = Transformer(replace(tiny_cfg, preset=preset), seed=1)
+    tokens = torch.randint(0, tiny_cfg.d_vocab, (1, 8))
+    edited = tokens.clone()
+    edited[0, 5:] = (tokens[0, 5:] + 1) % tiny_cfg.d_vocab  # really different
+    logits, edited_logits = model(tokens), model(edited)
+    torch.testing.assert_close(logits[:, :5], edited_logits[:, :5])
+    assert not torch.allclose(logits[:, 5:], edited_logits[:, 5:])
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_forward_shape_for_every_activation(tiny_cfg, name):
+    model = Transformer(replace(tiny_cfg, act_fn=name))
+    assert model(torch.randint(0, tiny_cfg.d_vocab, (3, 11))).shape == (3, 11, tiny_cfg.d_vocab)
+
+
+def test_seed_preset_has_the_study_parameter_count():
+    counts = parameter_counts(Transformer(TransformerConfig(act_fn="relu", preset="seed")))
+    assert counts == {"total": 27_309_056, "non_embedding": 1_577_472, "mlp": 2 * (2 * 256 * 1024 + 1024 + 256)}
+
+
+@pytest.mark.parametrize("name", ["glu", "bilinear", "reglu", "geglu", "swiglu"])
+def test_matched_gated_mlp_within_one_percent_of_ungated(name):
+    ungated = parameter_counts(Transformer(TransformerConfig(act_fn="relu", d_vocab=8)))["mlp"]
+    gated = parameter_counts(Transformer(TransformerConfig(act_fn=name, match_params=True, d_vocab=8)))["mlp"]
+    unmatched = parameter_counts(Transformer(TransformerConfig(act_fn=name, d_vocab=8)))["mlp"]
+    assert abs(gated - ungated) / ungated < 0.01
+    assert unmatched > 1.4 * ungated  # without matching a gated MLP really is bigger
+
+
+def test_same_seed_gives_same_weights_outside_the_mlp(tiny_cfg):
+    relu = Transformer(replace(tiny_cfg, act_fn="relu"), seed=3).state_dict()
+    swiglu = Transformer(replace(tiny_cfg, act_fn="swiglu"), seed=3).state_dict()
+    shared = [k for k in relu if ".mlp." not in k]
+    assert shared and all(torch.equal(relu[k], swiglu[k]) for k in shared)
+    other_seed = Transformer(replace(tiny_cfg, act_fn="relu"), seed=4).state_dict()
+    assert not torch.equal(relu["embed.W_E"], other_seed["embed.W_E"])
+
+
+def test_seed_preset_mlp_init_follows_the_study():
+    model = Transformer(TransformerConfig(act_fn="relu", d_vocab=8), seed=0)
+    mlp = model.blocks[0].mlp
+    assert abs(mlp.W_in.std().item() - (2 / 256) ** 0.5) < 0.003  # Kaiming normal
+    assert abs(mlp.W_out.std().item() - (2 / (1024 + 256)) ** 0.5) < 0.002  # Xavier normal
+    assert mlp.b_in.abs().sum() == 0 and mlp.b_out.abs().sum() == 0
+
+
+@pytest.mark.parametrize("rows, chunk", [(37, 8), (37, 256), (5, 5)])
+def test_fused_linear_cross_entropy_matches_textbook_loss_and_grads(rows, chunk):
+    torch.manual_seed(0)
+    h = torch.randn(rows, 16, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(16, 53, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 53, (rows,))
+    ours = linear_cross_entropy(h, W, t, chunk_rows=chunk) * 0.7  # a non-unit upstream gradient
+    ours.backward()
+    grads = h.grad.clone(), W.grad.clone()
+    h.grad = W.grad = None
+    ref = F.cross_entropy(h @ W, t, reduction="sum") * 0.7
+    ref.backward()
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grads, (h.grad, W.grad))
+
+
+@pytest.mark.parametrize("preset", ["seed", "gpt2"])
+def test_fused_model_loss_matches_plain_path_with_padding(tiny_cfg, preset):
+    model = Transformer(replace(tiny_cfg, preset=preset, act_fn="swiglu"), seed=5)
+    tokens = torch.randint(0, tiny_cfg.d_vocab, (3, 12))
+    targets = torch.randint(0, tiny_cfg.d_vocab, (3, 12))
+    targets[0, 7:] = IGNORE_INDEX
+    targets[2, 2:] = IGNORE_INDEX
+    results = []
+    for fused in (True, False):
+        model.zero_grad()
+        loss = model.nll_sum(tokens, targets, fused=fused)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-5)
+    for name in results[0][1]:
+        torch.testing.assert_close(results[0][1][name], results[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name", ["relu", "swiglu"])
+def test_tiny_model_overfits_a_repeated_sequence(tiny_cfg, name):
+    torch.manual_seed(0)
+    model = Transformer(replace(tiny_cfg, act_fn=name), seed=0)
+    seq = torch.randint(0, tiny_cfg.d_vocab, (1, 13)).repeat(4, 1)
+    inputs, targets = seq[:, :-1], seq[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = model.nll_sum(inputs, targets) / targets.numel()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_derived_generators_differ_by_seed_and_purpose():
+    from transformer_from_scratch import derived_generator
+
+    draws = {(s, p): torch.randn(4, generator=derived_generator(s, p)) for s in (42, 43, 2**32 + 42) for p in ("a", "b")}
+    values = list(draws.values())
+    assert all(not torch.equal(values[i], values[j]) for i in range(len(values)) for j in range(i + 1, len(values)))
