@@ -321,12 +321,10 @@ def model_config(args: argparse.Namespace, activation: str, vocab_size: int) -> 
 
 
 def check_resumable(saved: dict, current: dict, what: str, path: Path) -> None:
-    for key in sorted(set(saved) | set(current)):
-        if key in RESUMABLE_SETTINGS:
-            continue
-        if saved.get(key) != current.get(key):
-            raise UsageError(f"checkpoint {path} has a different {what}: {key}={saved.get(key)!r}, "
-                             f"now {current.get(key)!r}")
+    differ = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+              if key not in RESUMABLE_SETTINGS and saved.get(key) != current.get(key)]
+    if differ:
+        raise UsageError(f"checkpoint {path} was written with a different {what}: {', '.join(differ)}")
 
 
 class Run:
@@ -530,7 +528,7 @@ class Run:
             bar.close()
             if self.epoch_tokens == 0 and stopped:
                 break  # stopped exactly at an epoch boundary: that epoch was already recorded
-            self.check_finite(torch.tensor(self.epoch_nll), torch.tensor(0.0))
+            self.check_finite(torch.as_tensor(float(self.epoch_nll)), torch.tensor(0.0))
             self.end_epoch(partial=stopped)
             if not stopped:
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0

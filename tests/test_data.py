@@ -1,0 +1,115 @@
+"""Data: rows as the hub has them, both layouts, exact byte counts; WikiText-2 when it is here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, needs_shared_data
+from data_utils import (
+    DataError,
+    load_split_text,
+    load_tokenizer,
+    read_rows,
+    token_byte_lengths,
+    tokenize_split,
+)
+from transformer_from_scratch import IGNORE_INDEX
+
+
+@pytest.fixture
+def corpus_text(corpus_dir):
+    return load_split_text(str(corpus_dir / "train.txt"))
+
+
+def test_rows_follow_the_hub_convention(corpus_dir):
+    rows, _ = read_rows(corpus_dir / "valid.txt")
+    assert "" in rows and all(r == "" or r.endswith("\n") for r in rows)
+    assert "".join(rows) == "".join(r if r.strip() else "" for r in CORPUS_LINES[::-1] * 2)
+
+
+def test_byte_table_sums_to_utf8_length_of_a_fully_scored_text(tiny_tokenizer):
+    text = "".join(CORPUS_LINES) + " unseen: ĳ 😀 漢字 "
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    lengths = token_byte_lengths(tiny_tokenizer)
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+    # The check is only meaningful if some token holds part of a multibyte character.
+    pieces = [tiny_tokenizer.convert_tokens_to_string([t]) for t in tiny_tokenizer.convert_ids_to_tokens(ids)]
+    assert any("\ufffd" in piece for piece in pieces)
+
+
+def test_special_tokens_have_no_bytes(tiny_tokenizer):
+    assert token_byte_lengths(tiny_tokenizer)[tiny_tokenizer.eos_token_id] == 0
+
+
+def test_lines_layout_pads_truncates_and_masks(corpus_text, tiny_tokenizer, tmp_path):
+    split = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    expected = [tiny_tokenizer(r, add_special_tokens=False)["input_ids"] for r in corpus_text.rows if r.strip()]
+    assert len(split) == len(expected)
+    eos = tiny_tokenizer.eos_token_id
+    for row, ids in zip(split.tokens.tolist(), expected):
+        kept = ids[:8]
+        assert row == kept + [eos] * (8 - len(kept))
+    assert split.info["truncated_sequences"] == sum(len(ids) > 8 for ids in expected)
+    inputs, targets = split.batch(torch.arange(len(split)))
+    assert inputs.shape == targets.shape
+    for i, ids in enumerate(expected):
+        n = min(len(ids), 8)
+        assert targets[i, : n - 1].tolist() == ids[1:n]
+        assert (targets[i, n - 1 :] == IGNORE_INDEX).all()  # padding carries no loss
+    assert split.info["tokens"] == sum(min(len(ids), 8) - 1 for ids in expected)
+
+
+def test_batch_is_padded_only_to_its_longest_sequence(corpus_text, tiny_tokenizer, tmp_path):
+    split = tokenize_split(corpus_text, tiny_tokenizer, "lines", 64, cache_dir=tmp_path)
+    shortest = int(split.lengths.argmin())
+    inputs, _ = split.batch(torch.tensor([shortest]))
+    assert inputs.shape[1] == max(int(split.lengths[shortest]), 2) - 1
+
+
+def test_packed_layout_drops_only_the_final_partial_block(corpus_text, tiny_tokenizer, tmp_path):
+    split = tokenize_split(corpus_text, tiny_tokenizer, "packed", 16, cache_dir=tmp_path)
+    stream = [t for r in corpus_text.rows for t in tiny_tokenizer(r, add_special_tokens=False)["input_ids"]]
+    n_blocks = len(stream) // 16
+    assert split.tokens.flatten().tolist() == stream[: n_blocks * 16]
+    assert split.info["dropped_tail_tokens"] == len(stream) % 16 < 16
+    assert split.info["tokens"] == n_blocks * 15
+    bytes_scored = token_byte_lengths(tiny_tokenizer)[split.tokens[:, 1:]].sum()
+    assert split.info["bytes"] == int(bytes_scored)
+
+
+def test_cache_returns_identical_data(corpus_text, tiny_tokenizer, tmp_path):
+    first = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    second = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    assert torch.equal(first.tokens, second.tokens) and first.info == second.info
+
+
+def test_missing_file_names_file_and_folder(tmp_path):
+    with pytest.raises(DataError, match=r"wiki\.train\.raw.*" + str(tmp_path).replace("\\", "\\\\")):
+        load_split_text("train", tmp_path)
+
+
+def test_unknown_split_and_layout_are_clear_errors(corpus_text, tiny_tokenizer, tmp_path):
+    with pytest.raises(DataError, match="neither one of"):
+        load_split_text("nonexistent_split_name")
+    with pytest.raises(DataError, match="layout"):
+        tokenize_split(corpus_text, tiny_tokenizer, "sliding", 8, cache_dir=tmp_path)
+
+
+@needs_shared_data
+def test_wikitext2_line_and_token_counts(tmp_path):
+    tokenizer = load_tokenizer(str(GPT2_TOKENIZER_DIR))
+    lengths = token_byte_lengths(tokenizer)
+    for split, rows, non_empty, text_tokens in [("validation", 3760, 2461, 247_289), ("test", 4358, 2891, 283_287)]:
+        text = load_split_text(split, WIKITEXT_DIR)
+        assert len(text.rows) == rows
+        lines = tokenize_split(text, tokenizer, "lines", 128, lengths, cache_dir=tmp_path)
+        assert lines.info["sequences"] == non_empty
+        assert lines.info["text_tokens"] == text_tokens  # = tokens of "".join(rows), as published
+        assert len(tokenizer("".join(text.rows), add_special_tokens=False)["input_ids"]) == text_tokens
+    assert lines.info["sequences"] == 2891
+    val = tokenize_split(load_split_text("validation", WIKITEXT_DIR), tokenizer, "lines", 128, lengths, tmp_path)
+    assert (val.info["truncated_sequences"], val.info["tokens"]) == (880, 180_464)
+    packed = tokenize_split(load_split_text("validation", WIKITEXT_DIR), tokenizer, "packed", 128, lengths, tmp_path)
+    assert packed.info["sequences"] == 247_289 // 128

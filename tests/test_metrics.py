@@ -1,0 +1,52 @@
+"""Metrics are pure functions of sums; evaluation is a deterministic, token-weighted full pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from data_utils import load_split_text, token_byte_lengths, tokenize_split
+from metrics import NLLTotals, bits_per_byte, perplexity, study_bits_per_byte
+from train_simple import evaluate
+from transformer_from_scratch import IGNORE_INDEX, Transformer, TransformerConfig
+
+
+def test_metric_formulas():
+    assert perplexity(math.log(50.0)) == pytest.approx(50.0)
+    assert bits_per_byte(1000 * math.log(2), 500) == pytest.approx(2.0)
+    assert study_bits_per_byte(4 * math.log(2)) == pytest.approx(1.0)
+
+
+def test_totals_are_token_weighted_not_batch_means():
+    totals = NLLTotals()
+    totals.add(10.0, 10, 40)  # batch mean 1.0
+    totals.add(30.0, 10, 40)  # batch mean 3.0
+    totals.add(2.0, 2, 8)  # batch mean 1.0: a mean of batch means would say 5/3
+    summary = totals.summary()
+    assert summary["loss"] == pytest.approx(42 / 22)
+    assert summary["bpb"] == pytest.approx(42 / math.log(2) / 88)
+    assert summary["bytes_per_token"] == pytest.approx(4.0)
+
+
+def test_empty_split_is_an_error():
+    with pytest.raises(ValueError, match="no scored tokens"):
+        NLLTotals().summary()
+
+
+def test_evaluate_equals_a_single_batch_computation_and_is_deterministic(corpus_dir, tiny_tokenizer, tmp_path):
+    split = tokenize_split(load_split_text(str(corpus_dir / "valid.txt")), tiny_tokenizer, "lines", 16, cache_dir=tmp_path)
+    lengths = token_byte_lengths(tiny_tokenizer)
+    model = Transformer(TransformerConfig(d_vocab=len(tiny_tokenizer), n_ctx=16, d_model=32, n_heads=2, d_mlp=64,
+                                          n_layers=1, act_fn="relu"), seed=0)
+    first = evaluate(model, split, lengths, batch_size=3, device=torch.device("cpu"))
+    second = evaluate(model, split, lengths, batch_size=3, device=torch.device("cpu"))
+    assert first == second
+    inputs, targets = split.batch(torch.arange(len(split)))
+    logits = model(inputs)
+    mask = targets != IGNORE_INDEX
+    nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+    assert first["tokens"] == int(mask.sum()) == split.info["tokens"]
+    assert first["loss"] == pytest.approx(nll / first["tokens"], rel=1e-5)
+    assert first["bpb"] == pytest.approx(nll / math.log(2) / split.info["bytes"], rel=1e-5)

@@ -1,0 +1,224 @@
+"""train_simple.py end to end on a tiny config: log schema, determinism, resume, failures, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_simple
+from conftest import ROOT
+
+TIMING_KEYS = {"wall_s", "tokens_per_s", "train_tokens_per_s", "started", "ended", "time", "command", "resumed"}
+
+
+@pytest.fixture
+def tiny_argv(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    def argv(out: Path | None = None, *extra: str) -> list[str]:
+        return [
+            "--activation", "relu", "--seeds", "3", "--d_model", "32", "--d_mlp", "64", "--n_heads", "2",
+            "--n_layers", "1", "--max_length", "16", "--batch_size", "4", "--num_epochs", "2",
+            "--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
+            "--test_split", "none", "--tokenizer", str(tiny_tokenizer_dir), "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(out or tmp_path / "out"), "--log_every", "1", "--checkpoint_every", "3",
+            "--probe_sequences", "4", "--eval_batch_size", "8", "--threads", "1", *extra,
+        ]
+    return argv
+
+
+def read_log(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def test_end_to_end_run_writes_a_complete_schema_valid_log(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv()) == 0
+    log = read_log(tmp_path / "out" / "relu_seed3.json")
+    assert log["schema_version"] == train_simple.SCHEMA_VERSION and log["status"] == "complete"
+    for key in ("run", "model_config", "train_config", "params", "data", "steps", "epochs", "dynamics", "final"):
+        assert key in log
+    assert set(log["params"]) == {"total", "non_embedding", "mlp"}
+    assert log["data"]["train"]["tokens"] > 0 and log["data"]["val"]["bytes"] > 0
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    for entry in log["epochs"]:
+        assert {"epoch", "train_loss", "val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "wall_s"} <= set(entry)
+    assert log["epochs"][-1]["val_loss"] < log["epochs"][0]["val_loss"]
+    steps_per_epoch = -(-log["data"]["train"]["sequences"] // 4)
+    assert [s["step"] for s in log["steps"]] == list(range(1, 2 * steps_per_epoch + 1))
+    assert {"step", "loss", "grad_norm", "lr", "tokens_per_s", "layer_grad_norms"} <= set(log["steps"][0])
+    mlp = log["dynamics"][0]["mlp"][0]
+    assert 0 <= mlp["dead_fraction"] <= 1 and 0 < mlp["active_fraction"] < 1
+    assert log["final"]["val"]["loss"] == log["epochs"][-1]["val_loss"]
+
+
+def test_max_steps_run_records_one_partial_epoch(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(None, "--max_steps", "3")) == 0
+    log = read_log(tmp_path / "out" / "relu_seed3.json")
+    assert len(log["steps"]) == 3 and len(log["epochs"]) == 1 and log["epochs"][0]["partial"]
+
+
+def test_same_seed_gives_identical_logs_apart_from_timings(tiny_argv, tmp_path):
+    for name in ("a", "b"):
+        assert train_simple.main(tiny_argv(tmp_path / name, "--max_steps", "4")) == 0
+    a, b = (read_log(tmp_path / n / "relu_seed3.json") for n in ("a", "b"))
+    assert without_timings(a) == without_timings(b)
+
+
+def test_activations_share_data_order_and_non_mlp_init(tiny_argv, tmp_path):
+    argv = tiny_argv(None, "--max_steps", "1")
+    argv[argv.index("relu")] = "relu swiglu".split()[0]
+    assert train_simple.main(argv[:1] + ["relu", "swiglu"] + argv[2:]) == 0
+    out = tmp_path / "out"
+    relu = torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=False)
+    swiglu = torch.load(out / "checkpoints" / "swiglu_seed3.pt", weights_only=False)
+    assert read_log(out / "relu_seed3.json")["data"] == read_log(out / "swiglu_seed3.json")["data"]
+    # After one step the non-MLP weights differ (different gradients), so compare initial weights.
+    from transformer_from_scratch import Transformer, TransformerConfig
+    cfgs = [TransformerConfig(**{k: v for k, v in read_log(out / f"{n}_seed3.json")["model_config"].items()
+                                 if k not in ("d_head", "d_hidden")}) for n in ("relu", "swiglu")]
+    init = [Transformer(c, seed=3).state_dict() for c in cfgs]
+    assert all(torch.equal(init[0][k], init[1][k]) for k in init[0] if ".mlp." not in k)
+    assert relu["position"]["step"] == swiglu["position"]["step"] == 1
+
+
+def final_state(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=False)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    log_a, log_b = read_log(a / "relu_seed3.json"), read_log(b / "relu_seed3.json")
+    assert without_timings(log_a["steps"]) == without_timings(log_b["steps"])
+    assert without_timings(log_a["epochs"]) == without_timings(log_b["epochs"])
+    assert log_a["final"] == log_b["final"] and log_b["status"] == "complete"
+    state_a, state_b = final_state(a), final_state(b)
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_one(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(tmp_path / "full")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "parts", "--max_steps", "5")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "parts", "--max_steps", "11", "--resume")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "parts", "--resume")) == 0
+    assert_same_run(tmp_path / "full", tmp_path / "parts")
+    resumed = read_log(tmp_path / "parts" / "relu_seed3.json")["run"]["resumed"]
+    assert [r["at_step"] for r in resumed] == [5, 11]
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL: nothing in the training script catches it."""
+
+
+def test_kill_during_checkpoint_write_then_resume(tiny_argv, tmp_path, monkeypatch):
+    assert train_simple.main(tiny_argv(tmp_path / "full")) == 0
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third checkpoint write dies halfway through
+            f.write(b"half a checkpoint")
+            raise SimulatedKill
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(SimulatedKill):
+        train_simple.main(tiny_argv(tmp_path / "killed"))
+    monkeypatch.setattr(torch, "save", real_save)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "relu_seed3.pt"
+    assert torch.load(checkpoint, weights_only=False)["position"]["step"] > 0  # the previous one is intact
+    assert train_simple.main(tiny_argv(tmp_path / "killed", "--resume")) == 0
+    assert_same_run(tmp_path / "full", tmp_path / "killed")
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, tmp_path, monkeypatch, capsys):
+    real_forward, calls = train_simple.NLLSum.forward, []
+
+    def poisoned(self, tokens, targets):
+        calls.append(1)
+        nll = real_forward(self, tokens, targets)
+        return nll * float("nan") if len(calls) >= 5 else nll
+
+    monkeypatch.setattr(train_simple.NLLSum, "forward", poisoned)
+    assert train_simple.main(tiny_argv()) == 1
+    log = read_log(tmp_path / "out" / "relu_seed3.json")
+    assert log["status"].startswith("failed: non-finite") and "step 5" in log["status"]
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "relu_seed3.pt", weights_only=False)
+    assert ckpt["position"]["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert "non-finite" in capsys.readouterr().err
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--d_model": "31"}, "d_model=31"),
+        ({"--train_split": "train", "--data_dir": "/nonexistent-folder"}, "wiki.train.raw"),
+        ({"--output_dir": "/proc/version/out"}, "not writable"),
+        ({"--batch_size": "0"}, "--batch_size must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny_argv, change, message):
+    argv = tiny_argv()
+    for flag, value in change.items():
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    result = run_cli(argv)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unknown_activation_exits_2_listing_choices(tiny_argv):
+    argv = tiny_argv()
+    argv[argv.index("relu")] = "tanhh"
+    result = run_cli(argv)
+    assert result.returncode == 2 and "swiglu" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_existing_logs_are_never_overwritten(tiny_argv, tmp_path, capsys):
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
+    log_path = tmp_path / "out" / "relu_seed3.json"
+    before = log_path.read_text()
+    assert train_simple.main(tiny_argv(None, "--max_steps", "4")) == 0  # complete: skipped
+    assert "skip" in capsys.readouterr().err and log_path.read_text() == before
+    assert train_simple.main(tiny_argv(None, "--d_mlp", "128", "--resume")) == 2  # another config
+    assert "d_mlp" in capsys.readouterr().err and log_path.read_text() == before
+    log = json.loads(before)
+    log["status"] = "running"
+    log_path.write_text(json.dumps(log))
+    assert train_simple.main(tiny_argv()) == 2  # incomplete, and no --resume
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_two_process_ddp_matches_single_process(tiny_argv, tmp_path):
+    single = run_cli(tiny_argv(tmp_path / "single", "--max_steps", "4"))
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+         str(ROOT / "train_simple.py"), *tiny_argv(tmp_path / "ddp", "--max_steps", "4")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = (read_log(tmp_path / n / "relu_seed3.json") for n in ("single", "ddp"))
+    assert b["run"]["world_size"] == 2
+    for sa, sb in zip(a["steps"], b["steps"], strict=True):
+        assert sb["loss"] == pytest.approx(sa["loss"], rel=1e-4)
+        assert sb["grad_norm"] == pytest.approx(sa["grad_norm"], rel=1e-3)
+    assert b["final"]["val"]["loss"] == pytest.approx(a["final"]["val"]["loss"], rel=1e-4)
