@@ -1,0 +1,419 @@
+"""Turn the JSON logs of train_simple.py into comparison tables and figures.
+
+    python analyze_results.py                      # every log in results/
+    python analyze_results.py --baseline gelu --metric val_bpb
+
+Writes summary.md, summary.csv, training_curves.png and training_dynamics.png. Runs are pooled over
+seeds only when their model, training and data settings agree (apart from activation and seed);
+different settings form separate groups. With several seeds per activation the table gives
+mean ± std and a 95% confidence interval, and every activation is compared with the baseline
+paired by seed (paired t-test, Holm-corrected across activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stats import holm, paired_t_test, summarize  # noqa: E402
+from train_simple import SCHEMA_VERSION  # noqa: E402
+
+METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
+# Settings that identify a variant or a repetition rather than a different experiment.
+NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "activation", "seed", "command"}
+OUTPUT_FILES = ("summary.md", "summary.csv", "training_curves.png", "training_dynamics.png")
+
+
+class AnalysisError(Exception):
+    """No usable logs, or a bad log under --strict: one line, exit code 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Compare activations from train_simple.py JSON logs.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("logs", nargs="*", type=Path, help="log files (default: every *.json in --results_dir)")
+    p.add_argument("--results_dir", type=Path, default=Path("results"), help="folder of run logs")
+    p.add_argument("--output_dir", type=Path, default=None, help="where outputs go (default: --results_dir)")
+    p.add_argument("--baseline", default="relu", help="variant every other is compared with, paired by seed")
+    p.add_argument("--metric", default="val_loss", choices=METRICS, help="metric for ranking and paired tests")
+    p.add_argument("--strict", action="store_true", help="a malformed or incomplete log is an error, not a warning")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Run:
+    path: Path
+    log: dict
+    variant: str  # activation, "(matched)" for parameter-matched gated MLPs
+    seed: int
+    group_key: str
+    settings: dict  # the grouping settings, flattened
+
+    def metric(self, name: str) -> float:
+        split, key = name.split("_", 1)
+        values = self.log["final"].get(split)
+        return float(values[key]) if values else math.nan
+
+
+def flatten(prefix: str, obj, out: dict) -> dict:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in NOT_GROUPING:
+                flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def grouping_settings(log: dict) -> dict:
+    data = {role: {k: info.get(k) for k in ("split", "sha256", "layout", "max_length")} if info else None
+            for role, info in log["data"].items() if role in ("train", "val", "test")}
+    return flatten("", {"model": log["model_config"], "train": log["train_config"], "data": data}, {})
+
+
+def variant_name(log: dict) -> str:
+    cfg = log["model_config"]
+    matched = cfg.get("match_params") and cfg.get("d_hidden") != cfg.get("d_mlp")
+    return f"{cfg['act_fn']} (matched)" if matched else cfg["act_fn"]
+
+
+def check_log(log) -> str | None:
+    """Why a log cannot be used, or None."""
+    if not isinstance(log, dict) or "schema_version" not in log:
+        return "not a train_simple.py log"
+    if log["schema_version"] != SCHEMA_VERSION:
+        return f"schema_version {log['schema_version']}, expected {SCHEMA_VERSION}"
+    if log.get("status") != "complete":
+        return f"status {log.get('status')!r}"
+    if not log.get("epochs") or not log.get("final"):
+        return "no finished epochs"
+    for key in ("model_config", "train_config", "params", "data", "steps", "dynamics"):
+        if key not in log:
+            return f"missing {key!r}"
+    return None
+
+
+def load_runs(paths: list[Path], strict: bool) -> list[Run]:
+    runs = []
+    for path in paths:
+        try:
+            log = json.loads(path.read_text())
+            problem = check_log(log)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problem = f"unreadable ({type(err).__name__})"
+        if problem is None:
+            try:
+                settings = grouping_settings(log)
+                runs.append(Run(path, log, variant_name(log), int(log["train_config"]["seed"]),
+                                json.dumps(settings, sort_keys=True), settings))
+                continue
+            except (KeyError, TypeError, ValueError) as err:
+                problem = f"malformed ({type(err).__name__}: {err})"
+        if strict:
+            raise AnalysisError(f"{path}: {problem}")
+        warnings.warn(f"skipping {path}: {problem}", stacklevel=2)
+    return runs
+
+
+def log_paths(args: argparse.Namespace) -> list[Path]:
+    if args.logs:
+        return args.logs
+    if not args.results_dir.is_dir():
+        raise AnalysisError(f"results folder {args.results_dir} does not exist")
+    return sorted(p for p in args.results_dir.glob("*.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.group_key].append(run)
+    return sorted(groups.values(), key=len, reverse=True)
+
+
+def differences(groups: list[list[Run]]) -> list[str]:
+    """For each group, the settings in which it differs from the first group."""
+    first = groups[0][0].settings
+    notes = []
+    for group in groups:
+        s = group[0].settings
+        diff = [f"{k}={s.get(k)!r}" for k in sorted(set(first) | set(s)) if s.get(k) != first.get(k)]
+        notes.append(", ".join(diff) if diff else "reference settings")
+    return notes
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def group_table(group: list[Run], metric: str) -> pd.DataFrame:
+    """One row per variant: seeds, metric mean/std/CI, parameters, time, throughput."""
+    by_variant: dict[str, list[Run]] = defaultdict(list)
+    for run in group:
+        by_variant[run.variant].append(run)
+    rows = []
+    for variant, runs in by_variant.items():
+        row = {"variant": variant, "seeds": len(runs), "seed_list": " ".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))}
+        for name in METRICS:
+            values = [r.metric(name) for r in runs]
+            if all(math.isnan(v) for v in values):
+                continue
+            s = summarize(values)
+            row[f"{name}_mean"], row[f"{name}_std"], row[f"{name}_ci95"] = s.mean, s.std, s.ci95
+        params = runs[0].log["params"]
+        row["params_total"], row["params_mlp"] = params["total"], params["mlp"]
+        walls = [sum(e["wall_s"] for e in r.log["epochs"]) for r in runs]
+        tokens = [sum(e["train_tokens"] for e in r.log["epochs"]) for r in runs]
+        row["train_wall_s_mean"] = float(np.mean(walls))
+        row["train_tokens_per_s_mean"] = float(np.mean([t / w for t, w in zip(tokens, walls)]))
+        row["steps"] = runs[0].log["final"]["step"]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(f"{metric}_mean", kind="stable").reset_index(drop=True)
+    best = table[f"{metric}_mean"].iloc[0]
+    table[f"{metric}_vs_best_pct"] = (table[f"{metric}_mean"] - best) / abs(best) * 100
+    return table
+
+
+def paired_comparisons(group: list[Run], baseline: str, metric: str) -> pd.DataFrame:
+    """Each variant minus the baseline, paired by seed; Holm-corrected across variants."""
+    by_variant: dict[str, dict[int, float]] = defaultdict(dict)
+    for run in group:
+        by_variant[run.variant][run.seed] = run.metric(metric)
+    if baseline not in by_variant:
+        return pd.DataFrame()
+    rows = []
+    for variant in sorted(v for v in by_variant if v != baseline):
+        seeds = sorted(set(by_variant[variant]) & set(by_variant[baseline]))
+        if not seeds:
+            continue
+        test = paired_t_test([by_variant[variant][s] for s in seeds], [by_variant[baseline][s] for s in seeds])
+        rows.append({"variant": variant, "baseline": baseline, "pairs": test.n, "mean_diff": test.mean_diff,
+                     "ci95": test.ci95, "t": test.t, "p": test.p})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_holm"] = holm(list(table["p"]))
+    return table
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    has_test = "test_loss_mean" in table
+    header = ["variant", "seeds", "val loss", "val ppl", "val bits/byte", "study bits/byte (approx)"]
+    header += ["test loss", "test bits/byte"] if has_test else []
+    header += ["params (total / MLP)", "train s", "tokens/s", f"{metric} vs best"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cell(row, name: str, digits: int = 4) -> str:
+        mean, ci = row.get(f"{name}_mean", math.nan), row.get(f"{name}_ci95", math.nan)
+        return fmt(mean, digits) if math.isnan(ci) else f"{fmt(mean, digits)} ± {fmt(ci, digits)}"
+
+    for _, row in table.iterrows():
+        cells = [row["variant"], str(row["seeds"]), cell(row, "val_loss"), cell(row, "val_ppl", 1),
+                 cell(row, "val_bpb"), cell(row, "val_bpb_approx")]
+        cells += [cell(row, "test_loss"), cell(row, "test_bpb")] if has_test else []
+        cells += [f"{row['params_total']:,} / {row['params_mlp']:,}", f"{row['train_wall_s_mean']:.0f}",
+                  f"{row['train_tokens_per_s_mean']:.0f}", f"+{row[f'{metric}_vs_best_pct']:.2f}%"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int) -> str:
+    if table.empty:
+        return "No paired comparison: the baseline is not among these runs."
+    lines = [f"Paired by seed against **{table['baseline'].iloc[0]}** ({metric}, variant minus baseline; "
+             f"negative = better than baseline):", "",
+             "| variant | pairs | mean difference ± 95% CI | t | p | p (Holm) |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['variant']} | {r['pairs']} | {fmt(r['mean_diff'])} ± {fmt(r['ci95'])} | {fmt(r['t'], 2)} "
+                     f"| {fmt(r['p'], 4)} | {fmt(r['p_holm'], 4)} |")
+    if max_seeds < 2:
+        lines += ["", "Only one seed per activation: no confidence interval or significance can be claimed."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def variant_colors(variants: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {v: cmap(i % 10) for i, v in enumerate(sorted(variants))}
+
+
+def mean_band(series: list[pd.Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    frame = pd.concat(series, axis=1)
+    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1, ddof=1).fillna(0).to_numpy()
+
+
+def plot_band(ax, runs: list[Run], extract, color, label: str, marker: str | None = None) -> None:
+    series = [extract(r) for r in runs]
+    series = [s for s in series if len(s)]
+    if not series:
+        return
+    x, mean, std = mean_band(series)
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=4)
+    if len(series) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def step_loss(run: Run, window: int = 5) -> pd.Series:
+    steps = pd.Series({s["step"]: s["loss"] for s in run.log["steps"]}, dtype=float)
+    return steps.rolling(window, min_periods=1).mean()
+
+
+def epoch_metric(run: Run, key: str) -> pd.Series:
+    return pd.Series({e["epoch"]: e[key] for e in run.log["epochs"]}, dtype=float)
+
+
+def by_variant(group: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = defaultdict(list)
+    for run in group:
+        out[run.variant].append(run)
+    return dict(sorted(out.items()))
+
+
+def epoch_axis_label(group: list[Run]) -> str:
+    partial = [e for r in group for e in r.log["epochs"] if e.get("partial")]
+    if partial:
+        return f"epoch (last one partial: stopped at step {max(e['steps'] for e in partial)})"
+    return "epoch"
+
+
+def plot_curves(group: list[Run], path: Path) -> None:
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    panels = [("train_loss", "training loss (nats/token)"), ("val_loss", "validation loss (nats/token)"),
+              ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte (exact)")]
+    xlabel = epoch_axis_label(group)
+    for ax, (key, title) in zip(axes.flat, panels):
+        for variant, runs in variants.items():
+            if key == "train_loss":
+                plot_band(ax, runs, step_loss, colors[variant], variant)
+            else:
+                plot_band(ax, runs, lambda r, k=key: epoch_metric(r, k), colors[variant], variant, marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step (moving average of 5 logged steps)" if key == "train_loss" else xlabel)
+        ax.grid(alpha=0.3)
+        if key != "train_loss":
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=9)
+    n_seeds = max(len(r) for r in variants.values())
+    fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; band: ± 1 std)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_dynamics(group: list[Run], path: Path) -> None:
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    n_layers = group[0].log["model_config"]["n_layers"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), constrained_layout=True)
+    for variant, runs in variants.items():
+        plot_band(axes[0], runs, lambda r: pd.Series({s["step"]: s["grad_norm"] for s in r.log["steps"]}, dtype=float)
+                  .rolling(5, min_periods=1).mean(), colors[variant], variant)
+        for layer, style in zip(range(n_layers), ["-", "--", ":", "-."] * n_layers):
+            for ax, key in ((axes[1], "dead_fraction"), (axes[2], "active_fraction")):
+                series = [pd.Series({d["epoch"]: d["mlp"][layer][key] for d in r.log["dynamics"]}, dtype=float)
+                          for r in runs]
+                x, mean, std = mean_band(series)
+                ax.errorbar(x + 0.04 * (list(variants).index(variant) - len(variants) / 2), mean,
+                            yerr=std if len(series) > 1 else None, color=colors[variant], linestyle=style,
+                            marker="o", markersize=4, capsize=3, label=f"{variant}, layer {layer}")
+    axes[0].set(title="gradient norm before clipping", xlabel="optimizer step (moving average of 5)", ylabel="L2 norm")
+    axes[1].set(title="MLP units never active on the probe set", xlabel=epoch_axis_label(group), ylabel="fraction of units")
+    axes[2].set(title="MLP units active per token (mean)", xlabel=epoch_axis_label(group), ylabel="fraction of units")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    for ax in axes[1:]:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0].legend(fontsize=9)
+    axes[2].legend(fontsize=7, ncol=2)
+    fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see README)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def describe_group(group: list[Run]) -> str:
+    log = group[0].log
+    data, train = log["data"], log["train_config"]
+    return (f"trained on `{data['train']['split']}` ({data['train']['tokens']:,} scored tokens per epoch), "
+            f"evaluated on `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
+            f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}; "
+            f"{train['layout']} layout, batch {train['batch_size']}, lr {train['lr']}, "
+            f"{log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
+            f"preset {log['model_config']['preset']}")
+
+
+def analyze(args: argparse.Namespace) -> str:
+    runs = load_runs(log_paths(args), args.strict)
+    if not runs:
+        raise AnalysisError(f"no usable logs in {args.results_dir if not args.logs else 'the files given'}")
+    out_dir = args.output_dir or (args.results_dir if not args.logs else args.logs[0].parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    notes = differences(groups)
+    md = ["# Activation comparison", "",
+          f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
+          f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", ""]
+    csv_tables = []
+    for i, (group, note) in enumerate(zip(groups, notes), start=1):
+        table = group_table(group, args.metric)
+        paired = paired_comparisons(group, args.baseline, args.metric)
+        md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", markdown_table(table, args.metric), "",
+               markdown_paired(paired, args.metric, int(table["seeds"].max())), ""]
+        suffix = "" if i == 1 else f"_group{i}"
+        plot_curves(group, out_dir / f"training_curves{suffix}.png")
+        plot_dynamics(group, out_dir / f"training_dynamics{suffix}.png")
+        if not paired.empty:
+            table = table.merge(paired[["variant", "mean_diff", "ci95", "p", "p_holm"]].rename(columns={
+                "mean_diff": f"{args.metric}_diff_vs_{args.baseline}", "ci95": "diff_ci95"}), on="variant", how="left")
+        csv_tables.append(table.assign(group=i, group_settings=note))
+    summary = "\n".join(md)
+    tmp = out_dir / ".summary.md.tmp"
+    tmp.write_text(summary)
+    tmp.replace(out_dir / "summary.md")
+    tmp = out_dir / ".summary.csv.tmp"
+    pd.concat(csv_tables).to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(out_dir / "summary.csv")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
+            print(analyze(args))
+    except AnalysisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

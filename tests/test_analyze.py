@@ -1,0 +1,123 @@
+"""analyze_results.py on synthetic logs with known values."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import matplotlib.image as mpimg
+import pytest
+
+import analyze_results
+from stats import holm, paired_t_test
+
+VAL_LOSS = {  # activation -> seed -> final validation loss
+    "relu": {1: 5.00, 2: 5.10, 3: 4.95},
+    "gelu": {1: 4.90, 2: 5.02, 3: 4.80},
+    "swiglu": {1: 4.70, 2: 4.75, 3: 4.72},
+}
+
+
+def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> dict:
+    gated = act == "swiglu"
+    epochs = [{"epoch": e, "partial": False, "steps": 10 * e, "train_loss": val_loss + 1.0 / e, "train_tokens": 1000,
+               "val_loss": val_loss + 0.5 / e, "val_ppl": math.exp(val_loss + 0.5 / e), "val_bpb": (val_loss + 0.5 / e) / 3,
+               "val_bpb_approx": (val_loss + 0.5 / e) / math.log(2) / 4, "val_bytes_per_token": 4.2, "wall_s": 10.0,
+               "train_tokens_per_s": 100.0} for e in (1, 2)]
+    epochs[-1].update(val_loss=val_loss, val_ppl=math.exp(val_loss), val_bpb=val_loss / 3,
+                      val_bpb_approx=val_loss / math.log(2) / 4)
+    final_val = {"loss": val_loss, "ppl": math.exp(val_loss), "bpb": val_loss / 3,
+                 "bpb_approx": val_loss / math.log(2) / 4, "bytes_per_token": 4.2, "tokens": 900, "bytes": 3800}
+    return {
+        "schema_version": analyze_results.SCHEMA_VERSION, "status": "complete", "run": {"name": f"{act}_{seed}"},
+        "model_config": {"d_vocab": 100, "n_ctx": 16, "d_model": 32, "n_heads": 2, "d_mlp": 64, "n_layers": 2,
+                         "act_fn": act, "preset": "seed", "match_params": gated, "attn_impl": "einsum",
+                         "layer_norm_eps": 1e-5, "d_head": 16, "d_hidden": 40 if gated else 64},
+        "train_config": {"activation": act, "seed": seed, "num_epochs": 2, "max_steps": None, "batch_size": 8,
+                         "lr": 3e-4, "layout": "lines", **train_overrides},
+        "params": {"total": 10_000, "non_embedding": 4_000, "mlp": 4_200 if not gated else 4_100},
+        "data": {"tokenizer": "t", "train": {"split": "test", "sha256": "a", "layout": "lines", "max_length": 16,
+                                             "tokens": 1000, "bytes": 4200},
+                 "val": {"split": "validation", "sha256": "b", "layout": "lines", "max_length": 16, "tokens": 900,
+                         "bytes": 3800}, "test": None},
+        "steps": [{"step": s, "epoch": 1 + (s > 10), "loss": val_loss + 2.0 / s, "grad_norm": 1.0 + 1.0 / s,
+                   "lr": 3e-4, "tokens_per_s": 100.0} for s in range(1, 21)],
+        "epochs": epochs,
+        "dynamics": [{"epoch": e, "partial": False, "layer_grad_norms": {},
+                      "mlp": [{"layer": l, "dead_fraction": 0.01 * seed, "active_fraction": 0.4 + 0.01 * l,
+                               "pre_mean": 0.0, "pre_std": 1.0} for l in range(2)]} for e in (1, 2)],
+        "final": {"step": 20, "val": final_val},
+    }
+
+
+@pytest.fixture
+def results(tmp_path):
+    for act, seeds in VAL_LOSS.items():
+        for seed, loss in seeds.items():
+            (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(synthetic_log(act, seed, loss)))
+    (tmp_path / "broken.json").write_text("{ not json")
+    running = synthetic_log("relu", 9, 1.0)
+    running["status"] = "running"
+    (tmp_path / "running.json").write_text(json.dumps(running))
+    return tmp_path
+
+
+def test_tables_statistics_and_figures(results, capsys):
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.json" in err and "running.json" in err  # skipped with a warning, not a crash
+    table = __import__("pandas").read_csv(results / "summary.csv")
+    assert list(table["variant"]) == ["swiglu (matched)", "gelu", "relu"]  # best first
+    relu = table.set_index("variant").loc["relu"]
+    assert relu["val_loss_mean"] == pytest.approx(sum(VAL_LOSS["relu"].values()) / 3)
+    sd = math.sqrt(sum((v - 5.0166667) ** 2 for v in VAL_LOSS["relu"].values()) / 2)
+    assert relu["val_loss_std"] == pytest.approx(sd, rel=1e-4)
+    assert relu["val_loss_ci95"] == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-4)
+    best = sum(VAL_LOSS["swiglu"].values()) / 3
+    assert relu["val_loss_vs_best_pct"] == pytest.approx((relu["val_loss_mean"] - best) / best * 100, rel=1e-4)
+    gelu = table.set_index("variant").loc["gelu"]
+    expected = paired_t_test([VAL_LOSS["gelu"][s] for s in (1, 2, 3)], [VAL_LOSS["relu"][s] for s in (1, 2, 3)])
+    assert gelu["val_loss_diff_vs_relu"] == pytest.approx(expected.mean_diff, rel=1e-5)
+    assert gelu["p"] == pytest.approx(expected.p, rel=1e-4)
+    swiglu = paired_t_test([VAL_LOSS["swiglu"][s] for s in (1, 2, 3)], [VAL_LOSS["relu"][s] for s in (1, 2, 3)])
+    assert gelu["p_holm"] == pytest.approx(holm([expected.p, swiglu.p])[0], rel=1e-4)
+    summary = (results / "summary.md").read_text()
+    assert "swiglu (matched)" in summary and "Holm" in summary
+    for name in ("training_curves.png", "training_dynamics.png"):
+        image = mpimg.imread(results / name)
+        assert image.shape[0] > 400 and image.shape[1] > 800
+        assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_one_seed_says_no_significance(tmp_path):
+    for act in ("relu", "gelu"):
+        (tmp_path / f"{act}.json").write_text(json.dumps(synthetic_log(act, 1, VAL_LOSS[act][1])))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert "no confidence interval or significance can be claimed" in (tmp_path / "summary.md").read_text()
+
+
+def test_different_settings_are_never_pooled(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(synthetic_log("relu", 1, 5.0)))
+    (tmp_path / "b.json").write_text(json.dumps(synthetic_log("relu", 2, 4.0, lr=1e-3)))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Group 2" in summary and "train.lr=0.001" in summary
+
+
+def test_no_usable_logs_is_exit_2(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("[]")
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 2
+    assert "no usable logs" in capsys.readouterr().err
+
+
+def test_strict_makes_a_bad_log_an_error(results, capsys):
+    assert analyze_results.main(["--results_dir", str(results), "--strict"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_output_is_reproducible(results, tmp_path):
+    analyze_results.main(["--results_dir", str(results)])
+    first = (results / "summary.md").read_text(), (results / "summary.csv").read_text()
+    analyze_results.main(["--results_dir", str(results)])
+    assert first == ((results / "summary.md").read_text(), (results / "summary.csv").read_text())
