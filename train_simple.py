@@ -410,7 +410,7 @@ class Run:
         random.setstate(ckpt["rng"]["python"])
         if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        current_settings = self.log["train_config"]
+        log["train_config"] = self.log["train_config"]  # num_epochs / max_steps may have changed
         self.log = log
         if self.finished():
             return  # nothing left to train; main() finishes or skips it
@@ -420,7 +420,6 @@ class Run:
         log["dynamics"] = [d for d in log["dynamics"] if not d.get("partial")]
         log["final"] = None
         log["status"] = "running"
-        log["train_config"] = current_settings  # num_epochs / max_steps may have grown
         log["run"]["resumed"].append({"at_step": self.step, "time": now(), "command": self.args.command})
         log["run"]["ended"] = None
 
