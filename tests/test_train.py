@@ -114,6 +114,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted_one(tiny_argv, tmp_path):
     assert_same_run(tmp_path / "full", tmp_path / "parts")
     resumed = read_log(tmp_path / "parts" / "relu_seed3.json")["run"]["resumed"]
     assert [r["at_step"] for r in resumed] == [5, 11]
+    assert read_log(tmp_path / "parts" / "relu_seed3.json")["train_config"]["max_steps"] is None  # the last command's
 
 
 class SimulatedKill(BaseException):

@@ -31,30 +31,43 @@ class _LinearCrossEntropy(torch.autograd.Function):
         buffer = h.new_empty(min(chunk_rows, n_rows), W_U.shape[1])
         nll = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
         grad_h = torch.empty_like(h) if needs_grad else None
-        # d nll / d W_U accumulated as its transpose (d_vocab, d_model): that GEMM orientation is
+        # d nll / d W_U is accumulated as its transpose (d_vocab, d_model): that GEMM orientation is
         # markedly faster on CPU BLAS than accumulating into (d_model, d_vocab).
-        grad_W_t = W_U.new_zeros(W_U.shape[1], W_U.shape[0]) if needs_grad else None
+        grad_W_t = W_U.new_empty(W_U.shape[1], W_U.shape[0]) if needs_grad else None
         for start in range(0, n_rows, chunk_rows):
             h_c, t_c = h[start : start + chunk_rows], targets[start : start + chunk_rows]
             logits = torch.mm(h_c, W_U, out=buffer[: h_c.shape[0]])
             target_logit = logits.gather(1, t_c[:, None]).squeeze(1)
+            if not needs_grad:  # evaluation: logsumexp reads the block twice and writes nothing
+                nll += (torch.logsumexp(logits, dim=1) - target_logit).sum()
+                continue
             row_max = logits.amax(dim=1, keepdim=True)
             probs = logits.sub_(row_max).exp_()  # in place: the buffer now holds exp(logit - max)
             sum_exp = probs.sum(dim=1, keepdim=True)
             nll += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
-            if needs_grad:
-                grad_logits = probs.div_(sum_exp)  # softmax
-                grad_logits[torch.arange(h_c.shape[0], device=h.device), t_c] -= 1.0
-                torch.mm(grad_logits, W_U.t(), out=grad_h[start : start + chunk_rows])
+            grad_logits = probs.div_(sum_exp)  # softmax
+            grad_logits[torch.arange(h_c.shape[0], device=h.device), t_c] -= 1.0
+            torch.mm(grad_logits, W_U.t(), out=grad_h[start : start + chunk_rows])
+            if start == 0:  # the first block writes, later ones add: no zero-fill needed
+                torch.mm(grad_logits.t(), h_c, out=grad_W_t)
+            else:
                 grad_W_t.addmm_(grad_logits.t(), h_c)
         if needs_grad:
-            ctx.save_for_backward(grad_h, grad_W_t)
+            if n_rows == 0:
+                grad_h, grad_W_t = torch.zeros_like(h), grad_W_t.zero_()
+            # One transposing copy into W_U's own layout, so autograd can take the tensor as the
+            # .grad without another copy.
+            ctx.save_for_backward(grad_h, grad_W_t.t().contiguous())
         return nll
 
     @staticmethod
     def backward(ctx, grad_nll: Tensor):  # type: ignore[override]
-        grad_h, grad_W_t = ctx.saved_tensors
-        return grad_h * grad_nll, grad_W_t.t() * grad_nll, None, None, None
+        if getattr(ctx, "backward_done", False):
+            raise RuntimeError("linear_cross_entropy supports one backward pass per forward")
+        ctx.backward_done = True
+        grad_h, grad_W = ctx.saved_tensors
+        # Used once (checked above): scaling in place saves allocating two more tensors of their size.
+        return grad_h.mul_(grad_nll), grad_W.mul_(grad_nll), None, None, None
 
 
 def linear_cross_entropy(
