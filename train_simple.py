@@ -486,7 +486,9 @@ class Run:
     def train(self) -> None:
         args, train = self.args, self.data.train
         self.save_log()
-        while not self.finished():
+        # Loop over epochs, not "until finished": a run resumed exactly where --max_steps stopped it
+        # may still owe the evaluation of its partial epoch.
+        while self.epoch <= self.args.num_epochs:
             order = epoch_order(self.seed, self.epoch, len(train))
             bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"{self.log_path.stem} epoch {self.epoch}",
                        disable=None if self.ddp.main else True, leave=False, dynamic_ncols=True)
@@ -525,8 +527,10 @@ class Run:
                     self.save_checkpoint()
                     self.save_log()
             bar.close()
-            if self.epoch_tokens == 0 and stopped:
-                break  # stopped exactly at an epoch boundary: that epoch was already recorded
+            recorded = self.log["epochs"] and (self.log["epochs"][-1]["epoch"], self.log["epochs"][-1]["steps"]) == (
+                self.epoch, self.step)
+            if stopped and (self.epoch_tokens == 0 or recorded):
+                break  # stopped at an epoch boundary, or this partial epoch is already evaluated
             self.check_finite(torch.as_tensor(float(self.epoch_nll)), torch.tensor(0.0))
             self.end_epoch(partial=stopped)
             if not stopped:

@@ -223,3 +223,19 @@ def test_two_process_ddp_matches_single_process(tiny_argv, tmp_path):
         assert sb["loss"] == pytest.approx(sa["loss"], rel=1e-4)
         assert sb["grad_norm"] == pytest.approx(sa["grad_norm"], rel=1e-3)
     assert b["final"]["val"]["loss"] == pytest.approx(a["final"]["val"]["loss"], rel=1e-4)
+
+
+def test_resume_at_the_stop_point_of_a_mid_epoch_checkpoint_still_records_the_epoch(tiny_argv, tmp_path):
+    # checkpoint_every 3 and max_steps 6 in a 16-step run: the run dies after the step-6
+    # checkpoint, before the partial-epoch evaluation; resuming must evaluate it, once.
+    out = tmp_path / "out"
+    assert train_simple.main(tiny_argv(out, "--max_steps", "6")) == 0
+    reference = read_log(out / "relu_seed3.json")
+    ckpt_path = out / "checkpoints" / "relu_seed3.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["log"]["epochs"], ckpt["log"]["dynamics"], ckpt["log"]["status"] = [], [], "running"
+    torch.save(ckpt, ckpt_path)
+    (out / "relu_seed3.json").write_text(json.dumps(ckpt["log"]))
+    assert train_simple.main(tiny_argv(out, "--max_steps", "6", "--resume")) == 0
+    log = read_log(out / "relu_seed3.json")
+    assert log["status"] == "complete" and without_timings(log["epochs"]) == without_timings(reference["epochs"])
