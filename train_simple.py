@@ -86,10 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all")
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=PRESETS, default="seed", help="architecture: the study's (seed) or GPT-2's")
-    g.add_argument("--d_model", type=int, default=256)
-    g.add_argument("--d_mlp", type=int, default=1024)
-    g.add_argument("--n_heads", type=int, default=4)
-    g.add_argument("--n_layers", type=int, default=2)
+    g.add_argument("--d_model", type=int, default=256, help="residual stream width")
+    g.add_argument("--d_mlp", type=int, default=1024, help="MLP hidden width (before --match_params)")
+    g.add_argument("--n_heads", type=int, default=4, help="attention heads")
+    g.add_argument("--n_layers", type=int, default=2, help="transformer blocks")
     g.add_argument("--match_params", action="store_true",
                    help="shrink gated (GLU) MLPs to 2/3 width so every MLP has the same parameter count")
     g.add_argument("--attn_impl", choices=("einsum", "sdpa"), default="einsum", help="attention kernel")
@@ -628,12 +628,20 @@ def main(argv: list[str] | None = None) -> int:
         todo = []
         for activation, seed, name in runs:
             log_path = args.output_dir / f"{name}.json"
-            if log_path.exists() and not args.resume:
-                status = json.loads(log_path.read_text()).get("status") if log_path.stat().st_size else None
-                if status == "complete":
-                    if ddp.main:
-                        print(f"skip {name}: {log_path} is complete", file=sys.stderr)
-                    continue
+            if not log_path.exists():
+                todo.append((activation, seed, name))
+                continue
+            try:
+                existing = json.loads(log_path.read_text())
+                status, settings = existing.get("status"), existing.get("train_config", {})
+            except (OSError, ValueError, AttributeError):
+                status, settings = "unreadable", {}
+            same_length = all(settings.get(k) == getattr(args, k) for k in RESUMABLE_SETTINGS)
+            if status == "complete" and (not args.resume or same_length):
+                if ddp.main:
+                    print(f"skip {name}: {log_path} is complete", file=sys.stderr)
+                continue
+            if not args.resume:
                 raise UsageError(f"{log_path} exists (status {status!r}); pass --resume or another --run_name")
             todo.append((activation, seed, name))
         if not todo:
@@ -643,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         for activation, seed, name in todo:
             run = Run(args, activation, seed, name, data, device, ddp)
             if args.resume and run.log_path.exists():
+                was_complete = json.loads(run.log_path.read_text()).get("status") == "complete"
                 run.restore()
-                if run.finished() and run.log["status"] == "complete":
+                if run.finished() and was_complete:
                     if ddp.main:
                         print(f"skip {name}: already trained to the requested length", file=sys.stderr)
                     continue

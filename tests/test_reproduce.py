@@ -1,0 +1,46 @@
+"""reproduce.sh end to end in a tiny configuration: trains, resumes, analyses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_reproduce(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "reproduce.sh"), *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**os.environ, "PYTHON": sys.executable})
+
+
+def test_help_documents_the_options():
+    result = run_reproduce(["--help"])
+    assert result.returncode == 0
+    for option in ("--data_dir", "--tokenizer", "--train_split", "--val_split", "--epochs", "--seeds", "--max_steps"):
+        assert option in result.stdout
+
+
+def test_unknown_option_is_exit_2():
+    result = run_reproduce(["--bogus"])
+    assert result.returncode == 2 and "unknown option" in result.stderr
+
+
+def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    extra = (f"--d_model 32 --d_mlp 48 --n_heads 2 --n_layers 1 --max_length 16 --test_split none "
+             f"--tokenizer {tiny_tokenizer_dir} --cache_dir {tmp_path / 'cache'} --log_every 1 --probe_sequences 4")
+    args = ["--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
+            "--max_steps", "2", "--seeds", "1 2", "--ungated", "relu", "--gated", "swiglu",
+            "--output_dir", str(tmp_path / "results"), "--jobs", "2", "--extra", extra]
+    first = run_reproduce(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    logs = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
+    assert logs == ["relu_seed1.json", "relu_seed2.json", "swiglu_matched_seed1.json", "swiglu_matched_seed2.json"]
+    assert all(json.loads((tmp_path / "results" / n).read_text())["status"] == "complete" for n in logs)
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "swiglu (matched)" in summary and "relu" in summary
+    assert (tmp_path / "results" / "training_curves.png").stat().st_size > 10_000
+    again = run_reproduce(args)  # everything is complete: skipped, and the analysis is the same
+    assert again.returncode == 0 and "skip" in again.stderr
+    assert (tmp_path / "results" / "summary.md").read_text() == summary
