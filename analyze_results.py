@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from data_utils import atomic_write  # noqa: E402
 from stats import holm, paired_t_test, summarize  # noqa: E402
 from train_simple import SCHEMA_VERSION  # noqa: E402
 
@@ -393,12 +394,9 @@ def analyze(args: argparse.Namespace) -> str:
                 "mean_diff": f"{args.metric}_diff_vs_{args.baseline}", "ci95": "diff_ci95"}), on="variant", how="left")
         csv_tables.append(table.assign(group=i, group_settings=note))
     summary = "\n".join(md)
-    tmp = out_dir / ".summary.md.tmp"
-    tmp.write_text(summary)
-    tmp.replace(out_dir / "summary.md")
-    tmp = out_dir / ".summary.csv.tmp"
-    pd.concat(csv_tables).to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(out_dir / "summary.csv")
+    atomic_write(out_dir / "summary.md", lambda f: f.write(summary.encode()))
+    csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
+    atomic_write(out_dir / "summary.csv", lambda f: f.write(csv.encode()))
     return summary
 
 

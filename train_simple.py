@@ -36,6 +36,7 @@ from data_utils import (
     DataError,
     TokenizedSplit,
     atomic_save,
+    atomic_write,
     load_split_text,
     load_tokenizer,
     token_byte_lengths,
@@ -128,16 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
 
 
 def git_commit() -> str | None:
