@@ -64,9 +64,10 @@ def test_end_to_end_run_writes_a_complete_schema_valid_log(tiny_argv, tmp_path):
 
 
 def test_max_steps_run_records_one_partial_epoch(tiny_argv, tmp_path):
-    assert train_simple.main(tiny_argv(None, "--max_steps", "3")) == 0
+    assert train_simple.main(tiny_argv(None, "--max_steps", "3", "--eval_every", "2")) == 0
     log = read_log(tmp_path / "out" / "relu_seed3.json")
     assert len(log["steps"]) == 3 and len(log["epochs"]) == 1 and log["epochs"][0]["partial"]
+    assert [e["step"] for e in log["evals"]] == [2] and log["evals"][0]["val_loss"] > 0
 
 
 def test_same_seed_gives_identical_logs_apart_from_timings(tiny_argv, tmp_path):
