@@ -341,6 +341,7 @@ class Run:
         self.probe = TokenizedSplit(data.val.tokens[: args.probe_sequences], data.val.lengths[: args.probe_sequences])
         self.step, self.epoch, self.batch_in_epoch = 0, 1, 0
         self.epoch_nll, self.epoch_tokens, self.epoch_wall = 0.0, 0, 0.0
+        self.last_val: dict | None = None  # validation metrics of the latest end_epoch
         self.log = self.new_log(name)
 
     def new_log(self, name: str) -> dict:
@@ -454,7 +455,7 @@ class Run:
         return evaluate(self.model, split, self.data.byte_lengths, self.args.eval_batch_size, self.device, self.ddp)
 
     def end_epoch(self, partial: bool) -> None:
-        """Evaluate, record the epoch and its dynamics, checkpoint and write the log."""
+        """Evaluate and record the epoch and its dynamics (the caller checkpoints and writes the log)."""
         val = self.evaluate(self.data.val)
         train_loss = float(self.epoch_nll) / self.epoch_tokens if self.epoch_tokens else math.nan
         self.log["epochs"].append({
@@ -535,7 +536,7 @@ class Run:
         self.finish()
 
     def finish(self) -> None:
-        final = {"step": self.step, "val": getattr(self, "last_val", None) or self.evaluate(self.data.val)}
+        final = {"step": self.step, "val": self.last_val or self.evaluate(self.data.val)}
         if self.data.test is not None:
             final["test"] = self.evaluate(self.data.test)
         self.log["final"] = final
