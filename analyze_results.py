@@ -299,25 +299,46 @@ def epoch_axis_label(group: list[Run]) -> str:
     return "epoch"
 
 
+def plot_per_epoch(ax, variants: dict[str, list[Run]], colors: dict, series_of, group: list[Run],
+                   style: str = "-", marker: str = "o", offset: float = 0.0, label_suffix: str = "") -> None:
+    """A per-epoch quantity: lines over epochs (band: ± 1 std over seeds), or, when every run has a
+    single epoch, one point per activation with a ± 1 std error bar."""
+    single = all(len(r.log["epochs"]) == 1 for r in group)
+    for i, (variant, runs) in enumerate(variants.items()):
+        x, mean, std = mean_band([series_of(r) for r in runs])
+        label = variant + label_suffix
+        if single:
+            ax.errorbar([i + offset], mean, yerr=std if len(runs) > 1 else None, color=colors[variant],
+                        marker=marker, linestyle="none", capsize=4, markersize=6, label=label)
+        else:
+            ax.plot(x, mean, color=colors[variant], linestyle=style, marker=marker, markersize=4, label=label)
+            if len(runs) > 1:
+                ax.fill_between(x, mean - std, mean + std, color=colors[variant], alpha=0.15, linewidth=0)
+    if single:
+        ax.set_xticks(range(len(variants)), list(variants), rotation=15)
+        ax.set_xlim(-0.6, len(variants) - 0.4)
+        steps = max(e["steps"] for r in group for e in r.log["epochs"])
+        ax.set_xlabel(f"after {steps} steps (error bar: ± 1 std over seeds)")
+    else:
+        ax.set_xlabel(epoch_axis_label(group))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
 def plot_curves(group: list[Run], path: Path) -> None:
     variants = by_variant(group)
     colors = variant_colors(list(variants))
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
-    panels = [("train_loss", "training loss (nats/token)"), ("val_loss", "validation loss (nats/token)"),
-              ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte (exact)")]
-    xlabel = epoch_axis_label(group)
-    for ax, (key, title) in zip(axes.flat, panels):
-        for variant, runs in variants.items():
-            if key == "train_loss":
-                plot_band(ax, runs, step_loss, colors[variant], variant)
-            else:
-                plot_band(ax, runs, lambda r, k=key: epoch_metric(r, k), colors[variant], variant, marker="o")
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step (moving average of 5 logged steps)" if key == "train_loss" else xlabel)
-        ax.grid(alpha=0.3)
-        if key != "train_loss":
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    panels = [("val_loss", "validation loss (nats/token)"), ("val_ppl", "validation perplexity"),
+              ("val_bpb", "validation bits per byte (exact)")]
+    for variant, runs in variants.items():
+        plot_band(axes[0, 0], runs, step_loss, colors[variant], variant)
+    axes[0, 0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
     axes[0, 0].legend(fontsize=9)
+    for ax, (key, title) in zip(list(axes.flat)[1:], panels):
+        plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
+        ax.set_title(title)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
     n_seeds = max(len(r) for r in variants.values())
     fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; band: ± 1 std)")
     fig.savefig(path, dpi=110)
@@ -328,27 +349,29 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
     variants = by_variant(group)
     colors = variant_colors(list(variants))
     n_layers = group[0].log["model_config"]["n_layers"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), constrained_layout=True)
     for variant, runs in variants.items():
         plot_band(axes[0], runs, lambda r: pd.Series({s["step"]: s["grad_norm"] for s in r.log["steps"]}, dtype=float)
                   .rolling(5, min_periods=1).mean(), colors[variant], variant)
-        for layer, style in zip(range(n_layers), ["-", "--", ":", "-."] * n_layers):
-            for ax, key in ((axes[1], "dead_fraction"), (axes[2], "active_fraction")):
-                series = [pd.Series({d["epoch"]: d["mlp"][layer][key] for d in r.log["dynamics"]}, dtype=float)
-                          for r in runs]
-                x, mean, std = mean_band(series)
-                ax.errorbar(x + 0.04 * (list(variants).index(variant) - len(variants) / 2), mean,
-                            yerr=std if len(series) > 1 else None, color=colors[variant], linestyle=style,
-                            marker="o", markersize=4, capsize=3, label=f"{variant}, layer {layer}")
+    markers, styles = "osD^v", ["-", "--", ":", "-."]
+    for layer in range(n_layers):
+        offset = 0.3 * (layer - (n_layers - 1) / 2) / max(n_layers - 1, 1)
+        for ax, key in ((axes[1], "dead_fraction"), (axes[2], "active_fraction")):
+            plot_per_epoch(ax, variants, colors,
+                           lambda r, k=key, l=layer: pd.Series({d["epoch"]: d["mlp"][l][k] for d in r.log["dynamics"]},
+                                                                 dtype=float),
+                           group, style=styles[layer % 4], marker=markers[layer % 5], offset=offset,
+                           label_suffix=f", layer {layer}")
     axes[0].set(title="gradient norm before clipping", xlabel="optimizer step (moving average of 5)", ylabel="L2 norm")
-    axes[1].set(title="MLP units never active on the probe set", xlabel=epoch_axis_label(group), ylabel="fraction of units")
-    axes[2].set(title="MLP units active per token (mean)", xlabel=epoch_axis_label(group), ylabel="fraction of units")
+    axes[1].set(title="MLP units never active on the probe set", ylabel="fraction of units")
+    axes[2].set(title="MLP units active per token (mean)", ylabel="fraction of units")
     for ax in axes:
         ax.grid(alpha=0.3)
-    for ax in axes[1:]:
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].legend(fontsize=9)
-    axes[2].legend(fontsize=7, ncol=2)
+    handles, labels = axes[1].get_legend_handles_labels()
+    layer_keys = [i for i, label in enumerate(labels) if label.startswith(labels[0].split(",")[0] + ",")]
+    axes[1].legend([handles[i] for i in layer_keys], [labels[i].split(", ")[1] for i in layer_keys],
+                   fontsize=9, title="marker")
     fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see README)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
