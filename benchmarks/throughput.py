@@ -97,16 +97,25 @@ def train_flops_per_token(cfg: TransformerConfig, seq: int) -> float:
     return 6 * (matmul + attention)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux VmHWM; unlike ru_maxrss it is not inherited
+    across exec from a larger parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_mb(which: str) -> float:
-    """Peak resident memory growth of a training step, measured in a fresh interpreter."""
+    """Peak resident memory growth of two training steps over the built model, in a fresh interpreter."""
     code = (
-        "import resource, sys, torch; sys.path.insert(0, %r); sys.path.insert(0, %r);"
-        "from throughput import build, train_step, TransformerConfig;"
+        "import sys, torch; sys.path.insert(0, %r); sys.path.insert(0, %r);"
+        "from throughput import build, train_step, peak_rss_mb, TransformerConfig;"
         "cfg = TransformerConfig(); m, o = build(%r, cfg); x = torch.randint(0, cfg.d_vocab, (8, 128));"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "base = peak_rss_mb();"
         "[train_step(%r, m, o, x, x.clone()) for _ in range(2)];"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
-    ) % (str(ROOT), str(Path(__file__).parent), which, which)
+        "print(peak_rss_mb() - base)"
+    ) % (str(ROOT), str(Path(__file__).resolve().parent), which, which)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 

@@ -121,3 +121,12 @@ def test_output_is_reproducible(results, tmp_path):
     first = (results / "summary.md").read_text(), (results / "summary.csv").read_text()
     analyze_results.main(["--results_dir", str(results)])
     assert first == ((results / "summary.md").read_text(), (results / "summary.csv").read_text())
+
+
+def test_committed_summary_is_regenerated_exactly(tmp_path):
+    results = analyze_results.Path(__file__).resolve().parent.parent / "results"
+    if not (results / "summary.md").exists():
+        pytest.skip("no committed results")
+    assert analyze_results.main(["--results_dir", str(results), "--output_dir", str(tmp_path)]) == 0
+    for name in ("summary.md", "summary.csv"):
+        assert (tmp_path / name).read_text() == (results / name).read_text()

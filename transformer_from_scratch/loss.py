@@ -38,13 +38,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h_c, t_c = h[start : start + chunk_rows], targets[start : start + chunk_rows]
             logits = torch.mm(h_c, W_U, out=buffer[: h_c.shape[0]])
             target_logit = logits.gather(1, t_c[:, None]).squeeze(1)
-            if not needs_grad:  # evaluation: logsumexp reads the block twice and writes nothing
-                nll += (torch.logsumexp(logits, dim=1) - target_logit).sum()
-                continue
             row_max = logits.amax(dim=1, keepdim=True)
             probs = logits.sub_(row_max).exp_()  # in place: the buffer now holds exp(logit - max)
             sum_exp = probs.sum(dim=1, keepdim=True)
             nll += (row_max.squeeze(1) + sum_exp.squeeze(1).log() - target_logit).sum()
+            if not needs_grad:  # evaluation (in place beats torch.logsumexp's temporaries here)
+                continue
             grad_logits = probs.div_(sum_exp)  # softmax
             grad_logits[torch.arange(h_c.shape[0], device=h.device), t_c] -= 1.0
             torch.mm(grad_logits, W_U.t(), out=grad_h[start : start + chunk_rows])
