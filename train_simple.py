@@ -506,9 +506,8 @@ class Run:
                     self.check_finite(loss, norm)
                     elapsed = time.perf_counter() - interval_start
                     entry = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "grad_norm": norm.item(),
-                             "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed}
-                    if layer_norms is not None:
-                        entry["layer_grad_norms"] = layer_norms
+                             "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
+                             "layer_grad_norms": layer_norms}
                     self.log["steps"].append(entry)
                     bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}")
                     interval_start, interval_tokens = time.perf_counter(), 0
@@ -622,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         for activation, seed, name in runs:
             log_path = args.output_dir / f"{name}.json"
             if not log_path.exists():
-                todo.append((activation, seed, name))
+                todo.append((activation, seed, name, False))
                 continue
             try:
                 existing = json.loads(log_path.read_text())
@@ -636,15 +635,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if not args.resume:
                 raise UsageError(f"{log_path} exists (status {status!r}); pass --resume or another --run_name")
-            todo.append((activation, seed, name))
+            todo.append((activation, seed, name, status == "complete"))
         if not todo:
             return 0
         data = load_data(args)
         failed = 0
-        for activation, seed, name in todo:
+        for activation, seed, name, was_complete in todo:
             run = Run(args, activation, seed, name, data, device, ddp)
             if args.resume and run.log_path.exists():
-                was_complete = json.loads(run.log_path.read_text()).get("status") == "complete"
                 run.restore()
                 if run.finished() and was_complete:
                     if ddp.main:
