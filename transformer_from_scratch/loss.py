@@ -29,6 +29,12 @@ from torch import Tensor
 DEFAULT_VOCAB_TILE = 2048
 
 
+def _targets_in_tile(targets: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
+    """Each target's column within the tile [start, start + width), and whether it falls there."""
+    local = targets - start
+    return local, (local >= 0) & (local < width)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, vocab_tile: int, needs_grad: bool) -> Tensor:  # type: ignore[override]
@@ -43,8 +49,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             width = W_tile.shape[1]
             # Training keeps every tile of logits for the gradients; evaluation reuses the scratch.
             logits = h @ W_tile if needs_grad else torch.mm(h, W_tile, out=scratch[:, :width])
-            local = targets - start
-            in_tile = (local >= 0) & (local < width)
+            local, in_tile = _targets_in_tile(targets, start, width)
             picked = logits.gather(1, local.clamp(0, width - 1)[:, None]).squeeze(1)
             target_logit += torch.where(in_tile, picked, 0.0)
             new_max = torch.maximum(row_max, logits.amax(dim=1, keepdim=True))
@@ -81,8 +86,7 @@ def _gradients(
     for start, logits in tiles:
         width = logits.shape[1]
         grad_logits = logits.sub_(log_normaliser).exp_()  # softmax, in place
-        local = targets - start
-        in_tile = (local >= 0) & (local < width)
+        local, in_tile = _targets_in_tile(targets, start, width)
         grad_logits[rows[in_tile], local[in_tile]] -= 1.0
         grad_h.addmm_(grad_logits, W_U[:, start : start + width].t())
         torch.mm(grad_logits.t(), h, out=grad_W_t[start : start + width])
