@@ -169,11 +169,8 @@ def fmt(value: float, digits: int = 4) -> str:
 
 def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     """One row per variant: seeds, metric mean/std/CI, parameters, time, throughput."""
-    by_variant: dict[str, list[Run]] = defaultdict(list)
-    for run in group:
-        by_variant[run.variant].append(run)
     rows = []
-    for variant, runs in by_variant.items():
+    for variant, runs in by_variant(group).items():
         row = {"variant": variant, "seeds": len(runs), "seed_list": " ".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))}
         for name in METRICS:
             values = [r.metric(name) for r in runs]
@@ -265,13 +262,13 @@ def mean_band(series: list[pd.Series]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1, ddof=1).fillna(0).to_numpy()
 
 
-def plot_band(ax, runs: list[Run], extract, color, label: str, marker: str | None = None) -> None:
+def plot_band(ax, runs: list[Run], extract, color, label: str, marker: str | None = None, linestyle: str = "-") -> None:
     series = [extract(r) for r in runs]
     series = [s for s in series if len(s)]
     if not series:
         return
     x, mean, std = mean_band(series)
-    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=4)
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=4, linestyle=linestyle)
     if len(series) > 1:
         ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
@@ -305,15 +302,13 @@ def plot_per_epoch(ax, variants: dict[str, list[Run]], colors: dict, series_of, 
     single epoch, one point per activation with a ± 1 std error bar."""
     single = all(len(r.log["epochs"]) == 1 for r in group)
     for i, (variant, runs) in enumerate(variants.items()):
-        x, mean, std = mean_band([series_of(r) for r in runs])
         label = variant + label_suffix
         if single:
+            _, mean, std = mean_band([series_of(r) for r in runs])
             ax.errorbar([i + offset], mean, yerr=std if len(runs) > 1 else None, color=colors[variant],
                         marker=marker, linestyle="none", capsize=4, markersize=6, label=label)
         else:
-            ax.plot(x, mean, color=colors[variant], linestyle=style, marker=marker, markersize=4, label=label)
-            if len(runs) > 1:
-                ax.fill_between(x, mean - std, mean + std, color=colors[variant], alpha=0.15, linewidth=0)
+            plot_band(ax, runs, series_of, colors[variant], label, marker=marker, linestyle=style)
     if single:
         ax.set_xticks(range(len(variants)), list(variants), rotation=15)
         ax.set_xlim(-0.6, len(variants) - 0.4)
