@@ -115,6 +115,21 @@ def test_fused_linear_cross_entropy_matches_textbook_loss_and_grads(rows, tile):
         torch.testing.assert_close(linear_cross_entropy(h, W, t, vocab_tile=tile), ref / 0.7)
 
 
+def test_fused_calls_sharing_the_workspace_before_one_backward():
+    """Two calls (the second smaller, reusing the tile workspace) and then one backward, as in
+    gradient accumulation; logits spread over +-60 so the running maximum moves from tile to tile."""
+    torch.manual_seed(0)
+    W = torch.randn(16, 300, dtype=torch.float64, requires_grad=True)
+    hs = [(torch.randn(rows, 16, dtype=torch.float64) * 6).requires_grad_() for rows in (40, 9)]
+    ts = [torch.randint(0, 300, (len(h),)) for h in hs]
+    sum(linear_cross_entropy(h, W, t, vocab_tile=64) for h, t in zip(hs, ts)).backward()
+    ours = [h.grad.clone() for h in hs] + [W.grad.clone()]
+    for p in hs + [W]:
+        p.grad = None
+    sum(F.cross_entropy(h @ W, t, reduction="sum") for h, t in zip(hs, ts)).backward()
+    torch.testing.assert_close(ours, [h.grad for h in hs] + [W.grad])
+
+
 @pytest.mark.parametrize("preset", ["seed", "gpt2"])
 def test_fused_model_loss_matches_plain_path_with_padding(tiny_cfg, preset):
     model = Transformer(replace(tiny_cfg, preset=preset, act_fn="swiglu"), seed=5)
