@@ -8,12 +8,18 @@ medians are reported, because this class of machine drifts by 15% between runs. 
 fp32 matmul ceiling on the unembedding's shape (the fraction of it a training step achieves), peak
 memory of a training step (each model in a fresh subprocess), and the `lines` layout on real
 WikiText-2 batches, where our model skips padding and HF, as in the study, pads to 128.
+
+glibc's allocator settings change both models' speed a lot (HF's most: its three fresh
+tokens x d_vocab tensors per step are page-faulted in anew), so they are recorded with the results:
+
+    MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647 python benchmarks/throughput.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_tokens_per_s": dense_tokens / train["ours"], "hf_train_tokens_per_s": dense_tokens / train["hf"],
         "eval_tokens_per_s": dense_tokens / evaluate["ours"], "hf_eval_tokens_per_s": dense_tokens / evaluate["hf"],
         "matmul_gflops": ceiling, "threads": torch.get_num_threads(),
+        "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")},
     }
     result["train_ratio"] = result["train_tokens_per_s"] / result["hf_train_tokens_per_s"]
     result["eval_ratio"] = result["eval_tokens_per_s"] / result["hf_eval_tokens_per_s"]
@@ -182,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"threads {result['threads']}, {args.rounds} interleaved rounds, medians; batch {BATCH} x {SEQ} tokens")
+    allocator = " ".join(f"{name}={value}" for name, value in result["malloc_env"].items()) or "default"
+    print(f"threads {result['threads']}, {args.rounds} interleaved rounds, medians; batch {BATCH} x {SEQ} tokens; "
+          f"glibc allocator {allocator}")
     print(f"train  ours {result['train_tokens_per_s']:7.0f} tok/s   HF {result['hf_train_tokens_per_s']:7.0f} tok/s   "
           f"ratio {result['train_ratio']:.2f}x")
     print(f"eval   ours {result['eval_tokens_per_s']:7.0f} tok/s   HF {result['hf_eval_tokens_per_s']:7.0f} tok/s   "

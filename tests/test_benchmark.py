@@ -1,0 +1,31 @@
+"""benchmarks/throughput.py runs end to end and reports every figure the README documents (its
+speed figures are printed, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import throughput  # noqa: E402
+
+REQUIRED_KEYS = (
+    "train_tokens_per_s", "hf_train_tokens_per_s", "train_ratio", "eval_tokens_per_s",
+    "hf_eval_tokens_per_s", "eval_ratio", "matmul_gflops", "train_ceiling_fraction",
+)
+
+
+def test_throughput_json_has_the_documented_figures(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # any MALLOC_ setting is recorded with the figures
+    no_data = tmp_path / "absent"  # without WikiText-2 the `lines` comparison is skipped
+    assert throughput.main(["--rounds", "1", "--skip_memory", "--json", "--data_dir", str(no_data)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in REQUIRED_KEYS:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["train_ratio"] == result["train_tokens_per_s"] / result["hf_train_tokens_per_s"]
+    assert result["malloc_env"]["MALLOC_ARENA_MAX"] == "4"
+    assert "lines_train_ratio" not in result
