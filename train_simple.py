@@ -12,6 +12,7 @@ still ``--batch_size``. The log schema is documented in the README.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import json
 import math
@@ -156,6 +157,23 @@ def pick_device(name: str) -> torch.device:
     if not available[name]:
         raise UsageError(f"device {name!r} is not available on this machine")
     return torch.device(name)
+
+
+def keep_freed_memory() -> str:
+    """Ask glibc to keep freed memory for reuse rather than hand it back to the OS; says what it did.
+
+    A step frees and reallocates the same ~100 MB of gradients. By default glibc unmaps blocks over
+    32 MB and trims its heap, so every step page-faults them in again; keeping them measured 8-10%
+    more training tokens/s on a 2-core CPU, with no higher peak memory. Equivalent to setting
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ to 2**31 - 1. Elsewhere (no glibc) a no-op.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default"
+    m_trim_threshold, m_mmap_threshold, most = -1, -3, 2**31 - 1
+    kept = libc.mallopt(m_trim_threshold, most) and libc.mallopt(m_mmap_threshold, most)
+    return "glibc, freed memory kept" if kept else "default"
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
@@ -353,7 +371,8 @@ class Run:
                 "name": name, "command": self.args.command, "git_commit": git_commit(),
                 "python": platform.python_version(), "torch": torch.__version__,
                 "transformers": __import__("transformers").__version__, "platform": platform.platform(),
-                "device": str(self.device), "threads": torch.get_num_threads(), "world_size": self.ddp.world,
+                "device": str(self.device), "threads": torch.get_num_threads(),
+                "allocator": self.args.allocator, "world_size": self.ddp.world,
                 "started": now(), "ended": None, "resumed": [],
             },
             "model_config": self.cfg.to_dict(),
@@ -610,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         if args.threads:
             torch.set_num_threads(args.threads)
+        args.allocator = keep_freed_memory()
         device = pick_device(args.device)
         ddp = setup_distributed(device)
         if args.batch_size % ddp.world:

@@ -50,6 +50,7 @@ def test_end_to_end_run_writes_a_complete_schema_valid_log(tiny_argv, tmp_path):
     for key in ("run", "model_config", "train_config", "params", "data", "steps", "epochs", "dynamics", "final"):
         assert key in log
     assert set(log["params"]) == {"total", "non_embedding", "mlp"}
+    assert log["run"]["allocator"] in ("glibc, freed memory kept", "default")
     assert log["data"]["train"]["tokens"] > 0 and log["data"]["val"]["bytes"] > 0
     assert [e["epoch"] for e in log["epochs"]] == [1, 2]
     for entry in log["epochs"]:
