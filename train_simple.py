@@ -163,7 +163,7 @@ def keep_freed_memory() -> str:
     """Ask glibc to keep freed memory for reuse rather than hand it back to the OS; says what it did.
 
     A step frees and reallocates the same ~100 MB of gradients. By default glibc unmaps blocks over
-    32 MB and trims its heap, so every step page-faults them in again; keeping them measured 8-10%
+    32 MB and trims its heap, so every step page-faults them in again; keeping them measured 8-11%
     more training tokens/s on a 2-core CPU, with no higher peak memory. Equivalent to setting
     MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ to 2**31 - 1. Elsewhere (no glibc) a no-op.
     """
