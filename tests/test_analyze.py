@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -10,6 +9,7 @@ import matplotlib.image as mpimg
 import pytest
 
 import analyze_results
+from conftest import ROOT
 from stats import holm, paired_t_test
 
 VAL_LOSS = {  # activation -> seed -> final validation loss
@@ -124,7 +124,7 @@ def test_output_is_reproducible(results, tmp_path):
 
 
 def test_committed_summary_is_regenerated_exactly(tmp_path):
-    results = analyze_results.Path(__file__).resolve().parent.parent / "results"
+    results = ROOT / "results"
     if not (results / "summary.md").exists():
         pytest.skip("no committed results")
     assert analyze_results.main(["--results_dir", str(results), "--output_dir", str(tmp_path)]) == 0
