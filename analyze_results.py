@@ -1,13 +1,15 @@
 """Turn the JSON logs of train_simple.py into comparison tables and figures.
 
     python analyze_results.py                      # every log in results/
-    python analyze_results.py --baseline gelu --metric val_bpb
+    python analyze_results.py --results_dir results/wikitext2_local --baseline gelu --metric val_bpb
 
 Writes summary.md, summary.csv, training_curves.png and training_dynamics.png. Runs are pooled over
 seeds only when their model, training and data settings agree (apart from activation and seed);
 different settings form separate groups. With several seeds per activation the table gives
 mean ± std and a 95% confidence interval, and every activation is compared with the baseline
-paired by seed (paired t-test, Holm-corrected across activations).
+paired by seed (paired t-test, Holm-corrected across activations). Failed and unfinished runs are
+listed, not dropped; two logs of the same run count once. Needs no torch: logs are read through
+run_log.py.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from data_utils import atomic_write  # noqa: E402
+from run_log import WriteError, atomic_write, is_finished, last_step, read_log  # noqa: E402
 from stats import holm, paired_t_test, summarize  # noqa: E402
-from train_simple import SCHEMA_VERSION  # noqa: E402
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
 # Settings that identify a variant or a repetition rather than a different experiment.
@@ -39,7 +40,7 @@ OUTPUT_FILES = ("summary.md", "summary.csv", "training_curves.png", "training_dy
 
 
 class AnalysisError(Exception):
-    """No usable logs, or a bad log under --strict: one line, exit code 2."""
+    """No usable logs, a bad log under --strict, or an unwritable output folder: one line, exit code 2."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,42 +96,46 @@ def variant_name(log: dict) -> str:
     return f"{cfg['act_fn']} (matched)" if matched else cfg["act_fn"]
 
 
-def check_log(log) -> str | None:
-    """Why a log cannot be used, or None."""
-    if not isinstance(log, dict) or "schema_version" not in log:
-        return "not a train_simple.py log"
-    if log["schema_version"] != SCHEMA_VERSION:
-        return f"schema_version {log['schema_version']}, expected {SCHEMA_VERSION}"
-    if log.get("status") != "complete":
-        return f"status {log.get('status')!r}"
-    if not log.get("epochs") or not log.get("final"):
-        return "no finished epochs"
-    for key in ("model_config", "train_config", "params", "data", "steps", "dynamics"):
-        if key not in log:
-            return f"missing {key!r}"
-    return None
+def load_run(path: Path) -> Run:
+    """The run in a log file; ValueError (one line) if it is not a readable train_simple.py log."""
+    log = read_log(path)
+    try:
+        settings = grouping_settings(log)
+        return Run(path, log, variant_name(log), int(log["train_config"]["seed"]), json.dumps(settings, sort_keys=True),
+                   settings)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"malformed ({type(err).__name__}: {err})") from None
 
 
-def load_runs(paths: list[Path], strict: bool) -> list[Run]:
-    runs = []
+@dataclass
+class Loaded:
+    finished: list[Run]  # complete runs, each (settings, activation, seed) once
+    unfinished: list[Run]  # failed, interrupted or still running: listed, never pooled
+
+
+def load_runs(paths: list[Path], strict: bool) -> Loaded:
+    loaded, seen = Loaded([], []), {}
     for path in paths:
         try:
-            log = json.loads(path.read_text())
-            problem = check_log(log)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            problem = f"unreadable ({type(err).__name__})"
-        if problem is None:
-            try:
-                settings = grouping_settings(log)
-                runs.append(Run(path, log, variant_name(log), int(log["train_config"]["seed"]),
-                                json.dumps(settings, sort_keys=True), settings))
-                continue
-            except (KeyError, TypeError, ValueError) as err:
-                problem = f"malformed ({type(err).__name__}: {err})"
-        if strict:
-            raise AnalysisError(f"{path}: {problem}")
-        warnings.warn(f"skipping {path}: {problem}", stacklevel=2)
-    return runs
+            run = load_run(path)
+        except ValueError as err:
+            if strict:
+                raise AnalysisError(f"{path}: {err}") from None
+            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            continue
+        if not is_finished(run.log):
+            if strict:
+                raise AnalysisError(f"{path}: status {run.log['status']!r}")
+            loaded.unfinished.append(run)
+            continue
+        key = (run.group_key, run.variant, run.seed)
+        if key in seen:  # a copied or renamed log is the same run, not another seed
+            warnings.warn(f"{path} repeats the run in {seen[key]} (same settings, activation and seed): counted once",
+                          stacklevel=2)
+            continue
+        seen[key] = path
+        loaded.finished.append(run)
+    return loaded
 
 
 def log_paths(args: argparse.Namespace) -> list[Path]:
@@ -186,8 +191,11 @@ def group_table(group: list[Run], metric: str) -> pd.DataFrame:
         row["train_tokens_per_s_mean"] = float(np.mean([t / w for t, w in zip(tokens, walls)]))
         row["steps"] = runs[0].log["final"]["step"]
         rows.append(row)
-    table = pd.DataFrame(rows).sort_values(f"{metric}_mean", kind="stable").reset_index(drop=True)
-    best = table[f"{metric}_mean"].iloc[0]
+    table = pd.DataFrame(rows)
+    if f"{metric}_mean" not in table:  # no run of this group has the metric at all
+        table[f"{metric}_mean"] = math.nan
+    table = table.sort_values(f"{metric}_mean", kind="stable", na_position="last").reset_index(drop=True)
+    best = table[f"{metric}_mean"].min()  # NaN (a missing or non-finite metric) is never the best
     table[f"{metric}_vs_best_pct"] = (table[f"{metric}_mean"] - best) / abs(best) * 100
     return table
 
@@ -228,8 +236,9 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
         cells = [row["variant"], str(row["seeds"]), cell(row, "val_loss"), cell(row, "val_ppl", 1),
                  cell(row, "val_bpb"), cell(row, "val_bpb_approx")]
         cells += [cell(row, "test_loss"), cell(row, "test_bpb")] if has_test else []
+        gap = row[f"{metric}_vs_best_pct"]
         cells += [f"{row['params_total']:,} / {row['params_mlp']:,}", f"{row['train_wall_s_mean']:.0f}",
-                  f"{row['train_tokens_per_s_mean']:.0f}", f"+{row[f'{metric}_vs_best_pct']:.2f}%"]
+                  f"{row['train_tokens_per_s_mean']:.0f}", "n/a" if math.isnan(gap) else f"+{gap:.2f}%"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -376,9 +385,18 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
 # Entry point
 
 
+def markdown_unfinished(runs: list[Run]) -> str:
+    lines = ["## Failed and unfinished runs", "",
+             "Not in any table or figure above: their numbers would describe a run that did not finish.", "",
+             "| variant | seed | step | status | log |", "|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r.variant, r.seed, str(r.path))):
+        lines.append(f"| {run.variant} | {run.seed} | {last_step(run.log)} | {run.log['status']} | {run.path.name} |")
+    return "\n".join(lines)
+
+
 def describe_group(group: list[Run]) -> str:
     log = group[0].log
-    data, train = log["data"], log["train_config"]
+    data, train = log["data"], {**log["train_config"], "layout": log["data"]["train"]["layout"]}
     return (f"trained on `{data['train']['split']}` ({data['train']['tokens']:,} scored tokens per epoch), "
             f"evaluated on `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
             f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}; "
@@ -387,12 +405,22 @@ def describe_group(group: list[Run]) -> str:
             f"preset {log['model_config']['preset']}")
 
 
+def writable_folder(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / ".write-test", lambda f: None)
+        (folder / ".write-test").unlink()
+    except (OSError, WriteError) as err:
+        raise AnalysisError(f"output folder {folder} is not writable: {getattr(err, 'strerror', None) or err}") from None
+    return folder
+
+
 def analyze(args: argparse.Namespace) -> str:
-    runs = load_runs(log_paths(args), args.strict)
+    loaded = load_runs(log_paths(args), args.strict)
+    runs = loaded.finished
     if not runs:
         raise AnalysisError(f"no usable logs in {args.results_dir if not args.logs else 'the files given'}")
-    out_dir = args.output_dir or (args.results_dir if not args.logs else args.logs[0].parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(args.output_dir or (args.results_dir if not args.logs else args.logs[0].parent))
     groups = group_runs(runs)
     notes = differences(groups)
     md = ["# Activation comparison", "",
@@ -411,6 +439,8 @@ def analyze(args: argparse.Namespace) -> str:
             table = table.merge(paired[["variant", "mean_diff", "ci95", "p", "p_holm"]].rename(columns={
                 "mean_diff": f"{args.metric}_diff_vs_{args.baseline}", "ci95": "diff_ci95"}), on="variant", how="left")
         csv_tables.append(table.assign(group=i, group_settings=note))
+    if loaded.unfinished:
+        md += [markdown_unfinished(loaded.unfinished), ""]
     summary = "\n".join(md)
     atomic_write(out_dir / "summary.md", lambda f: f.write(summary.encode()))
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
@@ -425,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
             print(analyze(args))
-    except AnalysisError as err:
+    except (AnalysisError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from run_log import WriteError, atomic_write
 from transformer_from_scratch import IGNORE_INDEX
 
 SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
@@ -68,8 +67,17 @@ def read_rows(path: Path) -> tuple[list[str], str]:
     """Rows exactly as the hub's wikitext builder yields them: each line with its newline, blank
     lines (a lone space in the raw files) as ""."""
     raw = path.read_bytes()
-    lines = raw.decode("utf-8").splitlines(keepends=True)
+    try:
+        lines = raw.decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {err.start})") from None
     return [line if line.strip() else "" for line in lines], sha256_bytes(raw)
+
+
+def checked_text(text: SplitText) -> SplitText:
+    if not any(text.rows):
+        raise DataError(f"split {text.name!r} ({text.source}) has no text: it is empty or only blank lines")
+    return text
 
 
 def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:
@@ -84,7 +92,7 @@ def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:
         if not path.is_file():
             raise DataError(f"split {split!r} is neither one of {sorted(SPLIT_FILES)} nor a text file")
         rows, digest = read_rows(path)
-        return SplitText(split, rows, str(path.resolve()), digest)
+        return checked_text(SplitText(split, rows, str(path.resolve()), digest))
     if data_dir is not None:
         path = Path(data_dir) / SPLIT_FILES[split]
         if not path.is_file():
@@ -92,11 +100,12 @@ def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:
         rows, digest = read_rows(path)
         if digest != KNOWN_SHA256[path.name]:
             warnings.warn(f"{path} does not match the published sha256 of {path.name}", stacklevel=2)
-        return SplitText(split, rows, str(path.resolve()), digest)
-    return load_hub_split(split)
+        return checked_text(SplitText(split, rows, str(path.resolve()), digest))
+    return checked_text(load_hub_split(split))
 
 
 def load_hub_split(split: str) -> SplitText:
+    """A split of HUB_DATASET through ``datasets.load_dataset`` (the hub, or its local cache)."""
     try:
         import datasets
 
@@ -195,7 +204,10 @@ class TokenizedSplit:
 def layout_sequences(
     token_lists: list[list[int]], layout: str, max_length: int, pad_id: int
 ) -> tuple[Tensor, Tensor, dict]:
-    """Arrange tokenized rows into (n_seq, max_length) sequences plus their real lengths."""
+    """Arrange tokenized rows into (n_seq, max_length) sequences plus their real lengths.
+
+    Raises DataError for a ``packed`` split shorter than one block (it would have no sequence).
+    """
     if layout == "lines":
         token_lists = [ids for ids in token_lists if ids]
         truncated = sum(len(ids) > max_length for ids in token_lists)
@@ -209,6 +221,8 @@ def layout_sequences(
     if layout == "packed":
         stream = torch.tensor([t for ids in token_lists for t in ids], dtype=torch.int64)
         n_blocks = len(stream) // max_length
+        if n_blocks == 0:
+            raise DataError(f"{len(stream)} tokens are fewer than one packed block of max_length {max_length}")
         tokens = stream[: n_blocks * max_length].view(n_blocks, max_length)
         lengths = torch.full((n_blocks,), max_length, dtype=torch.int64)
         return tokens, lengths, {"dropped_tail_tokens": len(stream) - n_blocks * max_length}
@@ -217,20 +231,6 @@ def layout_sequences(
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "activation-study")
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``: a reader
-    (or a run resumed after a crash) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -260,11 +260,15 @@ def tokenize_split(
         tokens, lengths, layout_info = cached["tokens"], cached["lengths"], cached["info"]
     except (FileNotFoundError, RuntimeError, KeyError, EOFError):
         token_lists = tokenizer(text.rows, add_special_tokens=False)["input_ids"] if text.rows else []
-        tokens, lengths, layout_info = layout_sequences(token_lists, layout, max_length, tokenizer.eos_token_id)
+        try:
+            tokens, lengths, layout_info = layout_sequences(token_lists, layout, max_length, tokenizer.eos_token_id)
+        except DataError as err:
+            raise DataError(f"split {text.name!r}: {err}") from None
         layout_info = {**layout_info, "text_tokens": sum(map(len, token_lists))}
         try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
             atomic_save({"tokens": tokens, "lengths": lengths, "info": layout_info}, cache_file)
-        except OSError as err:  # a read-only cache folder only costs time
+        except (OSError, WriteError) as err:  # a read-only cache folder only costs time
             warnings.warn(f"could not cache tokenized data in {cache_file.parent}: {err}", stacklevel=2)
     split = TokenizedSplit(tokens, lengths)
     scored = split.scored_targets()

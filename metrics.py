@@ -1,4 +1,5 @@
-"""The numbers the study reports, as pure functions of summed NLL, token and byte counts.
+"""The numbers the study reports, as pure functions of summed NLL, token and byte counts, and the
+one evaluation pass that produces those sums.
 
 Sum NLL and count tokens over the whole split; never average the batch means (batches hold
 different numbers of scored tokens in the ``lines`` layout).
@@ -8,6 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from transformer_from_scratch import IGNORE_INDEX, Transformer
 
 # The reference study converted loss to bits per byte assuming 4 characters per token.
 STUDY_CHARS_PER_TOKEN = 4.0
@@ -52,3 +60,46 @@ class NLLTotals:
             "tokens": self.tokens,
             "bytes": self.bytes,
         }
+
+
+class Batches(Protocol):
+    """What evaluation needs of a split (data_utils.TokenizedSplit)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: Int[Tensor, " batch"]) -> tuple[Tensor, Tensor]: ...
+
+
+def no_reduction(values: Tensor) -> Tensor:
+    return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: Transformer,
+    split: Batches,
+    byte_lengths: Int[Tensor, " d_vocab"],
+    batch_size: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    all_sum: Callable[[Tensor], Tensor] = no_reduction,
+) -> dict[str, float]:
+    """One full pass in order: summed NLL, scored tokens and their bytes over the whole split.
+
+    Under DDP each of ``world`` processes takes every world-th batch and ``all_sum`` adds their
+    sums. Sums are float64 and taken in a fixed order, so the result is the same on every run.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for b, start in enumerate(range(0, len(split), batch_size)):
+        if b % world != rank:
+            continue
+        inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+        scored = targets[targets != IGNORE_INDEX]
+        nll = model.nll_sum(inputs.to(device), targets.to(device))
+        sums += torch.tensor([nll.item(), scored.numel(), byte_lengths[scored].sum().item()], dtype=torch.float64)
+    sums = all_sum(sums)
+    model.train(was_training)
+    return NLLTotals(float(sums[0]), int(sums[1]), int(sums[2])).summary()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the activation study end to end: train every (activation, seed), then analyse.
-# Re-running it resumes: complete runs are skipped, interrupted ones continue from their checkpoint.
+# Reproduce the activation study: one train_simple.py command per (activation, seed), then the analysis.
+# Every command is safe to run twice or beside another (complete runs are skipped, unfinished ones
+# resume, a lock keeps one writer per run), so rerunning this script continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,7 +11,8 @@ Usage: bash reproduce.sh [options]
 
 Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu, reglu, for every
 seed, with the reference study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset,
-lines layout), then runs analyze_results.py. Resumes where it stopped.
+lines layout), then runs analyze_results.py. Resumes where it stopped. A run that fails does not
+stop the others: the script goes on, analyses what finished, and exits 1 listing the failures.
 
 Options (environment variable in brackets):
   --data_dir DIR        local WikiText-2 raw files [WIKITEXT2_DIR]; default: the Hugging Face hub
@@ -23,13 +25,15 @@ Options (environment variable in brackets):
   --ungated "A B ..."   ungated activations (default "relu gelu silu")        [UNGATED]
   --gated "A B ..."     gated activations, parameter-matched (default "geglu swiglu reglu") [GATED]
   --output_dir DIR      logs and figures (default results)           [OUTPUT_DIR]
-  --jobs N              parallel training processes, threads split between them (default 1) [JOBS]
+  --jobs N              training processes side by side, CPU threads split between them (default 1) [JOBS]
   --extra "ARGS"        more train_simple.py flags, e.g. "--log_every 5" [EXTRA]
+  --list                print the training commands, one per line, and nothing else (for xargs -P,
+                        GNU parallel or a job array); --jobs N sets their --threads to nproc / N
   -h, --help            this help
 
-Example on a machine without hub access (train on test, evaluate on validation):
+This repository's study (no hub access: train on test, evaluate on validation):
   bash reproduce.sh --data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer \
-      --train_split test --val_split validation
+      --train_split test --val_split validation --output_dir results/wikitext2_local --jobs 2
 USAGE
 }
 
@@ -38,11 +42,12 @@ DATA_DIR=${WIKITEXT2_DIR:-}; TOKENIZER=${GPT2_TOKENIZER:-}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}; VAL_SPLIT=${VAL_SPLIT:-validation}
 EPOCHS=${EPOCHS:-3}; MAX_STEPS=${MAX_STEPS:-}; SEEDS=${SEEDS:-42 43 44}
 UNGATED=${UNGATED:-relu gelu silu}; GATED=${GATED:-geglu swiglu reglu}
-OUTPUT_DIR=${OUTPUT_DIR:-results}; JOBS=${JOBS:-1}; EXTRA=${EXTRA:-}
+OUTPUT_DIR=${OUTPUT_DIR:-results}; JOBS=${JOBS:-1}; EXTRA=${EXTRA:-}; LIST=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
+    --list) LIST=1; shift ;;
     --data_dir|--tokenizer|--train_split|--val_split|--epochs|--max_steps|--seeds|--ungated|--gated|--output_dir|--jobs|--extra)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       case "$1" in
@@ -57,33 +62,38 @@ while [ $# -gt 0 ]; do
 done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer" >&2; exit 2; }
 
-common=(--num_epochs "$EPOCHS" --batch_size 8 --train_split "$TRAIN_SPLIT"
-        --val_split "$VAL_SPLIT" --output_dir "$OUTPUT_DIR" --resume)
+threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
+common=(--num_epochs "$EPOCHS" --batch_size 8 --train_split "$TRAIN_SPLIT" --val_split "$VAL_SPLIT"
+        --output_dir "$OUTPUT_DIR" --threads "$threads" --resume)
 [ -n "$DATA_DIR" ] && common+=(--data_dir "$DATA_DIR")
 [ -n "$TOKENIZER" ] && common+=(--tokenizer "$TOKENIZER")
 [ -n "$MAX_STEPS" ] && common+=(--max_steps "$MAX_STEPS")
 # shellcheck disable=SC2206
 [ -n "$EXTRA" ] && common+=($EXTRA)
 
-# One job per (activation, seed), dealt round-robin to $JOBS workers.
-jobs_list=()
-for a in $UNGATED; do for s in $SEEDS; do jobs_list+=("$a --seeds $s"); done; done
-for a in $GATED; do for s in $SEEDS; do jobs_list+=("$a --match_params --seeds $s"); done; done
-threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
-
-worker() {
-  local k=$1 i
-  for i in "${!jobs_list[@]}"; do
-    if [ $(( i % JOBS )) -eq "$k" ]; then
-      # shellcheck disable=SC2086
-      "$PYTHON" train_simple.py --activation ${jobs_list[$i]} --threads "$threads" "${common[@]}"
-    fi
-  done
+# One complete, shell-quoted command per line: one run each.
+list_commands() {
+  local a s
+  for a in $UNGATED; do for s in $SEEDS; do
+    printf '%q ' "$PYTHON" train_simple.py --activation "$a" --seeds "$s" "${common[@]}"; echo
+  done; done
+  for a in $GATED; do for s in $SEEDS; do
+    printf '%q ' "$PYTHON" train_simple.py --activation "$a" --match_params --seeds "$s" "${common[@]}"; echo
+  done; done
 }
 
-pids=()
-for k in $(seq 0 $(( JOBS - 1 ))); do worker "$k" & pids+=($!); done
+if [ "$LIST" -eq 1 ]; then list_commands; exit 0; fi
+
+failures=$(mktemp)
+trap 'rm -f "$failures"' EXIT
+# xargs runs the next command when one fails; each failure is noted for the closing report.
+list_commands | xargs -d '\n' -P "$JOBS" -n 1 bash -c 'eval "$1" || echo "$1" >> "$0"' "$failures" || true
+
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-[ "$status" -eq 0 ] || { echo "error: some training runs failed; rerun to resume" >&2; exit 1; }
-"$PYTHON" analyze_results.py --results_dir "$OUTPUT_DIR"
+"$PYTHON" analyze_results.py --results_dir "$OUTPUT_DIR" || status=$?
+if [ -s "$failures" ]; then
+  echo "error: $(wc -l < "$failures") training command(s) failed (rerun this script to resume them):" >&2
+  sed 's/^/  /' "$failures" >&2
+  status=1
+fi
+exit "$status"

@@ -2,11 +2,17 @@
 
     python train_simple.py --activation relu --num_epochs 3 --batch_size 8
 
+A run's life, in the order this file reads: parse the flags -> the runs they ask for, each with
+every setting that can change its result -> decide each run from its existing log (train, resume,
+skip or refuse), before any data is loaded -> load the data once -> for each run, holding its lock:
+build or restore the training state, loop, evaluate, write the log.
+
 Runs are reproducible (same seed, machine and threads: the same log apart from timings), paired
 (for one seed every activation sees the same data order and the same initial weights outside the
-MLP) and resumable (checkpoints hold model, optimizer, RNG states and the position in the data).
-Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, the global batch
-still ``--batch_size``. The log schema is documented in the README.
+MLP) and resumable (a checkpoint holds model, optimizer, the position in the data and what was
+measured so far; plain tensors and values, loaded without unpickling code). SIGINT and SIGTERM
+finish the step, checkpoint and exit 130/143. Under ``torchrun --nproc_per_node=N`` it trains with
+DistributedDataParallel, the global batch still ``--batch_size``. The log schema is in the README.
 """
 
 from __future__ import annotations
@@ -14,51 +20,40 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import json
 import math
 import os
 import platform
-import random
+import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
+import filelock
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from data_utils import (
-    LAYOUTS,
-    DataError,
-    TokenizedSplit,
-    atomic_save,
-    atomic_write,
-    load_split_text,
-    load_tokenizer,
-    token_byte_lengths,
-    tokenize_split,
-)
-from metrics import NLLTotals
-from transformer_from_scratch import (
-    ACTIVATIONS,
-    IGNORE_INDEX,
-    PRESETS,
-    Transformer,
-    TransformerConfig,
-    activation_names,
-    canonical_activation,
-    derived_generator,
-    parameter_counts,
-)
+from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, load_split_text, load_tokenizer, \
+    token_byte_lengths, tokenize_split, tokenizer_fingerprint
+from metrics import evaluate
+from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, \
+    failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
+from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
+    canonical_activation, derived_generator, mlp_activity, parameter_counts, parameter_groups
 
-SCHEMA_VERSION = 1
-# Training settings that may change when a run is resumed; every other setting must match.
-RESUMABLE_SETTINGS = ("num_epochs", "max_steps")
+# Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
+# model_config, data) and compared before a run is skipped or resumed; flags of the other groups only
+# change how a run executes and are recorded under run.flags.
+TRAINING, MODEL, DATA = "training", "model", "data"
+LENGTH_SETTINGS = ("num_epochs", "max_steps")  # may grow when a run is resumed
+CHECKPOINT_FORMAT = 2
+OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
+
+# What to do with a requested run (see decide()).
+TRAIN, RESUME, SKIP, KEEP_FAILED, REFUSE = "train", "resume", "skip", "keep failed", "refuse"
 
 
 class UsageError(Exception):
@@ -69,24 +64,28 @@ class NonFiniteLoss(Exception):
     """The loss or gradient norm stopped being finite."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Train one model per MLP activation and seed; write one JSON log per run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("experiment")
+    g = p.add_argument_group("runs", "one run per activation and seed")
     g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
                    help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
     g.add_argument("--seeds", "--seed", nargs="+", type=int, default=[42], dest="seeds",
                    help="seed(s); every activation runs with every seed")
+    g = p.add_argument_group(TRAINING)
     g.add_argument("--num_epochs", type=int, default=3, help="passes over the training split")
+    g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all")
     g.add_argument("--batch_size", type=int, default=8, help="sequences per optimizer step (global, also under DDP)")
     g.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
-    g.add_argument("--max_length", type=int, default=128, help="tokens per sequence (the model's n_ctx)")
-    g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all")
-    g = p.add_argument_group("model")
+    g.add_argument("--probe_sequences", type=int, default=64,
+                   help="validation sequences used to probe MLP unit activity each epoch")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs; little gain on CPU)")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (for GPUs; far slower on most CPUs)")
+    g = p.add_argument_group(MODEL, "architecture (each flag is the TransformerConfig field of its name)")
     g.add_argument("--preset", choices=PRESETS, default="seed", help="architecture: the study's (seed) or GPT-2's")
     g.add_argument("--d_model", type=int, default=256, help="residual stream width")
     g.add_argument("--d_mlp", type=int, default=1024, help="MLP hidden width (before --match_params)")
@@ -95,18 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--match_params", action="store_true",
                    help="shrink gated (GLU) MLPs to 2/3 width so every MLP has the same parameter count")
     g.add_argument("--attn_impl", choices=("einsum", "sdpa"), default="einsum", help="attention kernel")
-    g = p.add_argument_group("data")
+    g = p.add_argument_group(DATA)
     g.add_argument("--layout", choices=LAYOUTS, default="lines",
                    help="lines: one sequence per line, padded (the study); packed: contiguous blocks")
-    g.add_argument("--data_dir", type=Path, default=None,
-                   help="folder with WikiText-2 wiki.*.raw files (else $WIKITEXT2_DIR, else the hub)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer hub name or local folder (else $GPT2_TOKENIZER, else gpt2)")
+    g.add_argument("--max_length", type=int, default=128, help="tokens per sequence (the model's n_ctx)")
     g.add_argument("--train_split", default="train", help="split (or text file) to train on")
     g.add_argument("--val_split", default="validation", help="split (or text file) to evaluate on every epoch")
     g.add_argument("--test_split", default="test",
                    help="split evaluated once at the end; skipped when it is the train or val split, or 'none'")
+    g = p.add_argument_group("sources", "where data comes from (the log records what was read: sha256)")
+    g.add_argument("--data_dir", type=Path, default=None,
+                   help="folder with WikiText-2 wiki.*.raw files (else $WIKITEXT2_DIR, else the hub)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer hub name or local folder (else $GPT2_TOKENIZER, else gpt2)")
     g.add_argument("--cache_dir", type=Path, default=None, help="tokenized-data cache (else $ACTIVATION_STUDY_CACHE)")
-    g = p.add_argument_group("run")
+    g = p.add_argument_group("execution")
     g.add_argument("--output_dir", type=Path, default=Path("results"), help="where logs and checkpoints go")
     g.add_argument("--run_name", default=None,
                    help="log name (<output_dir>/<run_name>.json); default <activation>[_matched]_seed<seed>; "
@@ -116,34 +117,272 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--log_every", type=int, default=10, help="record a step entry every N steps")
     g.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at epoch ends only)")
     g.add_argument("--eval_batch_size", type=int, default=32, help="sequences per evaluation batch")
-    g.add_argument("--probe_sequences", type=int, default=64,
-                   help="validation sequences used to probe MLP unit activity each epoch")
     g.add_argument("--checkpoint_every", type=int, default=200, help="checkpoint every N steps (and every epoch)")
-    g.add_argument("--resume", action="store_true", help="continue each run from its latest checkpoint")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs; little gain on CPU)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (for GPUs; far slower on most CPUs)")
-    return p.parse_args(argv)
+    g = p.add_argument_group("existing runs", "what to do with a run that has a log already (see README)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue unfinished runs from their checkpoints; train complete ones further when "
+                        "--num_epochs/--max_steps grew")
+    g.add_argument("--overwrite", action="store_true", help="replace existing logs and checkpoints of these runs")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers
+# Settings: the runs a command asks for, and every setting that can change their results
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+def group_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, title: str) -> dict:
+    """The parsed values of one argument group's flags, JSON-ready (paths as strings)."""
+    group = next(g for g in parser._action_groups if g.title == title)  # argparse keeps its groups here
+    values = {action.dest: getattr(args, action.dest) for action in group._group_actions}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
-def git_commit() -> str | None:
+@dataclass(frozen=True)
+class RunSpec:
+    """One requested run: its name, its files, and its settings as the log records them."""
+
+    name: str
+    output_dir: Path
+    train_config: dict  # activation, seed, the training flags and the fixed choices of this script
+    model_flags: dict  # TransformerConfig fields set by flags, act_fn included
+    data_flags: dict
+
+    @property
+    def log_path(self) -> Path:
+        return self.output_dir / f"{self.name}.json"
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.output_dir / "checkpoints" / f"{self.name}.pt"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.output_dir / "checkpoints" / f"{self.name}.lock"
+
+    @property
+    def seed(self) -> int:
+        return self.train_config["seed"]
+
+    def settings(self) -> dict[str, dict]:
+        """The settings compared with an existing log, by the log section that records them."""
+        return {"train_config": self.train_config, "model_config": self.model_flags, "data": self.data_flags}
+
+    def model_config(self, d_vocab: int) -> TransformerConfig:
+        return TransformerConfig(d_vocab=d_vocab, n_ctx=self.data_flags["max_length"], **self.model_flags)
+
+
+def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[RunSpec]:
+    """Every requested (activation, seed) run, activations in the order given."""
+    training, model, data = (group_flags(parser, args, title) for title in (TRAINING, MODEL, DATA))
+    fixed = {"optimizer": OPTIMIZER, "lr_schedule": "constant", "dynamic_padding": True, "loss": "fused"}
+    pairs = [(a, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for s in dict.fromkeys(args.seeds)]
+    specs = []
+    for activation, seed in pairs:
+        model_flags = {**model, "act_fn": activation}
+        matched = "_matched" if ACTIVATIONS[activation].gated and args.match_params else ""
+        name = f"{activation}{matched}_seed{seed}"
+        if args.run_name:
+            name = args.run_name if len(pairs) == 1 else f"{args.run_name}_{name}"
+        specs.append(RunSpec(name, args.output_dir, {"activation": activation, "seed": seed, **training, **fixed},
+                             model_flags, data))
+    return specs
+
+
+def validate(args: argparse.Namespace) -> None:
+    for flag in ("num_epochs", "batch_size", "max_length", "log_every", "checkpoint_every", "eval_batch_size",
+                 "probe_sequences"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    for flag in ("max_steps", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if min(args.seeds) < 0:
+        raise UsageError(f"--seeds must be non-negative, got {min(args.seeds)}")
+    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0 or args.eval_every < 0:
+        raise UsageError("--lr must be positive; --weight_decay, --grad_clip and --eval_every non-negative")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues runs and --overwrite replaces them: choose one")
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+        (args.output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = args.output_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"output folder {args.output_dir} is not writable: {err.strerror or err}") from None
 
 
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+# ---------------------------------------------------------------------------------------------
+# Decide: train, resume, skip or refuse, from the existing log; the one place this is decided
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # TRAIN, RESUME, SKIP, KEEP_FAILED or REFUSE
+    message: str = ""
+
+
+def at_least(requested: int | None, saved) -> bool:
+    """Whether a length setting (None: no limit) asks for at least as much training as before."""
+    if not (saved is None or isinstance(saved, int)):
+        return False
+    return (math.inf if requested is None else requested) >= (math.inf if saved is None else saved)
+
+
+def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str]:
+    """'key saved (requested ...)' for every setting in which an existing log differs from the request."""
+    differ = []
+    for section, requested in spec.settings().items():
+        saved = log.get(section) or {}
+        for key, value in requested.items():
+            old = saved.get(key, "<missing>")
+            if old == value or (allow_longer and key in LENGTH_SETTINGS and at_least(value, old)):
+                continue
+            differ.append(f"{key} {old!r} (requested {value!r})")
+    return differ
+
+
+def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
+    """What to do with one requested run, from its existing log and checkpoint.
+
+    no log (or --overwrite): train | complete, same settings: skip | complete, longer
+    num_epochs/max_steps under --resume: resume | other settings: refuse | failed with a non-finite
+    loss: stays failed | unfinished: resume with --resume (from step 0 if it stopped before its first
+    checkpoint), else refuse.
+    """
+    if overwrite or not spec.log_path.exists():
+        return Decision(TRAIN)
+    try:
+        log = read_log(spec.log_path)
+    except ValueError as err:
+        return Decision(REFUSE, f"{spec.log_path} is {err}; --overwrite replaces it")
+    status = log["status"]
+    if differing_settings(log, spec, allow_longer=resume):
+        only_longer = not differing_settings(log, spec, allow_longer=True)
+        return Decision(REFUSE, f"{spec.log_path} holds a run ({status}) with other settings: "
+                                f"{'; '.join(differing_settings(log, spec, allow_longer=False))}; choose another "
+                                f"--output_dir or --run_name{' (or --resume to train it further)' if only_longer else ''}")
+    has_checkpoint = spec.ckpt_path.exists()
+    if failed_non_finite(log):
+        return Decision(KEEP_FAILED, f"{spec.name} {status}; --overwrite trains it again")
+    if status == COMPLETE:
+        if not differing_settings(log, spec, allow_longer=False):
+            return Decision(SKIP, f"skip {spec.name}: {spec.log_path} is complete with these settings")
+        if not has_checkpoint:
+            return Decision(REFUSE, f"{spec.name}: no checkpoint {spec.ckpt_path} to train the complete run "
+                                    f"further from; --overwrite trains it again from step 0")
+        return Decision(RESUME, f"{spec.name}: training the complete run further")
+    if not resume:
+        return Decision(REFUSE, f"{spec.log_path} holds an unfinished run ({status}, step {last_step(log)}); "
+                                f"--resume continues it, --overwrite starts it again")
+    if not has_checkpoint:
+        return Decision(TRAIN, f"{spec.name}: starting again from step 0 ({status} before its first checkpoint)")
+    return Decision(RESUME, f"{spec.name}: resuming from its checkpoint ({status} at step {last_step(log)})")
+
+
+class RunLocked(Exception):
+    """Another process holds this run's lock."""
+
+
+class RunLock:
+    """One writer per run: an OS file lock, released when the process ends, also by kill -9."""
+
+    def __init__(self, spec: RunSpec, enabled: bool = True) -> None:
+        self.spec, self.lock = spec, filelock.FileLock(spec.lock_path, timeout=0) if enabled else None
+
+    def __enter__(self) -> RunLock:
+        try:
+            if self.lock is not None:
+                self.lock.acquire()
+        except filelock.Timeout:
+            raise RunLocked(f"{self.spec.name} is being trained by another process (lock {self.spec.lock_path})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Data:
+    train: TokenizedSplit
+    val: TokenizedSplit
+    test: TokenizedSplit | None
+    byte_lengths: Tensor
+    vocab_size: int
+    tokenizer: str
+    tokenizer_sha256: str
+
+    def describe(self, data_flags: dict) -> dict:
+        roles = {"train": self.train, "val": self.val, "test": self.test}
+        return {**data_flags, "tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256,
+                **{role: split.info if split is not None else None for role, split in roles.items()}}
+
+    def identity(self) -> dict[str, str | None]:
+        """What a checkpoint must have been trained on to be resumed with this data."""
+        roles = {"train": self.train, "val": self.val, "test": self.test}
+        return {"tokenizer": self.tokenizer_sha256,
+                **{role: split.info["sha256"] if split is not None else None for role, split in roles.items()}}
+
+
+def load_data(args: argparse.Namespace) -> Data:
+    tokenizer = load_tokenizer(args.tokenizer)
+    byte_lengths = token_byte_lengths(tokenizer)
+    cache = {}
+
+    def split(name: str) -> TokenizedSplit:
+        if name not in cache:
+            text = load_split_text(name, args.data_dir)
+            cache[name] = tokenize_split(text, tokenizer, args.layout, args.max_length, byte_lengths, args.cache_dir)
+        return cache[name]
+
+    test_name = args.test_split
+    has_test = test_name.lower() != "none" and test_name not in (args.train_split, args.val_split)
+    data = Data(split(args.train_split), split(args.val_split), split(test_name) if has_test else None,
+                byte_lengths, len(tokenizer), tokenizer.name_or_path, tokenizer_fingerprint(tokenizer))
+    if len(data.train) == 0 or data.val.info["tokens"] == 0:
+        raise DataError("the train or validation split has no scored tokens")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine: device, threads, DDP, allocator, signals
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: Tensor) -> Tensor:
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+    def from_main(self, value):
+        """Rank 0's value on every rank (a decision taken under rank 0's lock)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(dist.get_rank(), world)
 
 
 def pick_device(name: str) -> torch.device:
@@ -176,40 +415,97 @@ def keep_freed_memory() -> str:
     return "glibc, freed memory kept" if kept else "default"
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
-    """The training order of one epoch: a function of seed and epoch only, so every activation
-    sees the same order and a resumed run picks up exactly where it stopped."""
-    return torch.randperm(n, generator=derived_generator(seed, f"data order, epoch {epoch}"))
+class StopSignal:
+    """SIGINT or SIGTERM asks the run to stop after the current step; a second one stops at once.
+
+    A context manager: the previous handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignal:
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", file=sys.stderr)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
 
-def layer_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:
-    """Parameters grouped per layer for gradient-norm dynamics."""
-    groups: dict[str, list[nn.Parameter]] = {"embed": list(model.embed.parameters()) + list(model.pos_embed.parameters())}
-    for i, block in enumerate(model.blocks):
-        groups[f"block{i}.attn"] = list(block.ln1.parameters()) + list(block.attn.parameters())
-        groups[f"block{i}.mlp"] = list(block.ln2.parameters()) + list(block.mlp.parameters())
-    groups["unembed"] = list(model.ln_final.parameters()) + list(model.unembed.parameters())
-    return groups
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
-def grad_norm(params: list[nn.Parameter]) -> float:
-    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
+class Runtime:
+    """How runs execute here: everything a run needs that is not one of its settings."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    device: torch.device
+    ddp: Distributed
+    stop: StopSignal
+    flags: dict  # the execution and sources flags
+    facts: dict  # command, versions, machine: recorded under run
 
-    def all_sum(self, values: Tensor) -> Tensor:
-        if self.world > 1:
-            dist.all_reduce(values)
-        return values
+
+# ---------------------------------------------------------------------------------------------
+# Training state: what a checkpoint holds, and what the log is written from
+
+
+@dataclass
+class Progress:
+    """Completed steps, the epoch under way, the next batch in it, and that epoch's running sums."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0
+    epoch_nll: float = 0.0
+    epoch_tokens: int = 0
+    epoch_wall: float = 0.0
+
+
+@dataclass
+class History:
+    """Everything the run has measured so far, and when it started and resumed."""
+
+    started: str = field(default_factory=now)
+    resumed: list = field(default_factory=list)
+    steps: list = field(default_factory=list)
+    evals: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+    dynamics: list = field(default_factory=list)
+    last_val: dict | None = None  # {"step", "metrics"} of the latest validation pass at an epoch end
+
+
+@dataclass
+class TrainingState:
+    model: Transformer
+    optimizer: torch.optim.Optimizer
+    forward: nn.Module  # the module computing the summed NLL: the model, wrapped for DDP and compile
+    progress: Progress
+    history: History
 
 
 class NLLSum(nn.Module):
@@ -223,471 +519,367 @@ class NLLSum(nn.Module):
         return self.model.nll_sum(tokens, targets)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation and dynamics
+def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
+    torch.manual_seed(spec.seed)  # nothing draws from the global generator; seeded in case something does
+    model = Transformer(spec.model_config(data.vocab_size), seed=spec.seed).to(rt.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train_config["lr"],
+                                  weight_decay=spec.train_config["weight_decay"],
+                                  fused=rt.device.type in ("cpu", "cuda"))
+    forward: nn.Module = NLLSum(model)
+    if rt.ddp.world > 1:
+        forward = nn.parallel.DistributedDataParallel(forward)
+    if spec.train_config["compile"]:
+        forward = torch.compile(forward)
+    return TrainingState(model, optimizer, forward, Progress(), History())
 
 
-@torch.no_grad()
-def evaluate(model: Transformer, split: TokenizedSplit, byte_lengths: Tensor, batch_size: int,
-             device: torch.device, ddp: Distributed = Distributed()) -> dict[str, float]:
-    """One deterministic full pass: summed NLL, tokens and bytes over the whole split."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
-    for b, start in enumerate(range(0, len(split), batch_size)):
-        if b % ddp.world != ddp.rank:
-            continue
-        inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))
-        scored = targets[targets != IGNORE_INDEX]
-        nll = model.nll_sum(inputs.to(device), targets.to(device))
-        sums += torch.tensor([nll.item(), scored.numel(), byte_lengths[scored].sum().item()], dtype=torch.float64)
-    sums = ddp.all_sum(sums)
-    model.train(was_training)
-    totals = NLLTotals(float(sums[0]), int(sums[1]), int(sums[2]))
-    return totals.summary()
+def save_checkpoint(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
+    """Only tensors and plain values, so that resuming loads it with weights_only=True."""
+    if rt.ddp.main:
+        progress = {**asdict(state.progress), "epoch_nll": float(state.progress.epoch_nll)}
+        atomic_save({"format": CHECKPOINT_FORMAT, "settings": spec.settings(), "data": data.identity(),
+                     "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                     "progress": progress, "history": asdict(state.history)}, spec.ckpt_path)
 
 
-@torch.no_grad()
-def mlp_activity(model: Transformer, probe: TokenizedSplit, device: torch.device) -> list[dict]:
-    """Per MLP layer, over the probe's scored positions: the fraction of hidden units never active,
-    the mean fraction active per token, and the mean and std of the (gate) pre-activations.
-    "Active" is the activation's own rule (transformer_from_scratch/activations.py)."""
-    inputs, targets = probe.batch(torch.arange(len(probe)))
-    scored = (targets != IGNORE_INDEX).to(device)
-    captured: list[Tensor] = []
-    hooks = [block.mlp.hook_pre.register_forward_hook(lambda _m, _i, out: captured.append(out[scored]))
-             for block in model.blocks]
-    was_training = model.training
-    model.eval()
+def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
+    """The state saved in the run's checkpoint, loaded without executing anything in the file."""
     try:
-        model.residual(inputs.to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    stats = []
-    for layer, (block, pre) in enumerate(zip(model.blocks, captured)):
-        active = block.mlp.act.is_active(pre)
-        stats.append({
-            "layer": layer,
-            "dead_fraction": 1.0 - active.any(dim=0).float().mean().item(),
-            "active_fraction": active.float().mean().item(),
-            "pre_mean": pre.mean().item(),
-            "pre_std": pre.std().item(),
-        })
-    return stats
+        ckpt = torch.load(spec.ckpt_path, map_location=rt.device, weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"--resume: no checkpoint {spec.ckpt_path}") from None
+    except Exception as err:  # UnpicklingError for foreign objects, RuntimeError for a damaged file, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"refusing checkpoint {spec.ckpt_path}: not a plain-tensor checkpoint ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{spec.ckpt_path} is not a format-{CHECKPOINT_FORMAT} checkpoint of this script")
+    differ = differing_settings(ckpt["settings"], spec, allow_longer=True)
+    if differ:
+        raise UsageError(f"checkpoint {spec.ckpt_path} was written with other settings: {'; '.join(differ)}")
+    if ckpt["data"] != data.identity():
+        changed = [role for role in ckpt["data"] if ckpt["data"][role] != data.identity()[role]]
+        raise UsageError(f"checkpoint {spec.ckpt_path} was trained on other data ({', '.join(changed)} differ)")
+    state = fresh_state(spec, data, rt)
+    state.model.load_state_dict(ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.progress = Progress(**ckpt["progress"])
+    state.history = History(**ckpt["history"])
+    if not finished(spec, state.progress):
+        # A run stopped mid-epoch by --max_steps evaluated that partial epoch; it goes on now, so the
+        # partial entries are dropped and measured again when the epoch really ends.
+        state.history.epochs = [e for e in state.history.epochs if not e["partial"]]
+        state.history.dynamics = [d for d in state.history.dynamics if not d["partial"]]
+    state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"]})
+    return state
 
 
-# ---------------------------------------------------------------------------------------------
-# One run
-
-
-@dataclass
-class Data:
-    train: TokenizedSplit
-    val: TokenizedSplit
-    test: TokenizedSplit | None
-    byte_lengths: Tensor
-    vocab_size: int
-    tokenizer: str
-
-
-def load_data(args: argparse.Namespace) -> Data:
-    tokenizer = load_tokenizer(args.tokenizer)
-    byte_lengths = token_byte_lengths(tokenizer)
-    cache = {}
-
-    def split(name: str) -> TokenizedSplit:
-        if name not in cache:
-            text = load_split_text(name, args.data_dir)
-            cache[name] = tokenize_split(text, tokenizer, args.layout, args.max_length, byte_lengths, args.cache_dir)
-        return cache[name]
-
-    test_name = args.test_split
-    has_test = test_name.lower() != "none" and test_name not in (args.train_split, args.val_split)
-    data = Data(split(args.train_split), split(args.val_split), split(test_name) if has_test else None,
-                byte_lengths, len(tokenizer), tokenizer.name_or_path)
-    if len(data.train) == 0 or data.val.info["tokens"] == 0:
-        raise DataError("the train or validation split has no scored tokens")
-    return data
-
-
-def train_settings(args: argparse.Namespace, activation: str, seed: int) -> dict:
+def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, status: str, final: dict | None = None) -> dict:
+    """The run's log, written from its state: nothing here is read back to steer the run."""
+    h, p = state.history, state.progress
     return {
-        "activation": activation, "seed": seed, "num_epochs": args.num_epochs, "max_steps": args.max_steps,
-        "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": "constant", "weight_decay": args.weight_decay,
-        "optimizer": "AdamW(betas=(0.9, 0.999), eps=1e-8)", "grad_clip": args.grad_clip,
-        "max_length": args.max_length, "layout": args.layout, "dynamic_padding": True, "loss": "fused",
-        "compile": args.compile, "bf16": args.bf16, "probe_sequences": args.probe_sequences,
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "run": {"name": spec.name, **rt.facts, "threads": torch.get_num_threads(), "flags": rt.flags,
+                "started": h.started, "ended": None if status == RUNNING else now(), "resumed": h.resumed},
+        "model_config": state.model.cfg.to_dict(),
+        "train_config": spec.train_config,
+        "params": parameter_counts(state.model),
+        "data": data.describe(spec.data_flags),
+        "progress": {"step": p.step, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch},
+        "steps": h.steps, "evals": h.evals, "epochs": h.epochs, "dynamics": h.dynamics,
+        "final": final,
     }
 
 
-def model_config(args: argparse.Namespace, activation: str, vocab_size: int) -> TransformerConfig:
-    return TransformerConfig(
-        d_vocab=vocab_size, n_ctx=args.max_length, d_model=args.d_model, n_heads=args.n_heads,
-        d_mlp=args.d_mlp, n_layers=args.n_layers, act_fn=activation, preset=args.preset,
-        match_params=args.match_params, attn_impl=args.attn_impl,
-    )
+def save_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, status: str, final: dict | None = None) -> None:
+    if rt.ddp.main:
+        write_log(build_log(spec, state, data, rt, status, final), spec.log_path)
 
 
-def check_resumable(saved: dict, current: dict, what: str, path: Path) -> None:
-    differ = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
-              if key not in RESUMABLE_SETTINGS and saved.get(key) != current.get(key)]
-    if differ:
-        raise UsageError(f"checkpoint {path} was written with a different {what}: {', '.join(differ)}")
+# ---------------------------------------------------------------------------------------------
+# The loop
 
 
-class Run:
-    """State and log of one (activation, seed) training run."""
+def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The training order of one epoch: a function of seed and epoch only, so every activation
+    sees the same order and a resumed run picks up exactly where it stopped."""
+    return torch.randperm(n, generator=derived_generator(seed, f"data order, epoch {epoch}"))
 
-    def __init__(self, args, activation: str, seed: int, name: str, data: Data, device: torch.device,
-                 ddp: Distributed) -> None:
-        self.args, self.seed, self.data, self.device, self.ddp = args, seed, data, device, ddp
-        self.log_path = args.output_dir / f"{name}.json"
-        self.ckpt_path = args.output_dir / "checkpoints" / f"{name}.pt"
-        self.cfg = model_config(args, activation, data.vocab_size)
-        torch.manual_seed(seed)  # nothing here draws from the global generators; seeded for safety
-        np.random.seed(seed)
-        random.seed(seed)
-        self.model = Transformer(self.cfg, seed=seed).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                           fused=device.type in ("cpu", "cuda"))
-        loss_module: nn.Module = NLLSum(self.model)
-        if ddp.world > 1:
-            loss_module = nn.parallel.DistributedDataParallel(loss_module)
-        self.loss_module = torch.compile(loss_module) if args.compile else loss_module
-        self.probe = TokenizedSplit(data.val.tokens[: args.probe_sequences], data.val.lengths[: args.probe_sequences])
-        self.step, self.epoch, self.batch_in_epoch = 0, 1, 0
-        self.epoch_nll, self.epoch_tokens, self.epoch_wall = 0.0, 0, 0.0
-        self.last_val: dict | None = None  # validation metrics of the latest end_epoch
-        self.log = self.new_log(name)
 
-    def new_log(self, name: str) -> dict:
-        roles = {"train": self.data.train, "val": self.data.val, "test": self.data.test}
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "status": "running",
-            "run": {
-                "name": name, "command": self.args.command, "git_commit": git_commit(),
-                "python": platform.python_version(), "torch": torch.__version__,
-                "transformers": __import__("transformers").__version__, "platform": platform.platform(),
-                "device": str(self.device), "threads": torch.get_num_threads(),
-                "allocator": self.args.allocator, "world_size": self.ddp.world,
-                "started": now(), "ended": None, "resumed": [],
-            },
-            "model_config": self.cfg.to_dict(),
-            "train_config": train_settings(self.args, self.cfg.act_fn, self.seed),
-            "params": parameter_counts(self.model),
-            "data": {"tokenizer": self.data.tokenizer,
-                     **{role: split.info if split is not None else None for role, split in roles.items()}},
-            "steps": [], "evals": [], "epochs": [], "dynamics": [], "final": None,
-        }
+def steps_per_epoch(spec: RunSpec, data: Data) -> int:
+    return math.ceil(len(data.train) / spec.train_config["batch_size"])
 
-    # -- persistence ------------------------------------------------------------------------------
 
-    def save_log(self) -> None:
-        if self.ddp.main:
-            write_json_atomic(self.log, self.log_path)
+def finished(spec: RunSpec, progress: Progress) -> bool:
+    max_steps = spec.train_config["max_steps"]
+    return progress.epoch > spec.train_config["num_epochs"] or (max_steps is not None and progress.step >= max_steps)
 
-    def save_checkpoint(self) -> None:
-        if not self.ddp.main:
-            return
-        atomic_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "position": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "epoch_nll": float(self.epoch_nll), "epoch_tokens": self.epoch_tokens,
-                         "epoch_wall": self.epoch_wall},
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "log": self.log,
-        }, self.ckpt_path)
 
-    def restore(self) -> None:
-        try:
-            ckpt = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except FileNotFoundError:
-            raise UsageError(f"--resume: no checkpoint {self.ckpt_path} for existing log {self.log_path}") from None
-        except Exception as err:
-            raise UsageError(f"unreadable checkpoint {self.ckpt_path}: {type(err).__name__}") from None
-        log = ckpt["log"]
-        check_resumable(log["model_config"], self.log["model_config"], "model config", self.ckpt_path)
-        check_resumable(log["train_config"], self.log["train_config"], "training config", self.ckpt_path)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        pos = ckpt["position"]
-        self.step, self.epoch, self.batch_in_epoch = pos["step"], pos["epoch"], pos["batch_in_epoch"]
-        self.epoch_nll, self.epoch_tokens, self.epoch_wall = pos["epoch_nll"], pos["epoch_tokens"], pos["epoch_wall"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        random.setstate(ckpt["rng"]["python"])
-        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        log["train_config"] = self.log["train_config"]  # num_epochs / max_steps may have changed
-        self.log = log
-        if self.finished():
-            return  # nothing left to train; main() finishes or skips it
-        # A run stopped mid-epoch by --max_steps evaluated that partial epoch; it goes on now, so
-        # the partial entries are dropped and measured again when the epoch really ends.
-        log["epochs"] = [e for e in log["epochs"] if not e.get("partial")]
-        log["dynamics"] = [d for d in log["dynamics"] if not d.get("partial")]
-        log["final"] = None
-        log["status"] = "running"
-        log["run"]["resumed"].append({"at_step": self.step, "time": now(), "command": self.args.command})
-        log["run"]["ended"] = None
+def grad_norm(params: list[nn.Parameter]) -> float:
+    norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
-    # -- training ---------------------------------------------------------------------------------
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.data.train) / self.args.batch_size)
+def rank_batch(data: Data, index: Tensor, ddp: Distributed) -> tuple[Tensor, Tensor]:
+    """This rank's share of a global batch (all of it in a single process)."""
+    share = index[ddp.rank :: ddp.world]
+    if len(share) == 0:  # a short last batch: take part in the gradient sync with zero loss
+        inputs, targets = data.train.batch(index[:1])
+        return inputs, torch.full_like(targets, IGNORE_INDEX)
+    return data.train.batch(share)
 
-    def finished(self) -> bool:
-        max_steps = self.args.max_steps
-        return self.epoch > self.args.num_epochs or (max_steps is not None and self.step >= max_steps)
 
-    def rank_batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
-        """This rank's share of a global batch (all of it in a single process)."""
-        share = index[self.ddp.rank :: self.ddp.world]
-        if len(share) == 0:  # a short last batch: take part in the gradient sync with zero loss
-            inputs, targets = self.data.train.batch(index[:1])
-            return inputs, torch.full_like(targets, IGNORE_INDEX)
-        return self.data.train.batch(share)
+def train_step(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, index: Tensor,
+               record: bool) -> tuple[Tensor, int, Tensor, dict | None]:
+    """One optimizer step on a global batch: (global summed NLL, scored tokens, grad norm, per-group
+    grad norms when ``record``)."""
+    inputs, targets = rank_batch(data, index, rt.ddp)
+    n_tokens = int(torch.clamp(data.train.lengths[index] - 1, min=0).sum())
+    state.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=spec.train_config["bf16"]):
+        nll = state.forward(inputs.to(rt.device), targets.to(rt.device))
+    # Token-weighted mean over the global batch; DDP averages gradients over ranks, hence * world.
+    (nll * (rt.ddp.world / max(n_tokens, 1))).backward()
+    group_norms = {k: grad_norm(v) for k, v in parameter_groups(state.model).items()} if record else None
+    clip = spec.train_config["grad_clip"] or math.inf
+    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    state.optimizer.step()
+    return rt.ddp.all_sum(nll.detach().reshape(1))[0], n_tokens, norm, group_norms
 
-    def train_step(self, index: Tensor) -> tuple[Tensor, int, Tensor, dict | None]:
-        """One optimizer step on a global batch: (global mean loss, scored tokens, grad norm, layer norms)."""
-        inputs, targets = self.rank_batch(index)
-        n_tokens = int(torch.clamp(self.data.train.lengths[index] - 1, min=0).sum())
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.bf16):
-            nll = self.loss_module(inputs.to(self.device), targets.to(self.device))
-        # Token-weighted mean over the global batch; DDP averages gradients over ranks, hence * world.
-        (nll * (self.ddp.world / max(n_tokens, 1))).backward()
-        log_now = (self.step + 1) % self.args.log_every == 0  # self.step counts completed steps
-        layer_norms = {k: grad_norm(v) for k, v in layer_groups(self.model).items()} if log_now else None
-        clip = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        global_nll = self.ddp.all_sum(nll.detach().reshape(1))[0]
-        return global_nll, n_tokens, norm, layer_norms
 
-    def evaluate(self, split: TokenizedSplit) -> dict:
-        return evaluate(self.model, split, self.data.byte_lengths, self.args.eval_batch_size, self.device, self.ddp)
+def check_finite(step: int, *values: Tensor | float) -> None:
+    if not all(math.isfinite(float(v)) for v in values):
+        raise NonFiniteLoss(f"{NON_FINITE} loss or gradient norm at step {step}")
 
-    def end_epoch(self, partial: bool) -> None:
-        """Evaluate and record the epoch and its dynamics (the caller checkpoints and writes the log)."""
-        val = self.evaluate(self.data.val)
-        train_loss = float(self.epoch_nll) / self.epoch_tokens if self.epoch_tokens else math.nan
-        self.log["epochs"].append({
-            "epoch": self.epoch, "partial": partial, "steps": self.step, "train_loss": train_loss,
-            "train_tokens": self.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"],
-            "val_bpb": val["bpb"], "val_bpb_approx": val["bpb_approx"],
-            "val_bytes_per_token": val["bytes_per_token"], "wall_s": self.epoch_wall,
-            "train_tokens_per_s": self.epoch_tokens / self.epoch_wall if self.epoch_wall else None,
-        })
-        epoch_steps = [s for s in self.log["steps"] if s["epoch"] == self.epoch and "layer_grad_norms" in s]
-        layer_norms = {k: float(np.mean([s["layer_grad_norms"][k] for s in epoch_steps]))
-                       for k in (epoch_steps[0]["layer_grad_norms"] if epoch_steps else {})}
-        self.log["dynamics"].append({"epoch": self.epoch, "partial": partial, "layer_grad_norms": layer_norms,
-                                     "mlp": mlp_activity(self.model, self.probe, self.device)})
-        self.last_val = val
 
-    def check_finite(self, loss: Tensor, norm: Tensor) -> None:
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):
-            raise NonFiniteLoss(f"non-finite loss or gradient norm at step {self.step}")
+def validation_metrics(state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit) -> dict:
+    return evaluate(state.model, split, data.byte_lengths, rt.flags["eval_batch_size"], rt.device,
+                    rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum)
 
-    def train(self) -> None:
-        args, train = self.args, self.data.train
-        self.save_log()
-        # Loop over epochs, not "until finished": a run resumed exactly where --max_steps stopped it
-        # may still owe the evaluation of its partial epoch.
-        while self.epoch <= self.args.num_epochs:
-            order = epoch_order(self.seed, self.epoch, len(train))
-            bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, desc=f"{self.log_path.stem} epoch {self.epoch}",
-                       disable=None if self.ddp.main else True, leave=False, dynamic_ncols=True)
-            interval_start, interval_tokens = time.perf_counter(), 0
-            stopped = False
-            while self.batch_in_epoch < self.steps_per_epoch:
-                if args.max_steps is not None and self.step >= args.max_steps:
-                    stopped = True
-                    break
-                started = time.perf_counter()
-                index = order[self.batch_in_epoch * args.batch_size : (self.batch_in_epoch + 1) * args.batch_size]
-                nll, n_tokens, norm, layer_norms = self.train_step(index)
-                self.step += 1
-                self.batch_in_epoch += 1
-                self.epoch_nll = self.epoch_nll + nll.double()  # stays on the device: no sync per step
-                self.epoch_tokens += n_tokens
-                interval_tokens += n_tokens
-                self.epoch_wall += time.perf_counter() - started
-                bar.update(1)
-                if layer_norms is not None:  # a logging step
-                    loss = nll / max(n_tokens, 1)
-                    self.check_finite(loss, norm)
-                    elapsed = time.perf_counter() - interval_start
-                    entry = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "grad_norm": norm.item(),
-                             "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
-                             "layer_grad_norms": layer_norms}
-                    self.log["steps"].append(entry)
-                    bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}")
-                    interval_start, interval_tokens = time.perf_counter(), 0
-                if args.eval_every and self.step % args.eval_every == 0:
-                    self.log["evals"].append({"step": self.step, "epoch": self.epoch,
-                                              **{f"val_{k}": v for k, v in self.evaluate(self.data.val).items()}})
-                if self.step % args.checkpoint_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
-                    self.check_finite(nll, norm)
-                    self.save_checkpoint()
-                    self.save_log()
-            bar.close()
-            recorded = self.log["epochs"] and (self.log["epochs"][-1]["epoch"], self.log["epochs"][-1]["steps"]) == (
-                self.epoch, self.step)
-            if stopped and (self.epoch_tokens == 0 or recorded):
-                break  # stopped at an epoch boundary, or this partial epoch is already evaluated
-            self.check_finite(torch.as_tensor(float(self.epoch_nll)), torch.tensor(0.0))
-            self.end_epoch(partial=stopped)
-            if not stopped:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self.epoch_nll, self.epoch_tokens, self.epoch_wall = 0.0, 0, 0.0
-            self.save_checkpoint()
-            self.save_log()
-            if stopped:
-                break
-        self.finish()
 
-    def finish(self) -> None:
-        final = {"step": self.step, "val": self.last_val or self.evaluate(self.data.val)}
-        if self.data.test is not None:
-            final["test"] = self.evaluate(self.data.test)
-        self.log["final"] = final
-        self.log["status"] = "complete"
-        self.log["run"]["ended"] = now()
-        self.save_log()
+def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, partial: bool) -> None:
+    """Evaluate the epoch and record it with its dynamics."""
+    p, h = state.progress, state.history
+    check_finite(p.step, p.epoch_nll)
+    val = validation_metrics(state, data, rt, data.val)
+    h.last_val = {"step": p.step, "metrics": val}
+    h.epochs.append({
+        "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
+        "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
+        "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"], "wall_s": p.epoch_wall,
+        "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None,
+    })
+    recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
+    probe = TokenizedSplit(data.val.tokens[: spec.train_config["probe_sequences"]],
+                           data.val.lengths[: spec.train_config["probe_sequences"]])
+    inputs, targets = probe.batch(torch.arange(len(probe)))
+    h.dynamics.append({
+        "epoch": p.epoch, "partial": partial,
+        "layer_grad_norms": {k: sum(r[k] for r in recorded) / len(recorded) for k in (recorded[0] if recorded else {})},
+        "mlp": mlp_activity(state.model, inputs.to(rt.device), (targets != IGNORE_INDEX).to(rt.device)),
+    })
 
-    def fail(self, reason: str) -> None:
-        self.log["status"] = f"failed: {reason}"
-        self.log["run"]["ended"] = now()
-        self.save_log()
+
+def epoch_recorded(state: TrainingState) -> bool:
+    """Whether the epoch under way was already evaluated at the current step (a resumed stop point)."""
+    last = state.history.epochs[-1] if state.history.epochs else None
+    return last is not None and (last["epoch"], last["steps"]) == (state.progress.epoch, state.progress.step)
+
+
+def stop_requested(rt: Runtime) -> bool:
+    """Whether a signal asked to stop, agreed by every rank so that they stop at the same step."""
+    asked = rt.stop.signum is not None
+    return bool(rt.ddp.all_sum(torch.tensor([float(asked)])) > 0) if rt.ddp.world > 1 else asked
+
+
+def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str | None:
+    """Train through the rest of the current epoch; returns why it stopped early ("max_steps" or
+    "signal"), or None at the epoch's end."""
+    p, h, cfg = state.progress, state.history, spec.train_config
+    per_epoch, batch_size = steps_per_epoch(spec, data), cfg["batch_size"]
+    order = epoch_order(spec.seed, p.epoch, len(data.train))
+    bar = tqdm(total=per_epoch, initial=p.batch_in_epoch, desc=f"{spec.name} epoch {p.epoch}",
+               disable=None if rt.ddp.main else True, leave=False, dynamic_ncols=True)
+    interval_start, interval_tokens = time.perf_counter(), 0
+    try:
+        while p.batch_in_epoch < per_epoch:
+            if cfg["max_steps"] is not None and p.step >= cfg["max_steps"]:
+                return "max_steps"
+            if stop_requested(rt):
+                return "signal"
+            started = time.perf_counter()
+            record = (p.step + 1) % rt.flags["log_every"] == 0
+            index = order[p.batch_in_epoch * batch_size : (p.batch_in_epoch + 1) * batch_size]
+            nll, n_tokens, norm, group_norms = train_step(spec, state, data, rt, index, record)
+            p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
+            p.epoch_nll = p.epoch_nll + nll.double()  # stays on the device: no sync per step
+            p.epoch_tokens += n_tokens
+            p.epoch_wall += time.perf_counter() - started
+            interval_tokens += n_tokens
+            bar.update(1)
+            if record:
+                loss = nll / max(n_tokens, 1)
+                check_finite(p.step, loss, norm)
+                elapsed = time.perf_counter() - interval_start
+                h.steps.append({"step": p.step, "epoch": p.epoch, "loss": loss.item(), "grad_norm": norm.item(),
+                                "lr": state.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
+                                "layer_grad_norms": group_norms})
+                bar.set_postfix(loss=f"{h.steps[-1]['loss']:.3f}", tok_s=f"{h.steps[-1]['tokens_per_s']:.0f}")
+                interval_start, interval_tokens = time.perf_counter(), 0
+            if rt.flags["eval_every"] and p.step % rt.flags["eval_every"] == 0:
+                val = validation_metrics(state, data, rt, data.val)
+                h.evals.append({"step": p.step, "epoch": p.epoch, **{f"val_{k}": v for k, v in val.items()}})
+            if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
+                check_finite(p.step, nll, norm)
+                save_checkpoint(spec, state, data, rt)
+                save_log(spec, state, data, rt, RUNNING)
+        return None
+    finally:
+        bar.close()
+
+
+def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
+    """Train to the run's length, or until a signal; returns COMPLETE or INTERRUPTED."""
+    p = state.progress
+    save_log(spec, state, data, rt, RUNNING)
+    while p.epoch <= spec.train_config["num_epochs"]:
+        stopped_by = run_epoch(spec, state, data, rt)
+        if stopped_by == "signal":
+            save_checkpoint(spec, state, data, rt)
+            save_log(spec, state, data, rt, INTERRUPTED)
+            return INTERRUPTED
+        if p.epoch_tokens and not epoch_recorded(state):  # a resumed stop point may owe its evaluation
+            end_epoch(spec, state, data, rt, partial=stopped_by is not None)
+        if stopped_by is None:
+            p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens, p.epoch_wall = p.epoch + 1, 0, 0.0, 0, 0.0
+        save_checkpoint(spec, state, data, rt)
+        if stopped_by is not None:
+            break
+        save_log(spec, state, data, rt, RUNNING)
+    last_val = state.history.last_val
+    final = {"step": p.step, "val": last_val["metrics"] if last_val and last_val["step"] == p.step
+             else validation_metrics(state, data, rt, data.val)}
+    if data.test is not None:
+        final["test"] = validation_metrics(state, data, rt, data.test)
+    state.history.last_val = {"step": p.step, "metrics": final["val"]}
+    save_log(spec, state, data, rt, COMPLETE, final)
+    return COMPLETE
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
 
-def run_names(args: argparse.Namespace) -> list[tuple[str, int, str]]:
-    """(activation, seed, run name) for every requested run, activations in the order given."""
-    runs = []
-    for activation in dict.fromkeys(canonical_activation(a) for a in args.activation):
-        for seed in dict.fromkeys(args.seeds):
-            matched = "_matched" if args.match_params and ACTIVATIONS[activation].gated else ""
-            default = f"{activation}{matched}_seed{seed}"
-            runs.append((activation, seed, default))
-    if args.run_name:
-        if len(runs) == 1:
-            runs = [(runs[0][0], runs[0][1], args.run_name)]
-        else:
-            runs = [(a, s, f"{args.run_name}_{name}") for a, s, name in runs]
-    return runs
+def report(decision: Decision, ddp: Distributed) -> None:
+    if decision.message and ddp.main:
+        prefix = "error: " if decision.action in (REFUSE, KEEP_FAILED) else ""
+        print(prefix + decision.message, file=sys.stderr)
 
 
-def validate(args: argparse.Namespace) -> None:
-    for flag in ("num_epochs", "batch_size", "max_length", "log_every", "checkpoint_every", "eval_batch_size",
-                 "probe_sequences"):
-        if getattr(args, flag) <= 0:
-            raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("max_steps", "threads"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0 or args.eval_every < 0:
-        raise UsageError("--lr must be positive; --weight_decay, --grad_clip and --eval_every non-negative")
-    for activation in args.activation:  # also checks the sizes, before any data is loaded
-        try:
-            model_config(args, activation, 50257)
-        except ValueError as err:
-            raise UsageError(f"invalid model: {err}") from None
+def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int:
+    """Train or resume one run; its exit status (0, 1 failed, 130/143 interrupted)."""
+    remove_stale_temporaries(spec.log_path)
+    remove_stale_temporaries(spec.ckpt_path)
+    if decision.action == TRAIN and rt.ddp.main:
+        spec.ckpt_path.unlink(missing_ok=True)  # --overwrite, or a restart: no old weights beside the new log
+    state = restore_state(spec, data, rt) if decision.action == RESUME else fresh_state(spec, data, rt)
     try:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=args.output_dir):
-            pass
-    except OSError as err:
-        raise UsageError(f"output folder {args.output_dir} is not writable: {err.strerror or err}") from None
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return Distributed(dist.get_rank(), world)
+        status = train(spec, state, data, rt)
+    except (NonFiniteLoss, WriteError, KeyboardInterrupt) as err:
+        reason = INTERRUPTED if isinstance(err, KeyboardInterrupt) else f"{FAILED}: {err}"
+        try:
+            save_log(spec, state, data, rt, reason)
+        except WriteError:
+            pass  # the write that failed is already being reported; the previous log is intact
+        if isinstance(err, KeyboardInterrupt):
+            print(f"interrupted: {spec.name} at step {state.progress.step}", file=sys.stderr)
+            return rt.stop.exit_code
+        kept = f"; last good checkpoint {spec.ckpt_path}" if spec.ckpt_path.exists() else "; no checkpoint was written"
+        print(f"error: {spec.name}: {err}{kept if isinstance(err, NonFiniteLoss) else ''}", file=sys.stderr)
+        return 1
+    if status == INTERRUPTED:
+        if rt.ddp.main:
+            print(f"interrupted: {spec.name} at step {state.progress.step}; --resume continues it", file=sys.stderr)
+        return rt.stop.exit_code
+    if rt.ddp.main:
+        val, wall = state.history.last_val["metrics"], sum(e["wall_s"] for e in state.history.epochs)
+        print(f"{spec.name}: val loss {val['loss']:.4f}  ppl {val['ppl']:.2f}  bits/byte {val['bpb']:.4f}  "
+              f"train {wall:.0f}s  log {spec.log_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    args.command = ["train_simple.py", *(sys.argv[1:] if argv is None else argv)]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with StopSignal() as stop:
+        return run_all(parser, args, stop, ["train_simple.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: StopSignal, command: list[str]) -> int:
+    """Decide, then train, every requested run; the command's exit status."""
     ddp = Distributed()
     try:
         validate(args)
+        specs = run_specs(parser, args)
+        for spec in specs:  # impossible sizes are bad input, found before any data is loaded
+            try:
+                spec.model_config(50257)
+            except ValueError as err:
+                raise UsageError(f"invalid model: {err}") from None
         if args.threads:
             torch.set_num_threads(args.threads)
-        args.allocator = keep_freed_memory()
         device = pick_device(args.device)
         ddp = setup_distributed(device)
         if args.batch_size % ddp.world:
             raise UsageError(f"--batch_size {args.batch_size} is not divisible by {ddp.world} processes")
         if device.type == "cuda" and ddp.world > 1:
             device = torch.device("cuda", torch.cuda.current_device())
-        runs = run_names(args)
-        todo = []
-        for activation, seed, name in runs:
-            log_path = args.output_dir / f"{name}.json"
-            if not log_path.exists():
-                todo.append((activation, seed, name, False))
-                continue
-            try:
-                existing = json.loads(log_path.read_text())
-                status, settings = existing.get("status"), existing.get("train_config", {})
-            except (OSError, ValueError, AttributeError):
-                status, settings = "unreadable", {}
-            same_length = all(settings.get(k) == getattr(args, k) for k in RESUMABLE_SETTINGS)
-            if status == "complete" and (not args.resume or same_length):
-                if ddp.main:
-                    print(f"skip {name}: {log_path} is complete", file=sys.stderr)
-                continue
-            if not args.resume:
-                raise UsageError(f"{log_path} exists (status {status!r}); pass --resume or another --run_name")
-            todo.append((activation, seed, name, status == "complete"))
-        if not todo:
-            return 0
-        data = load_data(args)
+        for spec in specs:  # a run another process is training is refused now, not after loading data
+            with RunLock(spec, enabled=ddp.main):
+                pass
+        plan = [(spec, decide(spec, args.resume, args.overwrite)) for spec in specs]
+        refusals = [d for _, d in plan if d.action == REFUSE]
+        for decision in refusals:
+            report(decision, ddp)
+        if refusals:
+            return 2
         failed = 0
-        for activation, seed, name, was_complete in todo:
-            run = Run(args, activation, seed, name, data, device, ddp)
-            if args.resume and run.log_path.exists():
-                run.restore()
-                if run.finished() and was_complete:
-                    if ddp.main:
-                        print(f"skip {name}: already trained to the requested length", file=sys.stderr)
+        for spec, decision in plan:
+            if decision.action in (SKIP, KEEP_FAILED):
+                report(decision, ddp)
+                failed += decision.action == KEEP_FAILED
+        todo = [spec for spec, d in plan if d.action in (TRAIN, RESUME)]
+        if not todo:
+            return 1 if failed else 0
+        flags = {**group_flags(parser, args, "sources"), **group_flags(parser, args, "execution")}
+        facts = {"command": command, "git_commit": git_commit(), "python": platform.python_version(),
+                 "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                 "platform": platform.platform(), "device": str(device), "allocator": keep_freed_memory(),
+                 "world_size": ddp.world}
+        rt = Runtime(device, ddp, stop, flags, facts)
+        data = load_data(args)
+        for spec in todo:
+            if stop.signum is not None:
+                return stop.exit_code
+            with RunLock(spec, enabled=ddp.main):
+                decision = ddp.from_main(decide(spec, args.resume, args.overwrite))  # again, now that it is ours
+                report(decision, ddp)
+                if decision.action == REFUSE:
+                    return 2
+                if decision.action not in (TRAIN, RESUME):
+                    failed += decision.action == KEEP_FAILED
                     continue
-            try:
-                run.train()
-            except NonFiniteLoss as err:
-                run.fail(str(err))
-                failed += 1
-                print(f"error: {name}: {err}; the last good checkpoint is {run.ckpt_path}", file=sys.stderr)
-                continue
-            except KeyboardInterrupt:
-                run.fail("interrupted")
-                print(f"interrupted: {name}; resume with --resume", file=sys.stderr)
-                return 130
-            if ddp.main:
-                final = run.log["final"]["val"]
-                wall = sum(e["wall_s"] for e in run.log["epochs"])
-                print(f"{name}: val loss {final['loss']:.4f}  ppl {final['ppl']:.2f}  bits/byte {final['bpb']:.4f}  "
-                      f"train {wall:.0f}s  log {run.log_path}")
+                code = train_one(spec, decision, data, rt)
+            if code > 1:
+                return code
+            failed += code
         return 1 if failed else 0
-    except (UsageError, DataError) as err:
+    except (UsageError, DataError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return stop.exit_code
     finally:
         if ddp.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -3,6 +3,8 @@ network), and small text corpora with multibyte characters."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -86,3 +88,52 @@ needs_shared_data = pytest.mark.skipif(
     not (WIKITEXT_DIR.is_dir() and GPT2_TOKENIZER_DIR.is_dir()),
     reason=f"local WikiText-2 / GPT-2 tokenizer not found under {SHARED_DATA}",
 )
+
+
+# Keys that differ between identical runs: timings, and where the run was told to write.
+TIMING_KEYS = {"wall_s", "tokens_per_s", "train_tokens_per_s", "started", "ended", "time", "command", "resumed",
+               "output_dir"}
+
+
+@pytest.fixture
+def tiny_argv(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    def argv(out: Path | None = None, *extra: str) -> list[str]:
+        return [
+            "--activation", "relu", "--seeds", "3", "--d_model", "32", "--d_mlp", "64", "--n_heads", "2",
+            "--n_layers", "1", "--max_length", "16", "--batch_size", "4", "--num_epochs", "2",
+            "--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
+            "--test_split", "none", "--tokenizer", str(tiny_tokenizer_dir), "--cache_dir", str(tmp_path / "cache"),
+            "--output_dir", str(out or tmp_path / "out"), "--log_every", "1", "--checkpoint_every", "3",
+            "--probe_sequences", "4", "--eval_batch_size", "8", "--threads", "1", *extra,
+        ]
+    return argv
+
+
+def read_log(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def final_state(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    log_a, log_b = read_log(a / "relu_seed3.json"), read_log(b / "relu_seed3.json")
+    assert without_timings(log_a["steps"]) == without_timings(log_b["steps"])
+    assert without_timings(log_a["epochs"]) == without_timings(log_b["epochs"])
+    assert log_a["final"] == log_b["final"] and log_b["status"] == "complete"
+    state_a, state_b = final_state(a), final_state(b)
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)

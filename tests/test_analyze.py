@@ -10,6 +10,7 @@ import pytest
 
 import analyze_results
 from conftest import ROOT
+from run_log import SCHEMA_VERSION
 from stats import holm, paired_t_test
 
 VAL_LOSS = {  # activation -> seed -> final validation loss
@@ -30,7 +31,7 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
     final_val = {"loss": val_loss, "ppl": math.exp(val_loss), "bpb": val_loss / 3,
                  "bpb_approx": val_loss / math.log(2) / 4, "bytes_per_token": 4.2, "tokens": 900, "bytes": 3800}
     return {
-        "schema_version": analyze_results.SCHEMA_VERSION, "status": "complete", "run": {"name": f"{act}_{seed}"},
+        "schema_version": SCHEMA_VERSION, "status": "complete", "run": {"name": f"{act}_{seed}"},
         "model_config": {"d_vocab": 100, "n_ctx": 16, "d_model": 32, "n_heads": 2, "d_mlp": 64, "n_layers": 2,
                          "act_fn": act, "preset": "seed", "match_params": gated, "attn_impl": "einsum",
                          "layer_norm_eps": 1e-5, "d_head": 16, "d_hidden": 40 if gated else 64},
@@ -43,6 +44,7 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
                          "bytes": 3800}, "test": None},
         "steps": [{"step": s, "epoch": 1 + (s > 10), "loss": val_loss + 2.0 / s, "grad_norm": 1.0 + 1.0 / s,
                    "lr": 3e-4, "tokens_per_s": 100.0} for s in range(1, 21)],
+        "progress": {"step": 20, "epoch": 3, "batch_in_epoch": 0}, "evals": [],
         "epochs": epochs,
         "dynamics": [{"epoch": e, "partial": False, "layer_grad_norms": {},
                       "mlp": [{"layer": l, "dead_fraction": 0.01 * seed, "active_fraction": 0.4 + 0.01 * l,
@@ -66,7 +68,7 @@ def results(tmp_path):
 def test_tables_statistics_and_figures(results, capsys):
     assert analyze_results.main(["--results_dir", str(results)]) == 0
     err = capsys.readouterr().err
-    assert "broken.json" in err and "running.json" in err  # skipped with a warning, not a crash
+    assert "broken.json" in err  # skipped with a warning, not a crash
     table = __import__("pandas").read_csv(results / "summary.csv")
     assert list(table["variant"]) == ["swiglu (matched)", "gelu", "relu"]  # best first
     relu = table.set_index("variant").loc["relu"]
@@ -124,9 +126,58 @@ def test_output_is_reproducible(results, tmp_path):
 
 
 def test_committed_summary_is_regenerated_exactly(tmp_path):
-    results = ROOT / "results"
+    results = ROOT / "results" / "wikitext2_local"
     if not (results / "summary.md").exists():
         pytest.skip("no committed results")
     assert analyze_results.main(["--results_dir", str(results), "--output_dir", str(tmp_path)]) == 0
     for name in ("summary.md", "summary.csv"):
         assert (tmp_path / name).read_text() == (results / name).read_text()
+
+
+def test_failed_and_unfinished_runs_are_listed_not_dropped(results):
+    failed = synthetic_log("gelu", 4, 5.0)
+    failed.update(status="failed: non-finite loss or gradient norm at step 7", final=None)
+    failed["progress"]["step"] = 7
+    interrupted = synthetic_log("swiglu", 5, 5.0)
+    interrupted.update(status="interrupted", final=None)
+    interrupted["progress"]["step"] = 12
+    (results / "gelu_seed4.json").write_text(json.dumps(failed))
+    (results / "swiglu_seed5.json").write_text(json.dumps(interrupted))
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    summary = (results / "summary.md").read_text()
+    unfinished = summary.split("## Failed and unfinished runs")[1]
+    assert "| gelu | 4 | 7 | failed: non-finite loss or gradient norm at step 7 | gelu_seed4.json |" in unfinished
+    assert "| swiglu (matched) | 5 | 12 | interrupted | swiglu_seed5.json |" in unfinished
+    assert "| relu | 9 | 20 | running | running.json |" in unfinished
+    table = __import__("pandas").read_csv(results / "summary.csv").set_index("variant")
+    assert table.loc["gelu", "seeds"] == 3  # the failed seed is not pooled
+
+
+def test_a_copied_log_is_one_run_not_another_seed(results, capsys):
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    before = __import__("pandas").read_csv(results / "summary.csv").set_index("variant").loc["relu"]
+    (results / "relu_seed1_copy.json").write_text((results / "relu_seed1.json").read_text())
+    capsys.readouterr()
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert "counted once" in capsys.readouterr().err
+    after = __import__("pandas").read_csv(results / "summary.csv").set_index("variant").loc["relu"]
+    assert after["seeds"] == 3 and after["val_loss_ci95"] == pytest.approx(before["val_loss_ci95"])
+
+
+def test_a_nan_metric_is_reported_as_such_never_averaged(results):
+    log = json.loads((results / "gelu_seed2.json").read_text())
+    log["final"]["val"]["loss"] = float("nan")
+    (results / "gelu_seed2.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    summary = (results / "summary.md").read_text()
+    gelu_row = next(line for line in summary.splitlines() if line.startswith("| gelu |"))
+    cells = [c.strip() for c in gelu_row.split("|")[1:-1]]
+    assert cells[2] == "n/a" and cells[-1] == "n/a" and "nan" not in summary.lower().replace("n/a", "")
+    table = __import__("pandas").read_csv(results / "summary.csv")
+    assert list(table["variant"])[-1] == "gelu"  # ranked last, not first
+
+
+def test_unwritable_output_folder_is_one_line_and_exit_2(results, capsys):
+    assert analyze_results.main(["--results_dir", str(results), "--output_dir", "/proc/version/out"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "not writable" in err[0]

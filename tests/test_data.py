@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+import data_utils
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, needs_shared_data
 from data_utils import (
     DataError,
@@ -113,3 +116,40 @@ def test_wikitext2_line_and_token_counts(tmp_path):
     assert (val.info["truncated_sequences"], val.info["tokens"]) == (880, 180_464)
     packed = tokenize_split(load_split_text("validation", WIKITEXT_DIR), tokenizer, "packed", 128, lengths, tmp_path)
     assert packed.info["sequences"] == 247_289 // 128
+
+
+def hub_layout_repository(root: Path, rows: dict[str, list[str]]) -> Path:
+    """A local dataset repository laid out like the hub's Salesforce/wikitext: a parquet file per
+    split under wikitext-2-raw-v1/, and the README's YAML naming the config and its files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config = data_utils.HUB_DATASET[1]
+    (root / config).mkdir(parents=True)
+    for split, texts in rows.items():
+        pq.write_table(pa.table({"text": texts}), root / config / f"{split}-00000-of-00001.parquet")
+    files = "".join(f"  - split: {split}\n    path: {config}/{split}-*\n" for split in rows)
+    (root / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}---\n")
+    return root
+
+
+def test_the_hub_path_loads_a_hub_layout_dataset(tmp_path, monkeypatch):
+    # The same datasets.load_dataset call as for the hub, pointed at a local repository: a change that
+    # breaks the default (hub) path fails here, although CI cannot reach the hub.
+    import datasets
+
+    rows = {split: ["", f" = {split} = \n", "", " Café 🙂 line . \n"] for split in ("train", "validation", "test")}
+    repo = hub_layout_repository(tmp_path / "wikitext", rows)
+    monkeypatch.setattr(data_utils, "HUB_DATASET", (str(repo), data_utils.HUB_DATASET[1]))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv(data_utils.DATA_DIR_ENV, raising=False)
+    text = data_utils.load_split_text("validation")
+    assert text.rows == rows["validation"] and text.source == f"hub:{repo}/{data_utils.HUB_DATASET[1]}"
+    assert text.sha256 == data_utils.sha256_bytes("".join(rows["validation"]).encode())
+
+
+def test_unreachable_hub_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_utils, "HUB_DATASET", (str(tmp_path / "no-such-dataset"), "wikitext-2-raw-v1"))
+    monkeypatch.delenv(data_utils.DATA_DIR_ENV, raising=False)
+    with pytest.raises(data_utils.DataError, match="--data_dir"):
+        data_utils.load_split_text("test")

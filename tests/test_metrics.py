@@ -9,7 +9,7 @@ import torch
 
 from data_utils import load_split_text, token_byte_lengths, tokenize_split
 from metrics import NLLTotals, bits_per_byte, perplexity, study_bits_per_byte
-from train_simple import evaluate
+from metrics import evaluate
 from transformer_from_scratch import IGNORE_INDEX, Transformer, TransformerConfig
 
 

@@ -27,12 +27,16 @@ def test_unknown_option_is_exit_2():
     assert result.returncode == 2 and "unknown option" in result.stderr
 
 
-def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_tokenizer_dir):
+def tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir) -> list[str]:
     extra = (f"--d_model 32 --d_mlp 48 --n_heads 2 --n_layers 1 --max_length 16 --test_split none "
              f"--tokenizer {tiny_tokenizer_dir} --cache_dir {tmp_path / 'cache'} --log_every 1 --probe_sequences 4")
-    args = ["--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
+    return ["--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
             "--max_steps", "2", "--seeds", "1 2", "--ungated", "relu", "--gated", "swiglu",
             "--output_dir", str(tmp_path / "results"), "--jobs", "2", "--extra", extra]
+
+
+def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
     first = run_reproduce(args)
     assert first.returncode == 0, first.stderr[-3000:]
     logs = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
@@ -44,3 +48,29 @@ def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_token
     again = run_reproduce(args)  # everything is complete: skipped, and the analysis is the same
     assert again.returncode == 0 and "skip" in again.stderr
     assert (tmp_path / "results" / "summary.md").read_text() == summary
+
+
+def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "relu_seed1.json").write_text("{ half a log")  # this run is refused: exit 2
+    result = run_reproduce(args)
+    assert result.returncode == 1
+    report = result.stderr[result.stderr.index("training command(s) failed"):]
+    assert "1 training command(s) failed" in result.stderr and "--activation relu --seeds 1 " in report
+    for name in ("relu_seed2", "swiglu_matched_seed1", "swiglu_matched_seed2"):  # the others still trained
+        assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["status"] == "complete"
+    assert "relu" in (tmp_path / "results" / "summary.md").read_text()  # and were analysed
+
+
+def test_list_prints_one_runnable_command_per_run(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
+    listed = run_reproduce([*args, "--list"])
+    assert listed.returncode == 0 and listed.stderr == ""
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 4 and all("train_simple.py --activation" in line for line in lines)
+    assert all("--threads" in line and "--resume" in line for line in lines)
+    ran = subprocess.run(["xargs", "-d", "\\n", "-P", "2", "-n", "1", "bash", "-c", 'eval "$1"', "_"],
+                         input=listed.stdout, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert len(list((tmp_path / "results").glob("*.json"))) == 4

@@ -12,41 +12,14 @@ import pytest
 import torch
 
 import train_simple
-from conftest import ROOT
-
-TIMING_KEYS = {"wall_s", "tokens_per_s", "train_tokens_per_s", "started", "ended", "time", "command", "resumed"}
-
-
-@pytest.fixture
-def tiny_argv(tmp_path, corpus_dir, tiny_tokenizer_dir):
-    def argv(out: Path | None = None, *extra: str) -> list[str]:
-        return [
-            "--activation", "relu", "--seeds", "3", "--d_model", "32", "--d_mlp", "64", "--n_heads", "2",
-            "--n_layers", "1", "--max_length", "16", "--batch_size", "4", "--num_epochs", "2",
-            "--train_split", str(corpus_dir / "train.txt"), "--val_split", str(corpus_dir / "valid.txt"),
-            "--test_split", "none", "--tokenizer", str(tiny_tokenizer_dir), "--cache_dir", str(tmp_path / "cache"),
-            "--output_dir", str(out or tmp_path / "out"), "--log_every", "1", "--checkpoint_every", "3",
-            "--probe_sequences", "4", "--eval_batch_size", "8", "--threads", "1", *extra,
-        ]
-    return argv
-
-
-def read_log(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
+from conftest import ROOT, assert_same_run, final_state, read_log, run_cli, without_timings
+from run_log import SCHEMA_VERSION
 
 
 def test_end_to_end_run_writes_a_complete_schema_valid_log(tiny_argv, tmp_path):
     assert train_simple.main(tiny_argv()) == 0
     log = read_log(tmp_path / "out" / "relu_seed3.json")
-    assert log["schema_version"] == train_simple.SCHEMA_VERSION and log["status"] == "complete"
+    assert log["schema_version"] == SCHEMA_VERSION and log["status"] == "complete"
     for key in ("run", "model_config", "train_config", "params", "data", "steps", "epochs", "dynamics", "final"):
         assert key in log
     assert set(log["params"]) == {"total", "non_embedding", "mlp"}
@@ -83,8 +56,8 @@ def test_activations_share_data_order_and_non_mlp_init(tiny_argv, tmp_path):
     argv[argv.index("relu")] = "relu swiglu".split()[0]
     assert train_simple.main(argv[:1] + ["relu", "swiglu"] + argv[2:]) == 0
     out = tmp_path / "out"
-    relu = torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=False)
-    swiglu = torch.load(out / "checkpoints" / "swiglu_seed3.pt", weights_only=False)
+    relu = torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=True)
+    swiglu = torch.load(out / "checkpoints" / "swiglu_seed3.pt", weights_only=True)
     assert read_log(out / "relu_seed3.json")["data"] == read_log(out / "swiglu_seed3.json")["data"]
     # After one step the non-MLP weights differ (different gradients), so compare initial weights.
     from transformer_from_scratch import Transformer, TransformerConfig
@@ -92,20 +65,7 @@ def test_activations_share_data_order_and_non_mlp_init(tiny_argv, tmp_path):
                                  if k not in ("d_head", "d_hidden")}) for n in ("relu", "swiglu")]
     init = [Transformer(c, seed=3).state_dict() for c in cfgs]
     assert all(torch.equal(init[0][k], init[1][k]) for k in init[0] if ".mlp." not in k)
-    assert relu["position"]["step"] == swiglu["position"]["step"] == 1
-
-
-def final_state(out: Path) -> dict:
-    return torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=False)["model"]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    log_a, log_b = read_log(a / "relu_seed3.json"), read_log(b / "relu_seed3.json")
-    assert without_timings(log_a["steps"]) == without_timings(log_b["steps"])
-    assert without_timings(log_a["epochs"]) == without_timings(log_b["epochs"])
-    assert log_a["final"] == log_b["final"] and log_b["status"] == "complete"
-    state_a, state_b = final_state(a), final_state(b)
-    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert relu["progress"]["step"] == swiglu["progress"]["step"] == 1
 
 
 def test_stopped_and_resumed_run_equals_uninterrupted_one(tiny_argv, tmp_path):
@@ -139,7 +99,7 @@ def test_kill_during_checkpoint_write_then_resume(tiny_argv, tmp_path, monkeypat
         train_simple.main(tiny_argv(tmp_path / "killed"))
     monkeypatch.setattr(torch, "save", real_save)
     checkpoint = tmp_path / "killed" / "checkpoints" / "relu_seed3.pt"
-    assert torch.load(checkpoint, weights_only=False)["position"]["step"] > 0  # the previous one is intact
+    assert torch.load(checkpoint, weights_only=True)["progress"]["step"] > 0  # the previous one is intact
     assert train_simple.main(tiny_argv(tmp_path / "killed", "--resume")) == 0
     assert_same_run(tmp_path / "full", tmp_path / "killed")
 
@@ -156,14 +116,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, t
     assert train_simple.main(tiny_argv()) == 1
     log = read_log(tmp_path / "out" / "relu_seed3.json")
     assert log["status"].startswith("failed: non-finite") and "step 5" in log["status"]
-    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "relu_seed3.pt", weights_only=False)
-    assert ckpt["position"]["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "relu_seed3.pt", weights_only=True)
+    assert ckpt["progress"]["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert "non-finite" in capsys.readouterr().err
-
-
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -195,21 +150,6 @@ def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     assert result.returncode == 2 and "swiglu" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_existing_logs_are_never_overwritten(tiny_argv, tmp_path, capsys):
-    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
-    log_path = tmp_path / "out" / "relu_seed3.json"
-    before = log_path.read_text()
-    assert train_simple.main(tiny_argv(None, "--max_steps", "4")) == 0  # complete: skipped
-    assert "skip" in capsys.readouterr().err and log_path.read_text() == before
-    assert train_simple.main(tiny_argv(None, "--d_mlp", "128", "--resume")) == 2  # another config
-    assert "d_mlp" in capsys.readouterr().err and log_path.read_text() == before
-    log = json.loads(before)
-    log["status"] = "running"
-    log_path.write_text(json.dumps(log))
-    assert train_simple.main(tiny_argv()) == 2  # incomplete, and no --resume
-    assert "--resume" in capsys.readouterr().err
-
-
 def test_two_process_ddp_matches_single_process(tiny_argv, tmp_path):
     single = run_cli(tiny_argv(tmp_path / "single", "--max_steps", "4"))
     assert single.returncode == 0, single.stderr
@@ -234,10 +174,12 @@ def test_resume_at_the_stop_point_of_a_mid_epoch_checkpoint_still_records_the_ep
     assert train_simple.main(tiny_argv(out, "--max_steps", "6")) == 0
     reference = read_log(out / "relu_seed3.json")
     ckpt_path = out / "checkpoints" / "relu_seed3.pt"
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    ckpt["log"]["epochs"], ckpt["log"]["dynamics"], ckpt["log"]["status"] = [], [], "running"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["history"]["epochs"], ckpt["history"]["dynamics"] = [], []
     torch.save(ckpt, ckpt_path)
-    (out / "relu_seed3.json").write_text(json.dumps(ckpt["log"]))
+    log = read_log(out / "relu_seed3.json")
+    log["epochs"], log["dynamics"], log["status"], log["final"] = [], [], "running", None
+    (out / "relu_seed3.json").write_text(json.dumps(log))
     assert train_simple.main(tiny_argv(out, "--max_steps", "6", "--resume")) == 0
     log = read_log(out / "relu_seed3.json")
     assert log["status"] == "complete" and without_timings(log["epochs"]) == without_timings(reference["epochs"])

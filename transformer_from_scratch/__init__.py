@@ -13,12 +13,13 @@ from .mlp import MLP
 from .layer import TransformerBlock
 from .unembed import Unembed
 from .loss import linear_cross_entropy
-from .transformer import IGNORE_INDEX, Transformer, derived_generator, parameter_counts
+from .transformer import IGNORE_INDEX, Transformer, derived_generator, parameter_counts, parameter_groups
+from .probes import mlp_activity
 
 __all__ = [
     "ACTIVATIONS", "ALIASES", "Activation", "activation_names", "canonical_activation",
     "MATCHED_WIDTH_MULTIPLE", "PRESETS", "TransformerConfig",
     "Embed", "LearnedPosEmbed", "SinusoidalPosEmbed", "sinusoidal_table", "LayerNorm", "Attention",
     "MLP", "TransformerBlock", "Unembed", "linear_cross_entropy",
-    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts",
+    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "mlp_activity",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
@@ -15,4 +16,7 @@ class Embed(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.W_E[tokens]
+        # F.embedding, not W_E[tokens]: indexing's backward accumulates repeated tokens' gradients in
+        # an order that varies with thread timing (bits differ between runs with 2 threads);
+        # embedding's backward sums them in a fixed order, at the same speed.
+        return F.embedding(tokens, self.W_E)

@@ -113,3 +113,14 @@ def parameter_counts(model: Transformer) -> dict[str, int]:
     )
     mlp = sum(p.numel() for block in model.blocks for p in block.mlp.parameters())
     return {"total": total, "non_embedding": total - embedding, "mlp": mlp}
+
+
+def parameter_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:
+    """Every parameter once, grouped by where it acts: ``embed``, ``block<i>.attn`` (with its
+    LayerNorm), ``block<i>.mlp`` (with its LayerNorm), ``unembed`` (with the final LayerNorm)."""
+    groups = {"embed": [*model.embed.parameters(), *model.pos_embed.parameters()]}
+    for i, block in enumerate(model.blocks):
+        groups[f"block{i}.attn"] = [*block.ln1.parameters(), *block.attn.parameters()]
+        groups[f"block{i}.mlp"] = [*block.ln2.parameters(), *block.mlp.parameters()]
+    groups["unembed"] = [*model.ln_final.parameters(), *model.unembed.parameters()]
+    return groups
