@@ -84,11 +84,13 @@ def evaluate(
     rank: int = 0,
     world: int = 1,
     all_sum: Callable[[Tensor], Tensor] = no_reduction,
+    fused: bool = True,
 ) -> dict[str, float]:
     """One full pass in order: summed NLL, scored tokens and their bytes over the whole split.
 
     Under DDP each of ``world`` processes takes every world-th batch and ``all_sum`` adds their
     sums. Sums are float64 and taken in a fixed order, so the result is the same on every run.
+    ``fused`` chooses the model's loss path (Transformer.nll_sum).
     """
     was_training = model.training
     model.eval()
@@ -98,7 +100,7 @@ def evaluate(
             continue
         inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))
         scored = targets[targets != IGNORE_INDEX]
-        nll = model.nll_sum(inputs.to(device), targets.to(device))
+        nll = model.nll_sum(inputs.to(device), targets.to(device), fused=fused)
         sums += torch.tensor([nll.item(), scored.numel(), byte_lengths[scored].sum().item()], dtype=torch.float64)
     sums = all_sum(sums)
     model.train(was_training)

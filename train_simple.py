@@ -42,7 +42,8 @@ from metrics import evaluate
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, \
     failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
-    canonical_activation, derived_generator, mlp_activity, parameter_counts, parameter_groups
+    canonical_activation, derived_generator, mlp_activity, parameter_counts, parameter_groups, to_hf_gpt2
+from transformer_from_scratch.hf import check_gpt2_expressible
 
 # Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
 # model_config, data) and compared before a run is skipped or resumed; flags of the other groups only
@@ -50,6 +51,7 @@ from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transfo
 TRAINING, MODEL, DATA = "training", "model", "data"
 LENGTH_SETTINGS = ("num_epochs", "max_steps")  # may grow when a run is resumed
 CHECKPOINT_FORMAT = 2
+LOSSES = ("fused", "textbook")
 OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
 
 # What to do with a requested run (see decide()).
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
     g.add_argument("--probe_sequences", type=int, default=64,
                    help="validation sequences used to probe MLP unit activity each epoch")
+    g.add_argument("--loss", choices=LOSSES, default=None,
+                   help="fused: vocabulary-tiled linear + cross-entropy (fast on CPU); textbook: logits then "
+                        "F.cross_entropy (fast on GPUs). Default: fused on CPU, textbook on CUDA/MPS")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs; little gain on CPU)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (for GPUs; far slower on most CPUs)")
     g = p.add_argument_group(MODEL, "architecture (each flag is the TransformerConfig field of its name)")
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at epoch ends only)")
     g.add_argument("--eval_batch_size", type=int, default=32, help="sequences per evaluation batch")
     g.add_argument("--checkpoint_every", type=int, default=200, help="checkpoint every N steps (and every epoch)")
+    g.add_argument("--export_hf", type=Path, default=None, metavar="DIR",
+                   help="save each complete gpt2-preset run as a Hugging Face model (and its tokenizer) in DIR/<run_name>")
     g = p.add_argument_group("existing runs", "what to do with a run that has a log already (see README)")
     g.add_argument("--resume", action="store_true",
                    help="continue unfinished runs from their checkpoints; train complete ones further when "
@@ -174,7 +181,7 @@ class RunSpec:
 def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[RunSpec]:
     """Every requested (activation, seed) run, activations in the order given."""
     training, model, data = (group_flags(parser, args, title) for title in (TRAINING, MODEL, DATA))
-    fixed = {"optimizer": OPTIMIZER, "lr_schedule": "constant", "dynamic_padding": True, "loss": "fused"}
+    fixed = {"optimizer": OPTIMIZER, "lr_schedule": "constant", "dynamic_padding": True}
     pairs = [(a, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for s in dict.fromkeys(args.seeds)]
     specs = []
     for activation, seed in pairs:
@@ -256,16 +263,16 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
     except ValueError as err:
         return Decision(REFUSE, f"{spec.log_path} is {err}; --overwrite replaces it")
     status = log["status"]
-    if differing_settings(log, spec, allow_longer=resume):
-        only_longer = not differing_settings(log, spec, allow_longer=True)
-        return Decision(REFUSE, f"{spec.log_path} holds a run ({status}) with other settings: "
-                                f"{'; '.join(differing_settings(log, spec, allow_longer=False))}; choose another "
-                                f"--output_dir or --run_name{' (or --resume to train it further)' if only_longer else ''}")
+    changed, changed_beyond_length = (differing_settings(log, spec, allow_longer) for allow_longer in (False, True))
+    if changed_beyond_length or (changed and not resume):
+        hint = "" if changed_beyond_length else " (or --resume to train it further)"
+        return Decision(REFUSE, f"{spec.log_path} holds a run ({status}) with other settings: {'; '.join(changed)}; "
+                                f"choose another --output_dir or --run_name{hint}")
     has_checkpoint = spec.ckpt_path.exists()
     if failed_non_finite(log):
         return Decision(KEEP_FAILED, f"{spec.name} {status}; --overwrite trains it again")
     if status == COMPLETE:
-        if not differing_settings(log, spec, allow_longer=False):
+        if not changed:
             return Decision(SKIP, f"skip {spec.name}: {spec.log_path} is complete with these settings")
         if not has_checkpoint:
             return Decision(REFUSE, f"{spec.name}: no checkpoint {spec.ckpt_path} to train the complete run "
@@ -316,16 +323,18 @@ class Data:
     tokenizer: str
     tokenizer_sha256: str
 
+    @property
+    def roles(self) -> dict[str, TokenizedSplit | None]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
     def describe(self, data_flags: dict) -> dict:
-        roles = {"train": self.train, "val": self.val, "test": self.test}
         return {**data_flags, "tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256,
-                **{role: split.info if split is not None else None for role, split in roles.items()}}
+                **{role: split.info if split is not None else None for role, split in self.roles.items()}}
 
     def identity(self) -> dict[str, str | None]:
         """What a checkpoint must have been trained on to be resumed with this data."""
-        roles = {"train": self.train, "val": self.val, "test": self.test}
         return {"tokenizer": self.tokenizer_sha256,
-                **{role: split.info["sha256"] if split is not None else None for role, split in roles.items()}}
+                **{role: split.info["sha256"] if split is not None else None for role, split in self.roles.items()}}
 
 
 def load_data(args: argparse.Namespace) -> Data:
@@ -396,6 +405,11 @@ def pick_device(name: str) -> torch.device:
     if not available[name]:
         raise UsageError(f"device {name!r} is not available on this machine")
     return torch.device(name)
+
+
+def default_loss(device: torch.device) -> str:
+    """The fused loss pays off on CPU caches and page faults; GPUs have neither problem."""
+    return "fused" if device.type == "cpu" else "textbook"
 
 
 def keep_freed_memory() -> str:
@@ -511,12 +525,12 @@ class TrainingState:
 class NLLSum(nn.Module):
     """(tokens, targets) -> summed NLL; the module DDP wraps, so gradients sync on backward."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: Transformer, fused: bool) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.fused = model, fused
 
     def forward(self, tokens: Tensor, targets: Tensor) -> Tensor:
-        return self.model.nll_sum(tokens, targets)
+        return self.model.nll_sum(tokens, targets, fused=self.fused)
 
 
 def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
@@ -525,7 +539,7 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train_config["lr"],
                                   weight_decay=spec.train_config["weight_decay"],
                                   fused=rt.device.type in ("cpu", "cuda"))
-    forward: nn.Module = NLLSum(model)
+    forward: nn.Module = NLLSum(model, fused=spec.train_config["loss"] == "fused")
     if rt.ddp.world > 1:
         forward = nn.parallel.DistributedDataParallel(forward)
     if spec.train_config["compile"]:
@@ -652,16 +666,16 @@ def check_finite(step: int, *values: Tensor | float) -> None:
         raise NonFiniteLoss(f"{NON_FINITE} loss or gradient norm at step {step}")
 
 
-def validation_metrics(state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit) -> dict:
+def validation_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit) -> dict:
     return evaluate(state.model, split, data.byte_lengths, rt.flags["eval_batch_size"], rt.device,
-                    rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum)
+                    rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused")
 
 
 def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, partial: bool) -> None:
     """Evaluate the epoch and record it with its dynamics."""
     p, h = state.progress, state.history
     check_finite(p.step, p.epoch_nll)
-    val = validation_metrics(state, data, rt, data.val)
+    val = validation_metrics(spec, state, data, rt, data.val)
     h.last_val = {"step": p.step, "metrics": val}
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
@@ -727,7 +741,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
                 bar.set_postfix(loss=f"{h.steps[-1]['loss']:.3f}", tok_s=f"{h.steps[-1]['tokens_per_s']:.0f}")
                 interval_start, interval_tokens = time.perf_counter(), 0
             if rt.flags["eval_every"] and p.step % rt.flags["eval_every"] == 0:
-                val = validation_metrics(state, data, rt, data.val)
+                val = validation_metrics(spec, state, data, rt, data.val)
                 h.evals.append({"step": p.step, "epoch": p.epoch, **{f"val_{k}": v for k, v in val.items()}})
             if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
                 check_finite(p.step, nll, norm)
@@ -758,16 +772,55 @@ def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
         save_log(spec, state, data, rt, RUNNING)
     last_val = state.history.last_val
     final = {"step": p.step, "val": last_val["metrics"] if last_val and last_val["step"] == p.step
-             else validation_metrics(state, data, rt, data.val)}
+             else validation_metrics(spec, state, data, rt, data.val)}
     if data.test is not None:
-        final["test"] = validation_metrics(state, data, rt, data.test)
+        final["test"] = validation_metrics(spec, state, data, rt, data.test)
     state.history.last_val = {"step": p.step, "metrics": final["val"]}
     save_log(spec, state, data, rt, COMPLETE, final)
     return COMPLETE
 
 
 # ---------------------------------------------------------------------------------------------
+# Export
+
+
+def export_hf(spec: RunSpec, args: argparse.Namespace) -> Path:
+    """Save a complete run's final weights (its last checkpoint) as a Hugging Face GPT-2, with the
+    tokenizer, so that AutoModelForCausalLM / AutoTokenizer.from_pretrained(folder) load it."""
+    try:
+        ckpt = torch.load(spec.ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"--export_hf: cannot read checkpoint {spec.ckpt_path} ({type(err).__name__})") from None
+    model = Transformer(spec.model_config(ckpt["model"]["embed.W_E"].shape[0]))
+    model.load_state_dict(ckpt["model"])
+    folder = args.export_hf / spec.name
+    to_hf_gpt2(model).save_pretrained(folder)
+    load_tokenizer(args.tokenizer).save_pretrained(folder)
+    print(f"{spec.name}: exported for Hugging Face to {folder}", file=sys.stderr)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
 # Entry point
+
+
+def check_models(specs: list[RunSpec], export_hf: bool) -> None:
+    """Impossible sizes, or an export GPT-2 cannot hold, are bad input found before any data is loaded."""
+    for spec in specs:
+        try:
+            cfg = spec.model_config(50257)
+            if export_hf:
+                check_gpt2_expressible(cfg)
+        except ValueError as err:
+            raise UsageError(f"invalid model for {spec.name}{' (--export_hf)' if export_hf else ''}: {err}") from None
+
+
+def run_facts(command: list[str], device: torch.device, ddp: Distributed) -> dict:
+    """What a log records about where and how it ran (threads are read when the log is written)."""
+    return {"command": command, "git_commit": git_commit(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "platform": platform.platform(), "device": str(device), "allocator": keep_freed_memory(),
+            "world_size": ddp.world}
 
 
 def report(decision: Decision, ddp: Distributed) -> None:
@@ -820,15 +873,12 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
     ddp = Distributed()
     try:
         validate(args)
+        device = pick_device(args.device)
+        args.loss = args.loss or default_loss(device)
         specs = run_specs(parser, args)
-        for spec in specs:  # impossible sizes are bad input, found before any data is loaded
-            try:
-                spec.model_config(50257)
-            except ValueError as err:
-                raise UsageError(f"invalid model: {err}") from None
+        check_models(specs, args.export_hf is not None)
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = pick_device(args.device)
         ddp = setup_distributed(device)
         if args.batch_size % ddp.world:
             raise UsageError(f"--batch_size {args.batch_size} is not divisible by {ddp.world} processes")
@@ -848,15 +898,13 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             if decision.action in (SKIP, KEEP_FAILED):
                 report(decision, ddp)
                 failed += decision.action == KEEP_FAILED
+            if decision.action == SKIP and args.export_hf and ddp.main:
+                export_hf(spec, args)
         todo = [spec for spec, d in plan if d.action in (TRAIN, RESUME)]
         if not todo:
             return 1 if failed else 0
         flags = {**group_flags(parser, args, "sources"), **group_flags(parser, args, "execution")}
-        facts = {"command": command, "git_commit": git_commit(), "python": platform.python_version(),
-                 "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                 "platform": platform.platform(), "device": str(device), "allocator": keep_freed_memory(),
-                 "world_size": ddp.world}
-        rt = Runtime(device, ddp, stop, flags, facts)
+        rt = Runtime(device, ddp, stop, flags, run_facts(command, device, ddp))
         data = load_data(args)
         for spec in todo:
             if stop.signum is not None:
@@ -872,6 +920,8 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
                 code = train_one(spec, decision, data, rt)
             if code > 1:
                 return code
+            if code == 0 and args.export_hf and ddp.main:
+                export_hf(spec, args)
             failed += code
         return 1 if failed else 0
     except (UsageError, DataError, RunLocked) as err:

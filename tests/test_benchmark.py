@@ -7,6 +7,8 @@ import json
 import math
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -19,6 +21,7 @@ REQUIRED_KEYS = (
 )
 
 
+@pytest.mark.slow
 def test_throughput_json_has_the_documented_figures(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # any MALLOC_ setting is recorded with the figures
     no_data = tmp_path / "absent"  # without WikiText-2 the `lines` comparison is skipped

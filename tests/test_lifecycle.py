@@ -231,6 +231,7 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tiny_argv, 
     assert read_log(log_path)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path):
     argv = tiny_argv(None, "--data_dir", "/nonexistent", "--train_split", "train")  # data would fail to load
     lock_path = tmp_path / "out" / "checkpoints" / f"{RUN}.lock"
@@ -242,6 +243,7 @@ def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path):
     assert "another process" in line and str(lock_path) in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -261,6 +263,7 @@ def test_bad_training_text_is_one_line_and_exit_2(tiny_argv, tmp_path, content, 
     assert message in line
 
 
+@pytest.mark.slow
 def test_packed_split_shorter_than_one_block_is_one_line_and_exit_2(tiny_argv, tmp_path):
     short = tmp_path / "short.txt"
     short.write_text(" A short line . \n", encoding="utf-8")
@@ -272,6 +275,7 @@ def test_packed_split_shorter_than_one_block_is_one_line_and_exit_2(tiny_argv, t
     assert "fewer than one packed block" in line
 
 
+@pytest.mark.slow
 def test_negative_seed_is_one_line_and_exit_2(tiny_argv):
     argv = tiny_argv()
     argv[argv.index("--seeds") + 1] = "-1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -17,7 +18,10 @@ from transformer_from_scratch import (
     TransformerConfig,
     linear_cross_entropy,
     parameter_counts,
+    parameter_groups,
+    sinusoidal_table,
 )
+from transformer_from_scratch.loss import Workspace
 
 
 def test_layer_norm_matches_torch(tiny_cfg):
@@ -122,7 +126,8 @@ def test_fused_calls_sharing_the_workspace_before_one_backward():
     W = torch.randn(16, 300, dtype=torch.float64, requires_grad=True)
     hs = [(torch.randn(rows, 16, dtype=torch.float64) * 6).requires_grad_() for rows in (40, 9)]
     ts = [torch.randint(0, 300, (len(h),)) for h in hs]
-    sum(linear_cross_entropy(h, W, t, vocab_tile=64) for h, t in zip(hs, ts)).backward()
+    workspace = Workspace()
+    sum(linear_cross_entropy(h, W, t, vocab_tile=64, workspace=workspace) for h, t in zip(hs, ts)).backward()
     ours = [h.grad.clone() for h in hs] + [W.grad.clone()]
     for p in hs + [W]:
         p.grad = None
@@ -171,3 +176,63 @@ def test_derived_generators_differ_by_seed_and_purpose():
     draws = {(s, p): torch.randn(4, generator=derived_generator(s, p)) for s in (42, 43, 2**32 + 42) for p in ("a", "b")}
     values = list(draws.values())
     assert all(not torch.equal(values[i], values[j]) for i in range(len(values)) for j in range(i + 1, len(values)))
+
+
+@pytest.mark.parametrize("preset", ["seed", "gpt2"])
+def test_both_loss_paths_agree_in_float32_under_bf16_autocast(tiny_cfg, preset):
+    model = Transformer(replace(tiny_cfg, preset=preset), seed=2)
+    tokens, targets = torch.randint(0, tiny_cfg.d_vocab, (2, 2, 11)).unbind(0)
+    exact = model.nll_sum(tokens, targets).item()
+    for fused in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model.nll_sum(tokens, targets, fused=fused)
+        loss.backward()
+        assert loss.dtype == torch.float32 and loss.item() == pytest.approx(exact, rel=1e-2)
+        assert all(p.grad.dtype == p.dtype and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_fused_loss_workspace_belongs_to_its_model(tiny_cfg):
+    a, b = Transformer(tiny_cfg, seed=0), Transformer(tiny_cfg, seed=0)
+    tokens = torch.randint(0, tiny_cfg.d_vocab, (2, 9))
+    a.nll_sum(tokens[:, :-1], tokens[:, 1:]).backward()
+    assert a.loss_workspace.buffer is not None and b.loss_workspace.buffer is None
+
+
+@pytest.mark.parametrize("pos, i", [(0, 0), (1, 0), (7, 3), (127, 0), (127, 127), (50, 64)])
+def test_sinusoidal_table_is_the_closed_form(pos, i):
+    # Vaswani et al. 2017: PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(same)
+    table = sinusoidal_table(128, 256)
+    angle = pos / 10000 ** (2 * i / 256)
+    assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+    assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_gpt2_preset_initial_standard_deviations():
+    n_layers = 4
+    model = Transformer(TransformerConfig(d_vocab=2048, d_model=256, n_layers=n_layers, preset="gpt2"), seed=0)
+    residual = 0.02 / math.sqrt(2 * n_layers)  # GPT-2 scales the projections that write to the residual
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("W_O", "W_out"):
+            assert p.std().item() == pytest.approx(residual, rel=0.03), name
+        elif leaf.startswith("W_"):
+            assert p.std().item() == pytest.approx(0.02, rel=0.03), name
+        elif leaf == "w":
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            assert torch.equal(p, torch.zeros_like(p)), name
+
+
+@pytest.mark.parametrize("change", [{}, {"preset": "gpt2"}, {"act_fn": "swiglu"}, {"n_layers": 3}])
+def test_parameter_groups_cover_every_parameter_exactly_once(tiny_cfg, change):
+    model = Transformer(replace(tiny_cfg, **change))
+    grouped = [id(p) for params in parameter_groups(model).values() for p in params]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(p) for p in model.parameters()}
+
+
+def test_a_sequence_longer_than_the_context_is_a_clear_error(tiny_cfg):
+    model = Transformer(tiny_cfg)
+    with pytest.raises(ValueError, match=f"exceeds n_ctx={tiny_cfg.n_ctx}"):
+        model(torch.zeros(1, tiny_cfg.n_ctx + 1, dtype=torch.long))

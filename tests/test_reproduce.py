@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -35,6 +37,7 @@ def tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir) -> list[str]:
             "--output_dir", str(tmp_path / "results"), "--jobs", "2", "--extra", extra]
 
 
+@pytest.mark.slow
 def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_tokenizer_dir):
     args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
     first = run_reproduce(args)
@@ -50,6 +53,7 @@ def test_tiny_study_trains_resumes_and_analyses(tmp_path, corpus_dir, tiny_token
     assert (tmp_path / "results" / "summary.md").read_text() == summary
 
 
+@pytest.mark.slow
 def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, corpus_dir, tiny_tokenizer_dir):
     args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
     (tmp_path / "results").mkdir()
@@ -63,6 +67,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, corpus_di
     assert "relu" in (tmp_path / "results" / "summary.md").read_text()  # and were analysed
 
 
+@pytest.mark.slow
 def test_list_prints_one_runnable_command_per_run(tmp_path, corpus_dir, tiny_tokenizer_dir):
     args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
     listed = run_reproduce([*args, "--list"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, t
     assert "non-finite" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -143,6 +145,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_argv, change, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     argv = tiny_argv()
     argv[argv.index("relu")] = "tanhh"
@@ -150,6 +153,7 @@ def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     assert result.returncode == 2 and "swiglu" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tiny_argv, tmp_path):
     single = run_cli(tiny_argv(tmp_path / "single", "--max_steps", "4"))
     assert single.returncode == 0, single.stderr
@@ -183,3 +187,22 @@ def test_resume_at_the_stop_point_of_a_mid_epoch_checkpoint_still_records_the_ep
     assert train_simple.main(tiny_argv(out, "--max_steps", "6", "--resume")) == 0
     log = read_log(out / "relu_seed3.json")
     assert log["status"] == "complete" and without_timings(log["epochs"]) == without_timings(reference["epochs"])
+
+
+@pytest.mark.parametrize("loss", ["fused", "textbook"])
+def test_bf16_autocast_steps_are_finite_and_close_to_fp32(tiny_argv, tmp_path, loss):
+    logs = {}
+    for precision, extra in (("fp32", ()), ("bf16", ("--bf16",))):
+        assert train_simple.main(tiny_argv(tmp_path / precision, "--loss", loss, "--max_steps", "4", *extra)) == 0
+        logs[precision] = read_log(tmp_path / precision / "relu_seed3.json")
+    assert logs["bf16"]["train_config"]["loss"] == loss and logs["bf16"]["train_config"]["bf16"]
+    for fp32, bf16 in zip(logs["fp32"]["steps"], logs["bf16"]["steps"], strict=True):
+        assert math.isfinite(bf16["loss"]) and bf16["loss"] == pytest.approx(fp32["loss"], rel=1e-2)
+    assert logs["bf16"]["final"]["val"]["loss"] == pytest.approx(logs["fp32"]["final"]["val"]["loss"], rel=1e-2)
+
+
+def test_the_loss_path_defaults_to_fused_on_cpu_and_textbook_on_gpus(tiny_argv, tmp_path):
+    assert train_simple.default_loss(torch.device("cpu")) == "fused"
+    assert {train_simple.default_loss(torch.device(d)) for d in ("cuda", "mps")} == {"textbook"}
+    assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
+    assert read_log(tmp_path / "out" / "relu_seed3.json")["train_config"]["loss"] == "fused"  # recorded, resolved

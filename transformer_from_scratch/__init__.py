@@ -15,6 +15,7 @@ from .unembed import Unembed
 from .loss import linear_cross_entropy
 from .transformer import IGNORE_INDEX, Transformer, derived_generator, parameter_counts, parameter_groups
 from .probes import mlp_activity
+from .hf import from_hf_gpt2, to_hf_gpt2
 
 __all__ = [
     "ACTIVATIONS", "ALIASES", "Activation", "activation_names", "canonical_activation",
@@ -22,4 +23,5 @@ __all__ = [
     "Embed", "LearnedPosEmbed", "SinusoidalPosEmbed", "sinusoidal_table", "LayerNorm", "Attention",
     "MLP", "TransformerBlock", "Unembed", "linear_cross_entropy",
     "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "mlp_activity",
+    "from_hf_gpt2", "to_hf_gpt2",
 ]

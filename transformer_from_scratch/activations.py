@@ -68,7 +68,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 # Other spellings of the same function. A run logs the canonical name, so "swish" and "silu" runs
 # are grouped together by the analysis.
-ALIASES: dict[str, str] = {"swish": "silu", "gelu_new": "gelu_tanh"}
+ALIASES: dict[str, str] = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def canonical_activation(name: str) -> str:

@@ -13,10 +13,13 @@ rescaled sum of exponentials):
 Evaluation needs one tile of scratch. Training keeps each tile as exp(logits - running max), one
 tokens x d_vocab copy instead of three, turns it into softmax - onehot in place with one
 multiplication once the normaliser is known, and forms both gradients during the forward pass;
-backward only scales them by the incoming gradient. The tiles live in a workspace reused from call
-to call, because on CPU fresh memory of that size costs more in page faults than the softmax does.
-Same numbers as ``F.cross_entropy(h @ W_U, t, reduction="sum")`` to float tolerance; a test checks
-loss and gradients.
+backward only scales them by the incoming gradient. The tiles live in a ``Workspace`` its owner (the
+model) reuses from call to call, because on CPU fresh memory of that size costs more in page faults
+than the softmax does. Same numbers as ``F.cross_entropy(h @ W_U, t, reduction="sum")`` to float
+tolerance; a test checks loss and gradients. It is computed in float32 also under autocast.
+
+This path exists for CPU caches and page faults; on a GPU the textbook path (the model's
+``nll_sum(..., fused=False)``) is the default.
 """
 
 from __future__ import annotations
@@ -40,20 +43,22 @@ class Tile(NamedTuple):
     shift: Tensor  # (n, 1): running row maximum of the logits when this tile was reached
 
 
-_workspaces: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-
-
-def _workspace(numel: int, like: Tensor) -> Tensor:
+class Workspace:
     """A flat buffer for the logit tiles, kept between calls and grown when a call needs more.
 
-    Safe to share because every tile is dead when forward returns (the gradients are formed there).
+    Safe to reuse because every tile is dead when forward returns (the gradients are formed there).
     Worth it on CPU: a fresh 200 MB each training step costs ~50k page faults, ~0.1 s.
     """
-    key = (like.device, like.dtype)
-    if key not in _workspaces or _workspaces[key].numel() < numel:
-        _workspaces.pop(key, None)  # release the old one before allocating its successor
-        _workspaces[key] = like.new_empty(numel)
-    return _workspaces[key][:numel]
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def take(self, numel: int, like: Tensor) -> Tensor:
+        buffer = self.buffer
+        if buffer is None or buffer.numel() < numel or (buffer.device, buffer.dtype) != (like.device, like.dtype):
+            self.buffer = None  # release the old one before allocating its successor
+            self.buffer = buffer = like.new_empty(numel)
+        return buffer[:numel]
 
 
 def _targets_in_tile(targets: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
@@ -64,13 +69,14 @@ def _targets_in_tile(targets: Tensor, start: int, width: int) -> tuple[Tensor, T
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, vocab_tile: int, needs_grad: bool) -> Tensor:  # type: ignore[override]
+    def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, vocab_tile: int, needs_grad: bool,  # type: ignore[override]
+                workspace: Workspace) -> Tensor:
         n_rows, d_vocab = h.shape[0], W_U.shape[1]
         row_max = h.new_full((n_rows, 1), -math.inf)
         sum_exp = h.new_zeros((n_rows, 1))
         target_logit = h.new_zeros(n_rows)
         # Training keeps every tile for the gradients, side by side; evaluation reuses the first.
-        buffer = _workspace(n_rows * (d_vocab if needs_grad else min(vocab_tile, d_vocab)), like=h)
+        buffer = workspace.take(n_rows * (d_vocab if needs_grad else min(vocab_tile, d_vocab)), like=h)
         tiles: list[Tile] = []
         for start in range(0, d_vocab, vocab_tile):
             W_tile = W_U[:, start : start + vocab_tile]
@@ -98,7 +104,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.backward_done = True
         grad_h, grad_W = ctx.saved_tensors
         # Used once (checked above): scaling in place saves allocating two more tensors of their size.
-        return grad_h.mul_(grad_nll), grad_W.mul_(grad_nll), None, None, None
+        return grad_h.mul_(grad_nll), grad_W.mul_(grad_nll), None, None, None, None
 
 
 def _gradients(
@@ -130,8 +136,17 @@ def linear_cross_entropy(
     W_U: Float[Tensor, "d_model d_vocab"],
     targets: Int[Tensor, " n"],
     vocab_tile: int = DEFAULT_VOCAB_TILE,
+    workspace: Workspace | None = None,
 ) -> Float[Tensor, ""]:
-    """Sum over rows of -log softmax(h W_U)[target]; every target must be a real token id."""
+    """Sum over rows of -log softmax(h W_U)[target]; every target must be a real token id.
+
+    ``workspace``: the tile buffer to reuse (a fresh one when None). The loss and its gradients are
+    float32 (or float64 for float64 inputs) under autocast too: the casts' backward returns the
+    gradients in the inputs' dtypes.
+    """
     # Decided here, not from ctx.needs_input_grad, which stays True under torch.no_grad().
     needs_grad = torch.is_grad_enabled() and (h.requires_grad or W_U.requires_grad)
-    return _LinearCrossEntropy.apply(h, W_U, targets, vocab_tile, needs_grad)
+    dtype = torch.promote_types(torch.promote_types(h.dtype, W_U.dtype), torch.float32)
+    with torch.autocast(h.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(h.to(dtype), W_U.to(dtype), targets, vocab_tile, needs_grad,
+                                         workspace or Workspace())

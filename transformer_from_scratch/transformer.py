@@ -24,7 +24,7 @@ from .config import TransformerConfig
 from .embed import Embed
 from .layer import TransformerBlock
 from .layer_norm import LayerNorm
-from .loss import linear_cross_entropy
+from .loss import Workspace, linear_cross_entropy
 from .pos_embed import make_pos_embed
 from .unembed import Unembed
 
@@ -64,6 +64,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.final_ln else nn.Identity()
         self.unembed = Unembed(cfg)
+        self.loss_workspace = Workspace()  # the fused loss's tile buffer, reused from step to step
         self.init_weights(seed)
 
     @torch.no_grad()
@@ -92,17 +93,18 @@ class Transformer(nn.Module):
     ) -> Float[Tensor, ""]:
         """Summed next-token NLL (nats) over the positions whose target is not IGNORE_INDEX.
 
-        fused=True unembeds only the scored positions, in blocks, without full-size logits
-        (see loss.py); fused=False is the textbook path. Both give the same loss and gradients.
+        fused=True unembeds only the scored positions, in vocabulary tiles, without full-size logits
+        (see loss.py; the fast path on CPU); fused=False is the textbook path (the default on GPUs).
+        Both give the same loss and gradients, and compute the cross-entropy in float32 under autocast.
         """
         resid = self.residual(tokens)
         if not fused:
             logits = self.unembed(resid)
             return F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
         scored = targets != IGNORE_INDEX
-        return linear_cross_entropy(resid[scored], self.unembed.W_U, targets[scored])
+        return linear_cross_entropy(resid[scored], self.unembed.W_U, targets[scored], workspace=self.loss_workspace)
 
 
 def parameter_counts(model: Transformer) -> dict[str, int]:
