@@ -3,7 +3,8 @@
     python analyze_results.py                      # every log in results/
     python analyze_results.py --results_dir results/wikitext2_local --baseline gelu --metric val_bpb
 
-Writes summary.md, summary.csv, training_curves.png and training_dynamics.png. Runs are pooled over
+Writes report.md (the document to read first), summary.md, summary.csv (for tools), and the figures
+training_curves.png, training_dynamics.png and attention.png. Runs are pooled over
 seeds only when their model, training and data settings agree (apart from activation and seed);
 different settings form separate groups. With several seeds per activation the table gives
 mean ± std and a 95% confidence interval, and every activation is compared with the baseline
@@ -30,13 +31,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import report  # noqa: E402
 from run_log import WriteError, atomic_write, is_finished, last_step, read_log  # noqa: E402
 from stats import holm, paired_t_test, summarize  # noqa: E402
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
 # Settings that identify a variant or a repetition rather than a different experiment.
 NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "activation", "seed", "command"}
-OUTPUT_FILES = ("summary.md", "summary.csv", "training_curves.png", "training_dynamics.png")
+OUTPUT_FILES = ("report.md", "summary.md", "summary.csv", "training_curves.png", "training_dynamics.png", "attention.png")
+FIGURE_GUIDE = {
+    "training_curves": "Training loss per logged step (top left) and validation loss, perplexity and exact bits per "
+                       "byte at each epoch end; lower is better, bands are ± 1 std over seeds.",
+    "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
+                         "and the mean fraction firing per token: how each activation uses its units.",
+    "attention": "Entropy of each head's attention on the probe set (nats; dotted: spreading evenly over all visible "
+                 "keys). Lower means more focused heads; lines that part show an activation changing attention.",
+}
 
 
 class AnalysisError(Exception):
@@ -349,6 +359,41 @@ def plot_curves(group: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def attention_entropy(run: Run, layer: int, head: int | None) -> pd.Series:
+    """Per epoch: one head's mean attention entropy, or the mean over the layer's heads (head None)."""
+    values = {}
+    for d in run.log["dynamics"]:
+        heads = d["attention"][layer]["heads"]
+        values[d["epoch"]] = heads[head]["entropy"] if head is not None else float(np.mean([h["entropy"] for h in heads]))
+    return pd.Series(values, dtype=float)
+
+
+def has_attention(group: list[Run]) -> bool:
+    return all(d.get("attention") for r in group for d in r.log["dynamics"])
+
+
+def plot_attention(group: list[Run], path: Path) -> None:
+    """Small multiples: a row per layer; the mean over heads, then each head; a line per activation."""
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    layers = group[0].log["dynamics"][0]["attention"]
+    n_layers, n_heads = len(layers), len(layers[0]["heads"])
+    fig, axes = plt.subplots(n_layers, n_heads + 1, figsize=(3.3 * (n_heads + 1), 3.0 * n_layers), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for layer in range(n_layers):
+        for col, head in enumerate([None, *range(n_heads)]):
+            ax = axes[layer, col]
+            plot_per_epoch(ax, variants, colors, lambda r, l=layer, h=head: attention_entropy(r, l, h), group)
+            ax.axhline(layers[layer]["heads"][0]["max_entropy"], color="gray", linestyle=":", linewidth=1)
+            ax.set_title(f"layer {layer}, {'mean over heads' if head is None else f'head {head}'}", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[layer, 0].set_ylabel("attention entropy (nats)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Attention entropy on the probe set per activation (mean over seeds; dotted: uniform attention)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_dynamics(group: list[Run], path: Path) -> None:
     variants = by_variant(group)
     colors = variant_colors(list(variants))
@@ -426,15 +471,20 @@ def analyze(args: argparse.Namespace) -> str:
     md = ["# Activation comparison", "",
           f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
           f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", ""]
-    csv_tables = []
+    csv_tables, sections = [], []
     for i, (group, note) in enumerate(zip(groups, notes), start=1):
         table = group_table(group, args.metric)
         paired = paired_comparisons(group, args.baseline, args.metric)
-        md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", markdown_table(table, args.metric), "",
-               markdown_paired(paired, args.metric, int(table["seeds"].max())), ""]
+        tables = markdown_table(table, args.metric) + "\n\n" + markdown_paired(paired, args.metric, int(table["seeds"].max()))
+        md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", tables, ""]
         suffix = "" if i == 1 else f"_group{i}"
-        plot_curves(group, out_dir / f"training_curves{suffix}.png")
-        plot_dynamics(group, out_dir / f"training_dynamics{suffix}.png")
+        figures = {"training_curves": plot_curves, "training_dynamics": plot_dynamics}
+        if has_attention(group):
+            figures["attention"] = plot_attention
+        for name, plot in figures.items():
+            plot(group, out_dir / f"{name}{suffix}.png")
+        sections.append(report.Section(f"group {i} ({note})", describe_group(group) + ".", group, tables,
+                                       [(f"{name}{suffix}.png", FIGURE_GUIDE[name]) for name in figures]))
         if not paired.empty:
             table = table.merge(paired[["variant", "mean_diff", "ci95", "p", "p_holm"]].rename(columns={
                 "mean_diff": f"{args.metric}_diff_vs_{args.baseline}", "ci95": "diff_ci95"}), on="variant", how="left")
@@ -443,6 +493,8 @@ def analyze(args: argparse.Namespace) -> str:
         md += [markdown_unfinished(loaded.unfinished), ""]
     summary = "\n".join(md)
     atomic_write(out_dir / "summary.md", lambda f: f.write(summary.encode()))
+    document = report.render(sections, markdown_unfinished(loaded.unfinished) if loaded.unfinished else None)
+    atomic_write(out_dir / "report.md", lambda f: f.write(document.encode()))
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", lambda f: f.write(csv.encode()))
     return summary

@@ -18,7 +18,7 @@ REQUIRED_KEYS = {
     1: ("schema_version", "status", "run", "model_config", "train_config", "params", "data", "steps", "evals",
         "epochs", "dynamics", "final"),
     2: ("schema_version", "status", "run", "model_config", "train_config", "params", "data", "progress", "steps",
-        "evals", "epochs", "dynamics", "final"),
+        "evals", "epochs", "dynamics", "samples", "final"),
 }
 # Top-level statuses; a failed run's status is "failed: <reason>".
 COMPLETE, RUNNING, INTERRUPTED, FAILED = "complete", "running", "interrupted", "failed"

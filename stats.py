@@ -1,60 +1,12 @@
-"""Small-sample statistics for comparing activations across seeds, with no SciPy dependency.
-
-Student's t distribution via the regularized incomplete beta function (continued fraction,
-Numerical Recipes 6.4): for t with df degrees of freedom, P(|T| > |t|) = I_x(df/2, 1/2) with
-x = df / (df + t^2).
-"""
+"""Small-sample statistics for comparing activations across seeds: t confidence intervals, the
+paired t-test (both from scipy.stats) and the Holm-Bonferroni correction."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
-    if math.isinf(t):
-        return 0.0
-    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-
-
-def t_quantile(q: float, df: int) -> float:
-    """The q-quantile (0.5 < q < 1) of Student's t, by bisection on the two-sided tail."""
-    target = 2.0 * (1.0 - q)
-    lo, hi = 0.0, 1e4
-    for _ in range(200):
-        mid = (lo + hi) / 2.0
-        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > target else (lo, mid)
-    return (lo + hi) / 2.0
+from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -65,13 +17,18 @@ class Summary:
     ci95: float  # half-width of the 95% t confidence interval of the mean; nan for one value
 
 
+def t_half_width(std: float, n: int, level: float = 0.95) -> float:
+    """Half-width of the t confidence interval of a mean of n values."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+
+
 def summarize(values: list[float]) -> Summary:
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return Summary(n, mean, math.nan, math.nan)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return Summary(n, mean, std, t_quantile(0.975, n - 1) * std / math.sqrt(n))
+    return Summary(n, mean, std, t_half_width(std, n))
 
 
 @dataclass(frozen=True)
@@ -84,16 +41,18 @@ class PairedTest:
 
 
 def paired_t_test(x: list[float], y: list[float]) -> PairedTest:
-    """Paired two-sided t-test of mean(x - y) = 0 (pairs: same seed)."""
+    """Paired two-sided t-test of mean(x - y) = 0 (pairs: same seed), with the 95% CI of the mean
+    difference. Differences without spread, where scipy returns nan, get their limits: t = +-inf and
+    p = 0 for a constant non-zero difference, t = 0 and p = 1 for none."""
     diffs = [a - b for a, b in zip(x, y, strict=True)]
     s = summarize(diffs)
-    if s.n < 2:
+    if s.n < 2 or math.isnan(s.std):
         return PairedTest(s.n, s.mean, math.nan, math.nan, math.nan)
     if s.std == 0:
         t = 0.0 if s.mean == 0 else math.copysign(math.inf, s.mean)
-    else:
-        t = s.mean / (s.std / math.sqrt(s.n))
-    return PairedTest(s.n, s.mean, s.ci95, t, t_two_sided_p(t, s.n - 1) if not math.isnan(t) else math.nan)
+        return PairedTest(s.n, s.mean, 0.0, t, 1.0 if s.mean == 0 else 0.0)
+    result = stats.ttest_rel(x, y)
+    return PairedTest(s.n, s.mean, s.ci95, float(result.statistic), float(result.pvalue))
 
 
 def holm(p_values: list[float]) -> list[float]:

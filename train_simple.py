@@ -42,7 +42,7 @@ from metrics import evaluate
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, \
     failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
-    canonical_activation, derived_generator, mlp_activity, parameter_counts, parameter_groups, to_hf_gpt2
+    canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2
 from transformer_from_scratch.hf import check_gpt2_expressible
 
 # Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
@@ -50,7 +50,8 @@ from transformer_from_scratch.hf import check_gpt2_expressible
 # change how a run executes and are recorded under run.flags.
 TRAINING, MODEL, DATA = "training", "model", "data"
 LENGTH_SETTINGS = ("num_epochs", "max_steps")  # may grow when a run is resumed
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+N_PROMPTS, PROMPT_TOKENS, SAMPLE_TOKENS = 3, 24, 40  # text samples at each epoch end
 LOSSES = ("fused", "textbook")
 OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
 
@@ -319,16 +320,19 @@ class Data:
     val: TokenizedSplit
     test: TokenizedSplit | None
     byte_lengths: Tensor
-    vocab_size: int
-    tokenizer: str
+    tokenizer: object  # a transformers tokenizer: decodes the text samples
     tokenizer_sha256: str
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
 
     @property
     def roles(self) -> dict[str, TokenizedSplit | None]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
     def describe(self, data_flags: dict) -> dict:
-        return {**data_flags, "tokenizer": self.tokenizer, "tokenizer_sha256": self.tokenizer_sha256,
+        return {**data_flags, "tokenizer": self.tokenizer.name_or_path, "tokenizer_sha256": self.tokenizer_sha256,
                 **{role: split.info if split is not None else None for role, split in self.roles.items()}}
 
     def identity(self) -> dict[str, str | None]:
@@ -351,7 +355,7 @@ def load_data(args: argparse.Namespace) -> Data:
     test_name = args.test_split
     has_test = test_name.lower() != "none" and test_name not in (args.train_split, args.val_split)
     data = Data(split(args.train_split), split(args.val_split), split(test_name) if has_test else None,
-                byte_lengths, len(tokenizer), tokenizer.name_or_path, tokenizer_fingerprint(tokenizer))
+                byte_lengths, tokenizer, tokenizer_fingerprint(tokenizer))
     if len(data.train) == 0 or data.val.info["tokens"] == 0:
         raise DataError("the train or validation split has no scored tokens")
     return data
@@ -510,6 +514,7 @@ class History:
     evals: list = field(default_factory=list)
     epochs: list = field(default_factory=list)
     dynamics: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
     last_val: dict | None = None  # {"step", "metrics"} of the latest validation pass at an epoch end
 
 
@@ -583,6 +588,7 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         # partial entries are dropped and measured again when the epoch really ends.
         state.history.epochs = [e for e in state.history.epochs if not e["partial"]]
         state.history.dynamics = [d for d in state.history.dynamics if not d["partial"]]
+        state.history.samples = [d for d in state.history.samples if not d["partial"]]
     state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"]})
     return state
 
@@ -600,7 +606,7 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
         "params": parameter_counts(state.model),
         "data": data.describe(spec.data_flags),
         "progress": {"step": p.step, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch},
-        "steps": h.steps, "evals": h.evals, "epochs": h.epochs, "dynamics": h.dynamics,
+        "steps": h.steps, "evals": h.evals, "epochs": h.epochs, "dynamics": h.dynamics, "samples": h.samples,
         "final": final,
     }
 
@@ -684,14 +690,37 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None,
     })
     recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
-    probe = TokenizedSplit(data.val.tokens[: spec.train_config["probe_sequences"]],
-                           data.val.lengths[: spec.train_config["probe_sequences"]])
-    inputs, targets = probe.batch(torch.arange(len(probe)))
+    n_probe = min(spec.train_config["probe_sequences"], len(data.val))
+    inputs, targets = data.val.batch(torch.arange(n_probe))
     h.dynamics.append({
         "epoch": p.epoch, "partial": partial,
         "layer_grad_norms": {k: sum(r[k] for r in recorded) / len(recorded) for k in (recorded[0] if recorded else {})},
-        "mlp": mlp_activity(state.model, inputs.to(rt.device), (targets != IGNORE_INDEX).to(rt.device)),
+        **probe(state.model, inputs.to(rt.device), (targets != IGNORE_INDEX).to(rt.device)),
     })
+    h.samples.append({"epoch": p.epoch, "partial": partial, "step": p.step,
+                      "prompts": continue_prompts(state.model, data, spec.seed, rt.device)})
+
+
+def sample_prompts(split: TokenizedSplit) -> list[Tensor]:
+    """Three fixed prompts: the first PROMPT_TOKENS tokens of validation sequences spread over the
+    split, chosen among those long enough to be a real paragraph."""
+    long_enough = (split.lengths >= 2 * PROMPT_TOKENS).nonzero().flatten()
+    picks = long_enough[torch.linspace(0, len(long_enough) - 1, N_PROMPTS).long()] if len(long_enough) else long_enough
+    return [split.tokens[i, :PROMPT_TOKENS] for i in picks]
+
+
+def continue_prompts(model: Transformer, data: Data, seed: int, device: torch.device) -> list[dict]:
+    """Each prompt continued by SAMPLE_TOKENS tokens, greedy and sampled at temperature 0.8; the
+    sampling generator comes from the seed alone, so a rerun writes the same text."""
+    generator = derived_generator(seed, "samples")
+    out = []
+    for prompt in sample_prompts(data.val):
+        context = prompt[None].to(device)
+        greedy = model.generate(context, SAMPLE_TOKENS)[0, PROMPT_TOKENS:]
+        sampled = model.generate(context, SAMPLE_TOKENS, temperature=0.8, generator=generator)[0, PROMPT_TOKENS:]
+        out.append({key: data.tokenizer.decode(ids.tolist()) for key, ids in
+                    (("prompt", prompt), ("greedy", greedy), ("sampled", sampled))})
+    return out
 
 
 def epoch_recorded(state: TrainingState) -> bool:
@@ -815,12 +844,23 @@ def check_models(specs: list[RunSpec], export_hf: bool) -> None:
             raise UsageError(f"invalid model for {spec.name}{' (--export_hf)' if export_hf else ''}: {err}") from None
 
 
+def cpu_model() -> str:
+    """The processor's name (e.g. "AMD EPYC ..."): speed figures mean nothing without it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def run_facts(command: list[str], device: torch.device, ddp: Distributed) -> dict:
     """What a log records about where and how it ran (threads are read when the log is written)."""
     return {"command": command, "git_commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "platform": platform.platform(), "device": str(device), "allocator": keep_freed_memory(),
-            "world_size": ddp.world}
+            "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "device": str(device), "allocator": keep_freed_memory(), "world_size": ddp.world}
 
 
 def report(decision: Decision, ddp: Distributed) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import matplotlib.image as mpimg
 import pytest
@@ -48,7 +50,16 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
         "epochs": epochs,
         "dynamics": [{"epoch": e, "partial": False, "layer_grad_norms": {},
                       "mlp": [{"layer": l, "dead_fraction": 0.01 * seed, "active_fraction": 0.4 + 0.01 * l,
-                               "pre_mean": 0.0, "pre_std": 1.0} for l in range(2)]} for e in (1, 2)],
+                               "pre_mean": 0.0, "pre_std": 1.0,
+                               "pre_quantiles": {f"p{q:02d}": (q - 50) / 25 for q in (1, 5, 25, 50, 75, 95, 99)}}
+                              for l in range(2)],
+                      "attention": [{"layer": l, "heads": [
+                          {"head": h, "entropy": 1.5 - 0.1 * e - 0.2 * h + 0.05 * seed, "max_entropy": 2.0,
+                           "prev_token": 0.2 + 0.1 * h, "first_token": 0.1} for h in range(2)]} for l in range(2)]}
+                     for e in (1, 2)],
+        "samples": [{"epoch": e, "partial": False, "step": 10 * e, "prompts": [
+            {"prompt": f" Prompt {i} about |pipes| .", "greedy": f" {act} greedy {i}", "sampled": f" {act} sampled {i}"}
+            for i in range(3)]} for e in (1, 2)],
         "final": {"step": 20, "val": final_val},
     }
 
@@ -181,3 +192,43 @@ def test_unwritable_output_folder_is_one_line_and_exit_2(results, capsys):
     assert analyze_results.main(["--results_dir", str(results), "--output_dir", "/proc/version/out"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "not writable" in err[0]
+
+
+def test_report_is_self_contained_and_filled_from_the_logs(results):
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    text = (results / "report.md").read_text()
+    for heading in ("## What was run", "## Results", "### Figures", "### Text samples", "### Model card",
+                    "### Data card", "## Failed and unfinished runs", "## Compute"):
+        assert heading in text, heading
+    for name in ("training_curves.png", "training_dynamics.png", "attention.png"):
+        assert f"![{name}]({name})" in text and (results / name).stat().st_size > 10_000
+    assert "| relu | 9 | 20 | running | running.json |" in text  # the unfinished run is listed here too
+    prompt_table = text.split("**Prompt 2**")[1].split("**Prompt 3**")[0]
+    for act, variant in (("relu", "relu"), ("gelu", "gelu"), ("swiglu", "swiglu (matched)")):
+        assert f"| {variant} | {act} greedy 1 | {act} sampled 1 |" in prompt_table  # side by side, last epoch
+    assert "Prompt 1 about \\|pipes\\|" in text  # a | in the text cannot break the table
+    assert "| swiglu (matched) | swiglu | 40 | 10,000 | 4,000 | 4,100 |" in text  # model card from params
+    assert "| train | test |" in text and "`a…`" in text  # data card with the split's sha256
+    # 9 complete runs x 2 epochs x 10 s of training, 1 thread: 0.05 hours
+    assert "Training steps took 0.05 hours in all" in text
+
+
+def test_analysis_runs_without_torch(results):
+    # The analysis reads JSON: it must work where torch is not installed.
+    # (sys.modules["torch"] = None would also trip scipy, which looks torch up in sys.modules.)
+    code = "\n".join([
+        "import importlib.abc, sys",
+        "class NoTorch(importlib.abc.MetaPathFinder):",
+        "    def find_spec(self, name, path, target=None):",
+        "        if name.split('.')[0] == 'torch':",
+        "            raise ImportError('torch is not installed here')",
+        "sys.meta_path.insert(0, NoTorch())",
+        "sys.path.insert(0, sys.argv[1])",
+        "import analyze_results",
+        "code = analyze_results.main(['--results_dir', sys.argv[2]])",
+        "sys.exit(code if 'torch' not in sys.modules else 99)",
+    ])
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT), str(results)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (results / "report.md").exists()

@@ -14,7 +14,7 @@ from .layer import TransformerBlock
 from .unembed import Unembed
 from .loss import linear_cross_entropy
 from .transformer import IGNORE_INDEX, Transformer, derived_generator, parameter_counts, parameter_groups
-from .probes import mlp_activity
+from .probes import probe
 from .hf import from_hf_gpt2, to_hf_gpt2
 
 __all__ = [
@@ -22,6 +22,6 @@ __all__ = [
     "MATCHED_WIDTH_MULTIPLE", "PRESETS", "TransformerConfig",
     "Embed", "LearnedPosEmbed", "SinusoidalPosEmbed", "sinusoidal_table", "LayerNorm", "Attention",
     "MLP", "TransformerBlock", "Unembed", "linear_cross_entropy",
-    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "mlp_activity",
+    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "probe",
     "from_hf_gpt2", "to_hf_gpt2",
 ]

@@ -6,7 +6,8 @@
 
 Weights are stored per head, (head, d_model, d_head) and (head, d_head, d_model), so every einsum
 reads as the equation. attn_impl="sdpa" computes the same thing with PyTorch's fused
-scaled_dot_product_attention (a test checks they agree).
+scaled_dot_product_attention (a test checks they agree), which never forms the pattern: while a hook
+is attached to ``hook_pattern`` (a probe), the einsum path runs instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Attention(nn.Module):
             self.b_K = nn.Parameter(torch.zeros(cfg.n_heads, cfg.d_head))
             self.b_V = nn.Parameter(torch.zeros(cfg.n_heads, cfg.d_head))
             self.b_O = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pattern = nn.Identity()  # attach a forward hook to see (batch, head, query_pos, key_pos)
 
     def _project(self, x: Float[Tensor, "batch pos d_model"], name: str) -> Float[Tensor, "batch pos head d_head"]:
         out = einsum("batch pos d_model, head d_model d_head -> batch pos head d_head", x, getattr(self, f"W_{name}"))
@@ -40,7 +42,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         q, k, v = (self._project(x, name) for name in "QKV")
-        if self.cfg.attn_impl == "sdpa":
+        if self.cfg.attn_impl == "sdpa" and not self.hook_pattern._forward_hooks:
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
             ).transpose(1, 2)
@@ -60,7 +62,7 @@ class Attention(nn.Module):
         ) / self.cfg.d_head**0.5
         n_pos = q.shape[1]
         future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu(1)
-        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        pattern = self.hook_pattern(scores.masked_fill(future, float("-inf")).softmax(dim=-1))
         return einsum(
             "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head", pattern, v
         )

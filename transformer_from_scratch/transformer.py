@@ -88,6 +88,36 @@ class Transformer(nn.Module):
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         return self.unembed(self.residual(tokens))
 
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Int[Tensor, "batch pos_and_new"]:
+        """``tokens`` continued by ``max_new_tokens``: greedy (argmax) at temperature 0, else drawn
+        from softmax(logits / temperature) over the ``top_k`` likeliest tokens (all when None) with
+        ``generator`` (a CPU generator: the same draws on every device). The model sees at most the
+        last n_ctx tokens, as in training."""
+        was_training = self.training
+        self.eval()
+        for _ in range(max_new_tokens):
+            last = self.residual(tokens[:, -self.cfg.n_ctx :])[:, -1:]
+            logits = self.unembed(last)[:, -1]
+            if temperature == 0:
+                next_token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits.float().cpu() / temperature
+                if top_k is not None:
+                    kth_largest = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+                next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).to(tokens.device)
+            tokens = torch.cat([tokens, next_token], dim=1)
+        self.train(was_training)
+        return tokens
+
     def nll_sum(
         self, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"], fused: bool = True
     ) -> Float[Tensor, ""]:

@@ -1,0 +1,169 @@
+"""report.md: one self-contained document a reader opens first, composed from the run logs and the
+tables and figures analyze_results.py has already made (no torch, no training code).
+
+Sections: what was run (settings, data, commit, machine), results (tables with CIs, paired tests),
+failed runs, figures (each with a sentence on how to read it), text samples side by side, a model
+card and a data card filled from the logs, and the compute spent.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WIKITEXT_LICENCE = "CC BY-SA 3.0 (WikiText-2, Merity et al. 2016, arXiv:1609.07843)"
+
+
+@dataclass
+class Section:
+    """One group of runs with the same settings, as analyze_results.py rendered it."""
+
+    title: str
+    description: str
+    runs: list  # analyze_results.Run: .log, .variant, .seed, .path
+    tables: str  # the results table and the paired tests, in markdown
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, how to read it)
+
+
+def cell(text) -> str:
+    """Text fit for one markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def first_per_variant(runs: list) -> dict[str, object]:
+    """Each variant's run with the lowest seed, variants sorted by name."""
+    chosen: dict[str, object] = {}
+    for run in sorted(runs, key=lambda r: (r.variant, r.seed)):
+        chosen.setdefault(run.variant, run)
+    return chosen
+
+
+def what_was_run(runs: list) -> str:
+    logs = [r.log for r in runs]
+    commits = Counter((log["run"].get("git_commit") or "unknown")[:7] for log in logs)
+    machines = Counter(f"{log['run'].get('cpu') or log['run'].get('platform', 'unknown')}, device "
+                       f"{log['run'].get('device', '?')}, {log['run'].get('threads', '?')} threads" for log in logs)
+    variants = sorted({r.variant for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    return "\n".join([
+        f"- **Runs**: {len(runs)} complete runs of {len(variants)} variants ({', '.join(variants)}), "
+        f"seeds {', '.join(map(str, seeds))}.",
+        f"- **Code**: commit {', '.join(f'`{c}` ({n} runs)' for c, n in commits.most_common())}; "
+        f"torch {', '.join(sorted({log['run'].get('torch', '?') for log in logs}))}.",
+        f"- **Machine**: {'; '.join(f'{m} ({n} runs)' for m, n in machines.most_common())}.",
+        f"- **Example command**: `{' '.join(logs[0]['run'].get('command', []))}`",
+    ])
+
+
+def samples_section(runs: list) -> str:
+    """The last epoch's samples, each prompt with every variant's continuation side by side."""
+    chosen = {v: r for v, r in first_per_variant(runs).items() if r.log.get("samples")}
+    if not chosen:
+        return "These logs hold no text samples (they were written before samples were recorded)."
+    last = {v: r.log["samples"][-1] for v, r in chosen.items()}
+    parts = [f"Greedy and sampled (temperature 0.8) continuations of {len(next(iter(last.values()))['prompts'])} "
+             f"fixed validation prompts after the last epoch, from each variant's lowest-seed run. A model this "
+             f"small on this little data writes fluent-looking fragments at best; compare repetition and word choice."]
+    for i, prompt in enumerate(next(iter(last.values()))["prompts"]):
+        rows = [[v, s["prompts"][i]["greedy"], s["prompts"][i]["sampled"]] for v, s in last.items()]
+        parts += ["", f"**Prompt {i + 1}**: {cell(prompt['prompt'])}", "", table(["variant", "greedy", "sampled"], rows)]
+    return "\n".join(parts)
+
+
+def model_card(runs: list) -> str:
+    log = runs[0].log
+    cfg, train = log["model_config"], log["train_config"]
+    positions = "learned" if cfg["preset"] == "gpt2" else "fixed sinusoidal"
+    rows = [[v, r.log["model_config"]["act_fn"], r.log["model_config"]["d_hidden"], f"{r.log['params']['total']:,}",
+             f"{r.log['params']['non_embedding']:,}", f"{r.log['params']['mlp']:,}"]
+            for v, r in first_per_variant(runs).items()]
+    return "\n".join([
+        f"- **Architecture**: decoder-only transformer, preset `{cfg['preset']}`: {cfg['n_layers']} pre-LayerNorm "
+        f"blocks, d_model {cfg['d_model']}, {cfg['n_heads']} heads of {cfg['d_head']}, MLP width {cfg['d_mlp']} "
+        f"(before parameter matching), context {cfg['n_ctx']} tokens, vocabulary {cfg['d_vocab']:,}, {positions} "
+        f"positions, untied embedding and unembedding, no dropout.",
+        f"- **Training**: {train.get('optimizer', 'AdamW')}, lr {train['lr']} ({train.get('lr_schedule', 'constant')}), "
+        f"weight decay {train.get('weight_decay')}, batch {train['batch_size']} sequences, gradient clip "
+        f"{train.get('grad_clip')}, {log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps "
+        f"{train['max_steps']}).",
+        "", table(["variant", "activation", "MLP width", "parameters", "non-embedding", "MLP"], rows), "",
+        "- **Intended use**: comparing MLP activation functions under identical, paired conditions; teaching; a "
+        "baseline for such comparisons.",
+        "- **Out of scope**: any use as a language model (generation, downstream tasks, deployment). These models "
+        "are tiny and trained on little text; they produce unreliable and possibly offensive text.",
+        "- **Limitations**: one small dataset, a few seeds, one model size; a ranking here need not hold at scale or "
+        "on other data. Differences smaller than the confidence intervals are not established.",
+    ])
+
+
+def licence(info: dict) -> str:
+    wikitext = "wikitext" in info.get("source", "").lower() or Path(info.get("source", "")).name.startswith("wiki.")
+    return WIKITEXT_LICENCE if wikitext else "unknown (user-supplied text)"
+
+
+def data_card(runs: list) -> str:
+    data = runs[0].log["data"]
+    def count(info: dict, key: str) -> str:
+        return f"{info[key]:,}" if isinstance(info.get(key), int) else "?"
+
+    def source(info: dict) -> str:
+        where = info.get("source", "?")
+        return where if where.startswith("hub:") else Path(where).name
+
+    rows = [[role, info.get("split", "?"), source(info), f"`{str(info.get('sha256', '?'))[:16]}…`", count(info, "rows"),
+             count(info, "sequences"), count(info, "tokens"), count(info, "bytes"), licence(info)]
+            for role, info in data.items() if role in ("train", "val", "test") and info]
+    train = data["train"]
+    return "\n".join([
+        f"- **Tokenizer**: `{data.get('tokenizer', '?')}` (sha256 `{str(data.get('tokenizer_sha256', 'not recorded'))[:16]}`"
+        f"{'…' if data.get('tokenizer_sha256') else ''}); layout `{train['layout']}`, sequences of at most "
+        f"{train['max_length']} tokens. Scored tokens are next-token targets (padding excluded); bytes are their UTF-8 "
+        f"bytes, the denominator of bits per byte.",
+        "", table(["role", "split", "source", "sha256", "rows", "sequences", "scored tokens", "bytes", "licence"], rows),
+    ])
+
+
+def compute_spent(runs: list) -> str:
+    training_s = sum(e["wall_s"] for r in runs for e in r.log["epochs"])
+    device_hours = sum(e["wall_s"] * (r.log["run"].get("threads", 1) if r.log["run"].get("device", "cpu") == "cpu"
+                                      else r.log["run"].get("world_size", 1)) for r in runs for e in r.log["epochs"]) / 3600
+    spans = []
+    for r in runs:
+        try:
+            start, end = (datetime.datetime.fromisoformat(r.log["run"][k]) for k in ("started", "ended"))
+            spans.append((end - start).total_seconds())
+        except (KeyError, TypeError, ValueError):
+            continue
+    kind = "GPU" if any(r.log["run"].get("device", "cpu").startswith("cuda") for r in runs) else "CPU core"
+    return (f"Training steps took {training_s / 3600:.2f} hours in all, {device_hours:.2f} {kind}-hours "
+            f"(time × threads or GPUs). From start to end, evaluations and any pauses between resumes included, "
+            f"the runs took {sum(spans) / 3600:.2f} hours.")
+
+
+def render(sections: list[Section], unfinished: str | None) -> str:
+    everything = [r for s in sections for r in s.runs]
+    md = ["# Activation study report", "",
+          "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
+          "Values are mean ± 95% confidence interval over seeds (t distribution); paired tests compare each "
+          "activation with the baseline seed by seed, Holm-corrected.", "",
+          "## What was run", "", what_was_run(everything), ""]
+    for section in sections:
+        md += [f"## Results: {section.title}", "", section.description, "", section.tables, ""]
+        if section.figures:
+            md += ["### Figures", ""]
+            for name, how_to_read in section.figures:
+                md += [f"![{name}]({name})", "", how_to_read, ""]
+        md += ["### Text samples", "", samples_section(section.runs), "",
+               "### Model card", "", model_card(section.runs), "",
+               "### Data card", "", data_card(section.runs), ""]
+    md += ["## Failed and unfinished runs", "", unfinished or "None: every run in this folder finished.", "",
+           "## Compute", "", compute_spent(everything), ""]
+    return "\n".join(md)
