@@ -37,7 +37,7 @@ from stats import holm, paired_t_test, summarize  # noqa: E402
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
 # Settings that identify a variant or a repetition rather than a different experiment.
-NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "activation", "seed", "command"}
+NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
 OUTPUT_FILES = ("report.md", "summary.md", "summary.csv", "training_curves.png", "training_dynamics.png", "attention.png")
 FIGURE_GUIDE = {
     "training_curves": "Training loss per logged step (top left) and validation loss, perplexity and exact bits per "
@@ -46,6 +46,10 @@ FIGURE_GUIDE = {
                          "and the mean fraction firing per token: how each activation uses its units.",
     "attention": "Entropy of each head's attention on the probe set (nats; dotted: spreading evenly over all visible "
                  "keys). Lower means more focused heads; lines that part show an activation changing attention.",
+    "training_compute": "Validation loss against training FLOPs and seconds: an activation that wins only because it "
+                        "spends more compute (an unmatched gated MLP costs 1.5x the MLP FLOPs) loses its lead here.",
+    "lr_sweep": "Final validation metric against the learning rate: where each activation's curve bottoms out is its "
+                "best lr, and a flat bottom means the comparison does not hinge on the lr chosen.",
 }
 
 
@@ -301,6 +305,58 @@ def epoch_metric(run: Run, key: str) -> pd.Series:
     return pd.Series({e["epoch"]: e[key] for e in run.log["epochs"]}, dtype=float)
 
 
+def evaluations(run: Run) -> list[dict]:
+    """Every validation pass of a run, within epochs (--eval_every) and at epoch ends, by step."""
+    return sorted([*run.log.get("evals", []), *run.log["epochs"]], key=lambda e: e["steps" if "steps" in e else "step"])
+
+
+def eval_step(entry: dict) -> int:
+    return entry["steps"] if "steps" in entry else entry["step"]
+
+
+def validation_curve(run: Run, key: str) -> pd.Series:
+    """A validation metric over training, in epochs (fractions within an epoch), evaluations included."""
+    train = run.log["data"]["train"]
+    per_epoch = math.ceil(train["sequences"] / run.log["train_config"]["batch_size"])
+    return pd.Series({eval_step(e) / per_epoch: e[key] for e in evaluations(run)}, dtype=float)
+
+
+def has_evals(group: list[Run]) -> bool:
+    return any(r.log.get("evals") for r in group)
+
+
+def compute_curve(run: Run, x_key: str) -> tuple[pd.Series, pd.Series]:
+    """(x, validation loss), both indexed by step, x being cumulative training FLOPs or seconds."""
+    entries = evaluations(run)
+    return (pd.Series({eval_step(e): e[x_key] for e in entries}, dtype=float),
+            pd.Series({eval_step(e): e["val_loss"] for e in entries}, dtype=float))
+
+
+def has_compute(group: list[Run]) -> bool:
+    return all("train_flops" in e for r in group for e in evaluations(r))
+
+
+def plot_compute(group: list[Run], path: Path) -> None:
+    """Validation loss against cumulative training FLOPs and seconds: activations at equal compute."""
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for ax, (x_key, label) in zip(axes, (("train_flops", "training FLOPs (matmul, forward + backward)"),
+                                         ("train_seconds", "training seconds (this machine, evaluations excluded)"))):
+        for variant, runs in variants.items():
+            curves = [compute_curve(r, x_key) for r in runs]
+            x = pd.concat([c[0] for c in curves], axis=1).mean(axis=1)
+            y = pd.concat([c[1] for c in curves], axis=1).mean(axis=1)
+            ax.plot(x.to_numpy(), y.to_numpy(), color=colors[variant], marker="o", markersize=3, label=variant)
+        ax.set(xlabel=label, ylabel="validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")
+    axes[0].legend(fontsize=9)
+    fig.suptitle("Validation loss at equal training compute (mean over seeds at each evaluation)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def by_variant(group: list[Run]) -> dict[str, list[Run]]:
     out: dict[str, list[Run]] = defaultdict(list)
     for run in group:
@@ -349,7 +405,12 @@ def plot_curves(group: list[Run], path: Path) -> None:
     axes[0, 0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
     axes[0, 0].legend(fontsize=9)
     for ax, (key, title) in zip(list(axes.flat)[1:], panels):
-        plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
+        if has_evals(group):  # evaluations within epochs: real curves
+            for variant, runs in variants.items():
+                plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
+            ax.set_xlabel("epoch (evaluations within epochs included)")
+        else:
+            plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
         ax.set_title(title)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
@@ -430,6 +491,98 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
 # Entry point
 
 
+def sweep_families(groups: list[list[Run]]) -> list[list[list[Run]]]:
+    """Groups whose settings differ only in the learning rate, as one sweep each (two rates or more),
+    the groups in the order of their learning rate."""
+    families: dict[str, list[list[Run]]] = defaultdict(list)
+    for group in groups:
+        families[json.dumps({k: v for k, v in group[0].settings.items() if k != "train.lr"}, sort_keys=True)].append(group)
+    return [sorted(f, key=lambda g: g[0].log["train_config"]["lr"]) for f in families.values() if len(f) > 1]
+
+
+def sweep_table(family: list[list[Run]], metric: str) -> pd.DataFrame:
+    """One row per (variant, lr): the metric's mean and 95% CI over seeds (and the test loss, if any)."""
+    rows = []
+    for group in family:
+        lr = group[0].log["train_config"]["lr"]
+        for variant, runs in by_variant(group).items():
+            s = summarize([r.metric(metric) for r in runs])
+            rows.append({"variant": variant, "lr": lr, "seeds": s.n, "mean": s.mean, "ci95": s.ci95,
+                         "test_loss": float(np.mean([r.metric("test_loss") for r in runs]))})
+    return pd.DataFrame(rows)
+
+
+def best_lrs(table: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's row at its best (lowest mean) learning rate; NaN never wins."""
+    ranked = table.sort_values(["variant", "mean", "lr"], na_position="last", kind="stable")
+    return ranked.groupby("variant", sort=True).head(1).set_index("variant")
+
+
+def paired_at_best(family: list[list[Run]], best: pd.DataFrame, baseline: str, metric: str) -> pd.DataFrame:
+    """Each variant at its own best lr minus the baseline at its own, paired by seed; Holm-corrected."""
+    values = {(r.variant, r.log["train_config"]["lr"], r.seed): r.metric(metric) for g in family for r in g}
+    if baseline not in best.index:
+        return pd.DataFrame()
+    rows = []
+    for variant in [v for v in best.index if v != baseline]:
+        mine, base = best.loc[variant, "lr"], best.loc[baseline, "lr"]
+        seeds = sorted({s for (v, lr, s) in values if (v, lr) == (variant, mine)}
+                       & {s for (v, lr, s) in values if (v, lr) == (baseline, base)})
+        if seeds:
+            test = paired_t_test([values[variant, mine, s] for s in seeds], [values[baseline, base, s] for s in seeds])
+            rows.append({"variant": f"{variant} (lr {mine:g})", "baseline": f"{baseline} (lr {base:g})", "pairs": test.n,
+                         "mean_diff": test.mean_diff, "ci95": test.ci95, "t": test.t, "p": test.p})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["p_holm"] = holm(list(table["p"]))
+    return table
+
+
+def markdown_sweep(family: list[list[Run]], metric: str, baseline: str) -> str:
+    table = sweep_table(family, metric)
+    best = best_lrs(table)
+    lrs = sorted(table["lr"].unique())
+    has_test = not table["test_loss"].isna().all()
+    header = ["variant", "best lr", f"{metric} at best lr", "seeds"] + (["test loss at that lr"] if has_test else [])
+    header += [f"{metric} at lr {lr:g}" for lr in lrs]
+    lines = [f"## Learning-rate sweep: lr {', '.join(f'{lr:g}' for lr in lrs)}", "",
+             "Each activation at the learning rate where its mean validation metric is lowest. **Choosing the best "
+             "lr on the validation split favours every activation by the luck of that choice**, so these numbers are "
+             "optimistic" + (", and the test loss at the chosen lr is the honest one." if has_test else
+                             "; with no distinct test split there is no unbiased number here.") + " The paired tests "
+             "at each shared lr are in the groups above (one group per lr).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, row in best.iterrows():
+        at = {r["lr"]: r for _, r in table[table["variant"] == variant].iterrows()}
+        cells = [variant, f"{row['lr']:g}", f"{fmt(row['mean'])} ± {fmt(row['ci95'])}", str(int(row["seeds"]))]
+        cells += [fmt(row["test_loss"])] if has_test else []
+        cells += [fmt(at[lr]["mean"]) if lr in at else "n/a" for lr in lrs]
+        lines.append("| " + " | ".join(cells) + " |")
+    paired = paired_at_best(family, best, baseline, metric)
+    lines += ["", "At each activation's own best lr:", "",
+              markdown_paired(paired, metric, int(table["seeds"].max())) if not paired.empty
+              else f"No paired comparison: the baseline {baseline} is not in the sweep."]
+    return "\n".join(lines)
+
+
+def plot_lr_sweep(family: list[list[Run]], metric: str, path: Path) -> None:
+    """The final metric against the learning rate (log axis): mean over seeds, band: 95% CI."""
+    table = sweep_table(family, metric)
+    colors = variant_colors(list(table["variant"].unique()))
+    fig, ax = plt.subplots(figsize=(7.5, 5), constrained_layout=True)
+    for variant, rows in table.groupby("variant", sort=True):
+        rows = rows.sort_values("lr")
+        ax.plot(rows["lr"], rows["mean"], marker="o", color=colors[variant], label=variant)
+        ci = rows["ci95"].fillna(0).to_numpy()
+        ax.fill_between(rows["lr"], rows["mean"] - ci, rows["mean"] + ci, color=colors[variant], alpha=0.15, linewidth=0)
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"final {metric}",
+           title="Learning-rate sweep (mean over seeds; band: 95% CI)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown_unfinished(runs: list[Run]) -> str:
     lines = ["## Failed and unfinished runs", "",
              "Not in any table or figure above: their numbers would describe a run that did not finish.", "",
@@ -481,6 +634,8 @@ def analyze(args: argparse.Namespace) -> str:
         figures = {"training_curves": plot_curves, "training_dynamics": plot_dynamics}
         if has_attention(group):
             figures["attention"] = plot_attention
+        if has_compute(group):
+            figures["training_compute"] = plot_compute
         for name, plot in figures.items():
             plot(group, out_dir / f"{name}{suffix}.png")
         sections.append(report.Section(f"group {i} ({note})", describe_group(group) + ".", group, tables,
@@ -489,11 +644,17 @@ def analyze(args: argparse.Namespace) -> str:
             table = table.merge(paired[["variant", "mean_diff", "ci95", "p", "p_holm"]].rename(columns={
                 "mean_diff": f"{args.metric}_diff_vs_{args.baseline}", "ci95": "diff_ci95"}), on="variant", how="left")
         csv_tables.append(table.assign(group=i, group_settings=note))
+    sweeps = []
+    for i, family in enumerate(sweep_families(groups), start=1):
+        name = "lr_sweep.png" if i == 1 else f"lr_sweep{i}.png"
+        plot_lr_sweep(family, args.metric, out_dir / name)
+        sweeps.append((markdown_sweep(family, args.metric, args.baseline), [(name, FIGURE_GUIDE["lr_sweep"])]))
+        md += [sweeps[-1][0], ""]
     if loaded.unfinished:
         md += [markdown_unfinished(loaded.unfinished), ""]
     summary = "\n".join(md)
     atomic_write(out_dir / "summary.md", lambda f: f.write(summary.encode()))
-    document = report.render(sections, markdown_unfinished(loaded.unfinished) if loaded.unfinished else None)
+    document = report.render(sections, markdown_unfinished(loaded.unfinished) if loaded.unfinished else None, sweeps)
     atomic_write(out_dir / "report.md", lambda f: f.write(document.encode()))
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", lambda f: f.write(csv.encode()))

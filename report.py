@@ -148,7 +148,8 @@ def compute_spent(runs: list) -> str:
             f"the runs took {sum(spans) / 3600:.2f} hours.")
 
 
-def render(sections: list[Section], unfinished: str | None) -> str:
+def render(sections: list[Section], unfinished: str | None, sweeps: list[tuple[str, list]] = ()) -> str:
+    """The whole report; ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
     everything = [r for s in sections for r in s.runs]
     md = ["# Activation study report", "",
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
@@ -164,6 +165,10 @@ def render(sections: list[Section], unfinished: str | None) -> str:
         md += ["### Text samples", "", samples_section(section.runs), "",
                "### Model card", "", model_card(section.runs), "",
                "### Data card", "", data_card(section.runs), ""]
+    for sweep, figures in sweeps:
+        md += [sweep, ""]
+        for name, how_to_read in figures:
+            md += [f"![{name}]({name})", "", how_to_read, ""]
     md += ["## Failed and unfinished runs", "", unfinished or "None: every run in this folder finished.", "",
            "## Compute", "", compute_spent(everything), ""]
     return "\n".join(md)

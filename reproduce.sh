@@ -22,6 +22,9 @@ Options (environment variable in brackets):
   --epochs N            epochs per run (default 3)                   [EPOCHS]
   --max_steps N         stop each run after N steps (default: none)  [MAX_STEPS]
   --seeds "S1 S2 ..."   seeds (default "42 43 44")                   [SEEDS]
+  --lrs "LR1 LR2 ..."   peak learning rates (default "3e-4"); several make a sweep, every run named
+                        <activation>[_matched]_lr<LR as written>_seed<seed>          [LRS]
+  --evals_per_epoch N   validation passes per epoch, for curves (default 4; 1: epoch ends only) [EVALS_PER_EPOCH]
   --ungated "A B ..."   ungated activations (default "relu gelu silu")        [UNGATED]
   --gated "A B ..."     gated activations, parameter-matched (default "geglu swiglu reglu") [GATED]
   --output_dir DIR      logs and figures (default results)           [OUTPUT_DIR]
@@ -40,7 +43,8 @@ USAGE
 PYTHON=${PYTHON:-python}
 DATA_DIR=${WIKITEXT2_DIR:-}; TOKENIZER=${GPT2_TOKENIZER:-}
 TRAIN_SPLIT=${TRAIN_SPLIT:-train}; VAL_SPLIT=${VAL_SPLIT:-validation}
-EPOCHS=${EPOCHS:-3}; MAX_STEPS=${MAX_STEPS:-}; SEEDS=${SEEDS:-42 43 44}
+EPOCHS=${EPOCHS:-3}; MAX_STEPS=${MAX_STEPS:-}; SEEDS=${SEEDS:-42 43 44}; LRS=${LRS:-3e-4}
+EVALS_PER_EPOCH=${EVALS_PER_EPOCH:-4}
 UNGATED=${UNGATED:-relu gelu silu}; GATED=${GATED:-geglu swiglu reglu}
 OUTPUT_DIR=${OUTPUT_DIR:-results}; JOBS=${JOBS:-1}; EXTRA=${EXTRA:-}; LIST=0
 
@@ -48,11 +52,12 @@ while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --list) LIST=1; shift ;;
-    --data_dir|--tokenizer|--train_split|--val_split|--epochs|--max_steps|--seeds|--ungated|--gated|--output_dir|--jobs|--extra)
+    --data_dir|--tokenizer|--train_split|--val_split|--epochs|--max_steps|--seeds|--lrs|--evals_per_epoch|--ungated|--gated|--output_dir|--jobs|--extra)
       [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
       case "$1" in
         --data_dir) DATA_DIR=$2 ;; --tokenizer) TOKENIZER=$2 ;; --train_split) TRAIN_SPLIT=$2 ;;
         --val_split) VAL_SPLIT=$2 ;; --epochs) EPOCHS=$2 ;; --max_steps) MAX_STEPS=$2 ;; --seeds) SEEDS=$2 ;;
+        --lrs) LRS=$2 ;; --evals_per_epoch) EVALS_PER_EPOCH=$2 ;;
         --ungated) UNGATED=$2 ;; --gated) GATED=$2 ;; --output_dir) OUTPUT_DIR=$2 ;; --jobs) JOBS=$2 ;;
         --extra) EXTRA=$2 ;;
       esac
@@ -64,22 +69,30 @@ done
 
 threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 common=(--num_epochs "$EPOCHS" --batch_size 8 --train_split "$TRAIN_SPLIT" --val_split "$VAL_SPLIT"
-        --output_dir "$OUTPUT_DIR" --threads "$threads" --resume)
+        --evals_per_epoch "$EVALS_PER_EPOCH" --output_dir "$OUTPUT_DIR" --threads "$threads" --resume)
 [ -n "$DATA_DIR" ] && common+=(--data_dir "$DATA_DIR")
 [ -n "$TOKENIZER" ] && common+=(--tokenizer "$TOKENIZER")
 [ -n "$MAX_STEPS" ] && common+=(--max_steps "$MAX_STEPS")
 # shellcheck disable=SC2206
 [ -n "$EXTRA" ] && common+=($EXTRA)
 
+# shellcheck disable=SC2206
+lrs=($LRS)
+
 # One complete, shell-quoted command per line: one run each.
+command_for() {  # activation, "--match_params" or "", lr, seed
+  local name=()
+  [ "${#lrs[@]}" -gt 1 ] && name=(--run_name "$1${2:+_matched}_lr$3_seed$4")
+  printf '%q ' "$PYTHON" train_simple.py --activation "$1" ${2:+"$2"} --lr "$3" --seeds "$4" "${name[@]}" "${common[@]}"
+  echo
+}
+
 list_commands() {
-  local a s
-  for a in $UNGATED; do for s in $SEEDS; do
-    printf '%q ' "$PYTHON" train_simple.py --activation "$a" --seeds "$s" "${common[@]}"; echo
-  done; done
-  for a in $GATED; do for s in $SEEDS; do
-    printf '%q ' "$PYTHON" train_simple.py --activation "$a" --match_params --seeds "$s" "${common[@]}"; echo
-  done; done
+  local a lr s
+  for a in $UNGATED; do for lr in "${lrs[@]}"; do for s in $SEEDS; do command_for "$a" "" "$lr" "$s"; done; done; done
+  for a in $GATED; do for lr in "${lrs[@]}"; do for s in $SEEDS; do
+    command_for "$a" --match_params "$lr" "$s"
+  done; done; done
 }
 
 if [ "$LIST" -eq 1 ]; then list_commands; exit 0; fi

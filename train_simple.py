@@ -42,7 +42,8 @@ from metrics import evaluate
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, \
     failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
-    canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2
+    canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2, \
+    training_flops_per_token
 from transformer_from_scratch.hf import check_gpt2_expressible
 
 # Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
@@ -51,6 +52,7 @@ from transformer_from_scratch.hf import check_gpt2_expressible
 TRAINING, MODEL, DATA = "training", "model", "data"
 LENGTH_SETTINGS = ("num_epochs", "max_steps")  # may grow when a run is resumed
 CHECKPOINT_FORMAT = 3
+SCHEDULES = ("constant", "cosine")
 N_PROMPTS, PROMPT_TOKENS, SAMPLE_TOKENS = 3, 24, 40  # text samples at each epoch end
 LOSSES = ("fused", "textbook")
 OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
@@ -81,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_epochs", type=int, default=3, help="passes over the training split")
     g.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps in all")
     g.add_argument("--batch_size", type=int, default=8, help="sequences per optimizer step (global, also under DDP)")
-    g.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (constant)")
+    g.add_argument("--lr", nargs="+", type=float, default=[3e-4],
+                   help="AdamW peak learning rate(s); several make a sweep: every activation runs with every lr")
+    g.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
+                   help="constant, or cosine decay to --min_lr_ratio of the peak at the last step")
+    g.add_argument("--warmup_steps", type=int, default=0, help="linear warmup from 0 to the peak over N steps")
+    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine: the last step's lr as a fraction of the peak")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
     g.add_argument("--probe_sequences", type=int, default=64,
@@ -122,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--log_every", type=int, default=10, help="record a step entry every N steps")
     g.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at epoch ends only)")
+    g.add_argument("--evals_per_epoch", type=int, default=0,
+                   help="also evaluate N - 1 times within each epoch, evenly spaced (when --eval_every is 0)")
     g.add_argument("--eval_batch_size", type=int, default=32, help="sequences per evaluation batch")
     g.add_argument("--checkpoint_every", type=int, default=200, help="checkpoint every N steps (and every epoch)")
     g.add_argument("--export_hf", type=Path, default=None, metavar="DIR",
@@ -182,18 +191,26 @@ class RunSpec:
 def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[RunSpec]:
     """Every requested (activation, seed) run, activations in the order given."""
     training, model, data = (group_flags(parser, args, title) for title in (TRAINING, MODEL, DATA))
-    fixed = {"optimizer": OPTIMIZER, "lr_schedule": "constant", "dynamic_padding": True}
-    pairs = [(a, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for s in dict.fromkeys(args.seeds)]
+    fixed = {"optimizer": OPTIMIZER, "dynamic_padding": True}
+    lrs = list(dict.fromkeys(args.lr))
+    runs = [(a, lr, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for lr in lrs
+            for s in dict.fromkeys(args.seeds)]
     specs = []
-    for activation, seed in pairs:
+    for activation, lr, seed in runs:
         model_flags = {**model, "act_fn": activation}
         matched = "_matched" if ACTIVATIONS[activation].gated and args.match_params else ""
-        name = f"{activation}{matched}_seed{seed}"
+        name = f"{activation}{matched}{f'_lr{short_float(lr)}' if len(lrs) > 1 else ''}_seed{seed}"
         if args.run_name:
-            name = args.run_name if len(pairs) == 1 else f"{args.run_name}_{name}"
-        specs.append(RunSpec(name, args.output_dir, {"activation": activation, "seed": seed, **training, **fixed},
-                             model_flags, data))
+            name = args.run_name if len(runs) == 1 else f"{args.run_name}_{name}"
+        train_config = {"activation": activation, "seed": seed, **training, "lr": lr, **fixed}
+        specs.append(RunSpec(name, args.output_dir, train_config, model_flags, data))
     return specs
+
+
+def short_float(value: float) -> str:
+    """3e-4 for 0.0003, 1.5e-3 for 0.0015: the way people write learning rates."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def validate(args: argparse.Namespace) -> None:
@@ -206,8 +223,11 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     if min(args.seeds) < 0:
         raise UsageError(f"--seeds must be non-negative, got {min(args.seeds)}")
-    if args.lr <= 0 or args.weight_decay < 0 or args.grad_clip < 0 or args.eval_every < 0:
-        raise UsageError("--lr must be positive; --weight_decay, --grad_clip and --eval_every non-negative")
+    if min(args.lr) <= 0 or not 0 <= args.min_lr_ratio <= 1:
+        raise UsageError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {args.lr} and {args.min_lr_ratio}")
+    for flag in ("weight_decay", "grad_clip", "eval_every", "evals_per_epoch", "warmup_steps"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} must be non-negative, got {getattr(args, flag)}")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues runs and --overwrite replaces them: choose one")
     try:
@@ -237,7 +257,11 @@ def at_least(requested: int | None, saved) -> bool:
 
 
 def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str]:
-    """'key saved (requested ...)' for every setting in which an existing log differs from the request."""
+    """'key saved (requested ...)' for every setting in which an existing log differs from the request.
+
+    A longer run can continue a shorter one only under a constant learning rate: a decaying schedule
+    is laid out over the run's length, so its steps so far would differ."""
+    allow_longer = allow_longer and spec.train_config["lr_schedule"] == "constant"
     differ = []
     for section, requested in spec.settings().items():
         saved = log.get(section) or {}
@@ -502,6 +526,8 @@ class Progress:
     epoch_nll: float = 0.0
     epoch_tokens: int = 0
     epoch_wall: float = 0.0
+    tokens_seen: int = 0  # scored training tokens since step 0
+    train_seconds: float = 0.0  # time spent in training steps since step 0 (evaluations excluded)
 
 
 @dataclass
@@ -601,7 +627,7 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
         "status": status,
         "run": {"name": spec.name, **rt.facts, "threads": torch.get_num_threads(), "flags": rt.flags,
                 "started": h.started, "ended": None if status == RUNNING else now(), "resumed": h.resumed},
-        "model_config": state.model.cfg.to_dict(),
+        "model_config": {**state.model.cfg.to_dict(), "training_flops_per_token": training_flops_per_token(state.model.cfg)},
         "train_config": spec.train_config,
         "params": parameter_counts(state.model),
         "data": data.describe(spec.data_flags),
@@ -628,6 +654,38 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
 
 def steps_per_epoch(spec: RunSpec, data: Data) -> int:
     return math.ceil(len(data.train) / spec.train_config["batch_size"])
+
+
+def total_steps(spec: RunSpec, data: Data) -> int:
+    """The run's length in optimizer steps: what a decaying schedule is laid out over."""
+    by_epochs = spec.train_config["num_epochs"] * steps_per_epoch(spec, data)
+    max_steps = spec.train_config["max_steps"]
+    return by_epochs if max_steps is None else min(by_epochs, max_steps)
+
+
+def learning_rate(step: int, peak: float, schedule: str, warmup_steps: int, total: int, min_ratio: float) -> float:
+    """The learning rate of optimizer step ``step`` (1-based): linear warmup to ``peak`` over
+    ``warmup_steps``, then constant, or a cosine from the peak down to min_ratio * peak at ``total``."""
+    if step <= warmup_steps:
+        return peak * step / warmup_steps
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup_steps) / max(total - warmup_steps, 1)
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def eval_interval(rt: Runtime, per_epoch: int) -> int:
+    """Steps between evaluations within an epoch (0: epoch ends only)."""
+    if rt.flags["eval_every"] or not rt.flags["evals_per_epoch"]:
+        return rt.flags["eval_every"]
+    return math.ceil(per_epoch / rt.flags["evals_per_epoch"])
+
+
+def compute_so_far(spec: RunSpec, state: TrainingState) -> dict:
+    """Cumulative training tokens, FLOPs and seconds: the x axes of compute-matched comparisons."""
+    p = state.progress
+    return {"train_tokens_seen": p.tokens_seen, "train_flops": p.tokens_seen * training_flops_per_token(state.model.cfg),
+            "train_seconds": p.train_seconds}
 
 
 def finished(spec: RunSpec, progress: Progress) -> bool:
@@ -663,6 +721,11 @@ def train_step(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, ind
     group_norms = {k: grad_norm(v) for k, v in parameter_groups(state.model).items()} if record else None
     clip = spec.train_config["grad_clip"] or math.inf
     norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    cfg = spec.train_config
+    lr = learning_rate(state.progress.step + 1, cfg["lr"], cfg["lr_schedule"], cfg["warmup_steps"],
+                       total_steps(spec, data), cfg["min_lr_ratio"])
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
     state.optimizer.step()
     return rt.ddp.all_sum(nll.detach().reshape(1))[0], n_tokens, norm, group_norms
 
@@ -687,7 +750,7 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
         "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"], "wall_s": p.epoch_wall,
-        "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None,
+        "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
     n_probe = min(spec.train_config["probe_sequences"], len(data.val))
@@ -740,6 +803,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
     "signal"), or None at the epoch's end."""
     p, h, cfg = state.progress, state.history, spec.train_config
     per_epoch, batch_size = steps_per_epoch(spec, data), cfg["batch_size"]
+    evaluate_every = eval_interval(rt, per_epoch)
     order = epoch_order(spec.seed, p.epoch, len(data.train))
     bar = tqdm(total=per_epoch, initial=p.batch_in_epoch, desc=f"{spec.name} epoch {p.epoch}",
                disable=None if rt.ddp.main else True, leave=False, dynamic_ncols=True)
@@ -757,7 +821,9 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
             p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
             p.epoch_nll = p.epoch_nll + nll.double()  # stays on the device: no sync per step
             p.epoch_tokens += n_tokens
+            p.tokens_seen += n_tokens
             p.epoch_wall += time.perf_counter() - started
+            p.train_seconds += time.perf_counter() - started
             interval_tokens += n_tokens
             bar.update(1)
             if record:
@@ -766,12 +832,13 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
                 elapsed = time.perf_counter() - interval_start
                 h.steps.append({"step": p.step, "epoch": p.epoch, "loss": loss.item(), "grad_norm": norm.item(),
                                 "lr": state.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
-                                "layer_grad_norms": group_norms})
+                                **compute_so_far(spec, state), "layer_grad_norms": group_norms})
                 bar.set_postfix(loss=f"{h.steps[-1]['loss']:.3f}", tok_s=f"{h.steps[-1]['tokens_per_s']:.0f}")
                 interval_start, interval_tokens = time.perf_counter(), 0
-            if rt.flags["eval_every"] and p.step % rt.flags["eval_every"] == 0:
+            if evaluate_every and p.step % evaluate_every == 0 and p.batch_in_epoch < per_epoch:
                 val = validation_metrics(spec, state, data, rt, data.val)
-                h.evals.append({"step": p.step, "epoch": p.epoch, **{f"val_{k}": v for k, v in val.items()}})
+                h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
+                                **{f"val_{k}": v for k, v in val.items()}})
             if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
                 check_finite(p.step, nll, norm)
                 save_checkpoint(spec, state, data, rt)

@@ -20,6 +20,7 @@ from transformer_from_scratch import (
     parameter_counts,
     parameter_groups,
     sinusoidal_table,
+    training_flops_per_token,
 )
 from transformer_from_scratch.loss import Workspace
 
@@ -236,3 +237,21 @@ def test_a_sequence_longer_than_the_context_is_a_clear_error(tiny_cfg):
     model = Transformer(tiny_cfg)
     with pytest.raises(ValueError, match=f"exceeds n_ctx={tiny_cfg.n_ctx}"):
         model(torch.zeros(1, tiny_cfg.n_ctx + 1, dtype=torch.long))
+
+
+def test_training_flops_per_token_by_hand_and_by_counting():
+    cfg = TransformerConfig(d_vocab=100, n_ctx=4, d_model=8, n_heads=2, d_mlp=16, n_layers=1, act_fn="relu")
+    # by hand: weights 4*8*8 (attention) + 2*8*16 (MLP) + 8*100 (unembedding) = 1312; forward 2 * 1312 plus
+    # q k^T and pattern v, 2 * 2 * 8 * 4 = 128; training = 3 * forward
+    assert training_flops_per_token(cfg) == 3 * (2 * 1312 + 128) == 8256
+    assert training_flops_per_token(replace(cfg, act_fn="swiglu")) == 3 * (2 * (1312 + 8 * 16) + 128)
+    assert training_flops_per_token(TransformerConfig()) == 87_418_368  # the study's model: 87.4 MFLOP
+    # counted: torch's FLOP counter over one forward and backward of full-length sequences (textbook loss)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for act_fn in ("relu", "swiglu"):
+        model = Transformer(replace(cfg, act_fn=act_fn, d_model=16, n_ctx=8), seed=0)
+        tokens = torch.randint(0, 100, (3, 8))
+        with FlopCounterMode(display=False) as counter:
+            model.nll_sum(tokens, tokens, fused=False).backward()
+        assert counter.get_total_flops() == tokens.numel() * training_flops_per_token(model.cfg)

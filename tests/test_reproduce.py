@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, read_log, without_timings
 
 
 def run_reproduce(args: list[str]) -> subprocess.CompletedProcess:
@@ -61,21 +61,32 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, corpus_di
     result = run_reproduce(args)
     assert result.returncode == 1
     report = result.stderr[result.stderr.index("training command(s) failed"):]
-    assert "1 training command(s) failed" in result.stderr and "--activation relu --seeds 1 " in report
+    assert "1 training command(s) failed" in result.stderr and "--activation relu --lr 3e-4 --seeds 1 " in report
     for name in ("relu_seed2", "swiglu_matched_seed1", "swiglu_matched_seed2"):  # the others still trained
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["status"] == "complete"
     assert "relu" in (tmp_path / "results" / "summary.md").read_text()  # and were analysed
 
 
 @pytest.mark.slow
-def test_list_prints_one_runnable_command_per_run(tmp_path, corpus_dir, tiny_tokenizer_dir):
+def test_list_runs_under_xargs_and_trains_what_jobs_trains(tmp_path, corpus_dir, tiny_tokenizer_dir):
     args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
-    listed = run_reproduce([*args, "--list"])
+    args[args.index("--seeds") + 1] = "1"
+    args += ["--lrs", "3e-3 3e-4", "--evals_per_epoch", "2"]
+    by_list, by_jobs = tmp_path / "by_list", tmp_path / "by_jobs"
+    listed = run_reproduce([*args, "--output_dir", str(by_list), "--list"])
     assert listed.returncode == 0 and listed.stderr == ""
     lines = listed.stdout.splitlines()
     assert len(lines) == 4 and all("train_simple.py --activation" in line for line in lines)
-    assert all("--threads" in line and "--resume" in line for line in lines)
+    assert all("--threads 1" in line and "--resume" in line for line in lines)
     ran = subprocess.run(["xargs", "-d", "\\n", "-P", "2", "-n", "1", "bash", "-c", 'eval "$1"', "_"],
                          input=listed.stdout, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert ran.returncode == 0, ran.stderr[-2000:]
-    assert len(list((tmp_path / "results").glob("*.json"))) == 4
+    jobs = run_reproduce([*args, "--output_dir", str(by_jobs)])
+    assert jobs.returncode == 0, jobs.stderr[-2000:]
+    names = sorted(p.name for p in by_list.glob("*.json"))
+    assert names == sorted(p.name for p in by_jobs.glob("*.json")) == [
+        "relu_lr3e-3_seed1.json", "relu_lr3e-4_seed1.json", "swiglu_matched_lr3e-3_seed1.json",
+        "swiglu_matched_lr3e-4_seed1.json"]
+    for name in names:
+        assert without_timings(read_log(by_list / name)) == without_timings(read_log(by_jobs / name))
+    assert "## Learning-rate sweep" in (by_jobs / "summary.md").read_text()

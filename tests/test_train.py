@@ -63,7 +63,7 @@ def test_activations_share_data_order_and_non_mlp_init(tiny_argv, tmp_path):
     # After one step the non-MLP weights differ (different gradients), so compare initial weights.
     from transformer_from_scratch import Transformer, TransformerConfig
     cfgs = [TransformerConfig(**{k: v for k, v in read_log(out / f"{n}_seed3.json")["model_config"].items()
-                                 if k not in ("d_head", "d_hidden")}) for n in ("relu", "swiglu")]
+                                 if k not in ("d_head", "d_hidden", "training_flops_per_token")}) for n in ("relu", "swiglu")]
     init = [Transformer(c, seed=3).state_dict() for c in cfgs]
     assert all(torch.equal(init[0][k], init[1][k]) for k in init[0] if ".mlp." not in k)
     assert relu["progress"]["step"] == swiglu["progress"]["step"] == 1
@@ -206,3 +206,32 @@ def test_the_loss_path_defaults_to_fused_on_cpu_and_textbook_on_gpus(tiny_argv, 
     assert {train_simple.default_loss(torch.device(d)) for d in ("cuda", "mps")} == {"textbook"}
     assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
     assert read_log(tmp_path / "out" / "relu_seed3.json")["train_config"]["loss"] == "fused"  # recorded, resolved
+
+
+def test_cosine_schedule_with_warmup_follows_the_closed_form(tiny_argv, tmp_path):
+    peak, warmup, total, floor = 1e-3, 3, 11, 0.1
+    argv = tiny_argv(None, "--lr", str(peak), "--lr_schedule", "cosine", "--warmup_steps", str(warmup),
+                     "--min_lr_ratio", str(floor), "--max_steps", str(total))
+    assert train_simple.main(argv) == 0
+    lrs = {s["step"]: s["lr"] for s in read_log(tmp_path / "out" / "relu_seed3.json")["steps"]}
+    assert lrs[1] == pytest.approx(peak / 3) and lrs[warmup] == pytest.approx(peak)  # linear warmup to the peak
+    assert lrs[7] == pytest.approx(peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * 4 / 8))))  # midway
+    assert lrs[total] == pytest.approx(floor * peak)  # the last step reaches the floor
+    assert all(a >= b for a, b in zip(list(lrs.values())[warmup - 1 :], list(lrs.values())[warmup:]))
+
+
+def test_a_cosine_run_is_not_extended_by_resume(tiny_argv, tmp_path, capsys):
+    cosine = ("--lr_schedule", "cosine")
+    assert train_simple.main(tiny_argv(None, *cosine, "--max_steps", "4")) == 0
+    assert train_simple.main(tiny_argv(None, *cosine, "--max_steps", "8", "--resume")) == 2  # laid out over 4 steps
+    assert "max_steps 4 (requested 8)" in capsys.readouterr().err
+
+
+def test_several_learning_rates_make_one_run_each_named_by_lr(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(None, "--lr", "1e-3", "0.0003", "--seeds", "1", "2", "--max_steps", "2")) == 0
+    names = sorted(p.stem for p in (tmp_path / "out").glob("*.json"))
+    assert names == ["relu_lr1e-3_seed1", "relu_lr1e-3_seed2", "relu_lr3e-4_seed1", "relu_lr3e-4_seed2"]
+    log = read_log(tmp_path / "out" / "relu_lr3e-4_seed2.json")
+    assert log["train_config"]["lr"] == 3e-4 and log["steps"][0]["lr"] == 3e-4
+    entry = log["steps"][-1]
+    assert entry["train_flops"] == entry["train_tokens_seen"] * log["model_config"]["training_flops_per_token"]

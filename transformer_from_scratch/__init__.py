@@ -13,7 +13,9 @@ from .mlp import MLP
 from .layer import TransformerBlock
 from .unembed import Unembed
 from .loss import linear_cross_entropy
-from .transformer import IGNORE_INDEX, Transformer, derived_generator, parameter_counts, parameter_groups
+from .transformer import (
+    IGNORE_INDEX, Transformer, derived_generator, parameter_counts, parameter_groups, training_flops_per_token,
+)
 from .probes import probe
 from .hf import from_hf_gpt2, to_hf_gpt2
 
@@ -22,6 +24,6 @@ __all__ = [
     "MATCHED_WIDTH_MULTIPLE", "PRESETS", "TransformerConfig",
     "Embed", "LearnedPosEmbed", "SinusoidalPosEmbed", "sinusoidal_table", "LayerNorm", "Attention",
     "MLP", "TransformerBlock", "Unembed", "linear_cross_entropy",
-    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "probe",
+    "IGNORE_INDEX", "Transformer", "derived_generator", "parameter_counts", "parameter_groups", "training_flops_per_token", "probe",
     "from_hf_gpt2", "to_hf_gpt2",
 ]

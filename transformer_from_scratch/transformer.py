@@ -156,3 +156,21 @@ def parameter_groups(model: Transformer) -> dict[str, list[nn.Parameter]]:
         groups[f"block{i}.mlp"] = [*block.ln2.parameters(), *block.mlp.parameters()]
     groups["unembed"] = [*model.ln_final.parameters(), *model.unembed.parameters()]
     return groups
+
+
+def training_flops_per_token(cfg: TransformerConfig) -> int:
+    """Matmul FLOPs to train on one token: forward plus backward (twice the forward), 2 FLOPs per
+    multiply-add, as in Kaplan et al. 2020 (arXiv:2001.08361) with attention over a full context.
+
+        forward = 2 * (n_layers * (4 d_model^2 + n_mlp_matrices * d_model * d_hidden) + d_model * d_vocab)
+                + n_layers * 4 * d_model * n_ctx        (q k^T and pattern v)
+        training = 3 * forward
+
+    Embedding lookups, LayerNorms, activations and the softmax are not matmuls and are left out. A
+    gated MLP has three matrices, so an unmatched one costs 1.5x the MLP FLOPs.
+    """
+    n_mlp_matrices = 3 if cfg.gated else 2
+    matmul_weights = cfg.n_layers * (4 * cfg.d_model**2 + n_mlp_matrices * cfg.d_model * cfg.d_hidden)
+    matmul_weights += cfg.d_model * cfg.d_vocab
+    forward = 2 * matmul_weights + cfg.n_layers * 4 * cfg.d_model * cfg.n_ctx
+    return 3 * forward
