@@ -711,17 +711,16 @@ def train_step(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, ind
                record: bool) -> tuple[Tensor, int, Tensor, dict | None]:
     """One optimizer step on a global batch: (global summed NLL, scored tokens, grad norm, per-group
     grad norms when ``record``)."""
+    cfg = spec.train_config
     inputs, targets = rank_batch(data, index, rt.ddp)
     n_tokens = int(torch.clamp(data.train.lengths[index] - 1, min=0).sum())
     state.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=spec.train_config["bf16"]):
+    with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg["bf16"]):
         nll = state.forward(inputs.to(rt.device), targets.to(rt.device))
     # Token-weighted mean over the global batch; DDP averages gradients over ranks, hence * world.
     (nll * (rt.ddp.world / max(n_tokens, 1))).backward()
     group_norms = {k: grad_norm(v) for k, v in parameter_groups(state.model).items()} if record else None
-    clip = spec.train_config["grad_clip"] or math.inf
-    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
-    cfg = spec.train_config
+    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg["grad_clip"] or math.inf)
     lr = learning_rate(state.progress.step + 1, cfg["lr"], cfg["lr_schedule"], cfg["warmup_steps"],
                        total_steps(spec, data), cfg["min_lr_ratio"])
     for group in state.optimizer.param_groups:

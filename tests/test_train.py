@@ -7,13 +7,12 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import train_simple
-from conftest import ROOT, assert_same_run, final_state, read_log, run_cli, without_timings
+from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 from run_log import SCHEMA_VERSION
 
 
