@@ -75,6 +75,7 @@ def read_rows(path: Path) -> tuple[list[str], str]:
 
 
 def checked_text(text: SplitText) -> SplitText:
+    """The split, if it has any text: an empty split is bad input, not a crash deep in tokenization."""
     if not any(text.rows):
         raise DataError(f"split {text.name!r} ({text.source}) has no text: it is empty or only blank lines")
     return text
