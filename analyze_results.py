@@ -554,10 +554,15 @@ def markdown_sweep(family: list[list[Run]], metric: str, baseline: str) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, row in best.iterrows():
         at = {r["lr"]: r for _, r in table[table["variant"] == variant].iterrows()}
-        cells = [variant, f"{row['lr']:g}", f"{fmt(row['mean'])} ± {fmt(row['ci95'])}", str(int(row["seeds"]))]
+        spread = "" if math.isnan(row["ci95"]) else f" ± {fmt(row['ci95'])}"
+        cells = [variant, f"{row['lr']:g}", fmt(row["mean"]) + spread, str(int(row["seeds"]))]
         cells += [fmt(row["test_loss"])] if has_test else []
         cells += [fmt(at[lr]["mean"]) if lr in at else "n/a" for lr in lrs]
         lines.append("| " + " | ".join(cells) + " |")
+    at_edge = sorted(v for v, row in best.iterrows() if row["lr"] in (lrs[0], lrs[-1]))
+    if at_edge:
+        lines += ["", f"At the edge of the range tried: {', '.join(at_edge)}. Their best lr may lie beyond it, so "
+                      f"their best is not established."]
     paired = paired_at_best(family, best, baseline, metric)
     lines += ["", "At each activation's own best lr:", "",
               markdown_paired(paired, metric, int(table["seeds"].max())) if not paired.empty

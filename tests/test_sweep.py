@@ -48,6 +48,7 @@ def test_best_lr_table_and_figures_follow_the_logs(sweep):
         assert cells[1] == f"{best:g}" and cells[2].startswith(f"{means[best]:.4f} ±")
         assert cells[4:] == [f"{means[lr]:.4f}" for lr in sorted(means)]
     assert "swiglu (matched) (lr " in section.split("At each activation's own best lr")[1]  # the paired test
+    assert "At the edge of the range tried: relu, swiglu (matched)." in section  # of two lrs, either is an edge
     for name in ("lr_sweep.png", "training_compute.png", "training_curves.png"):
         assert (sweep / name).stat().st_size > 10_000
     report = (sweep / "report.md").read_text()
