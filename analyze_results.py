@@ -307,7 +307,7 @@ def epoch_metric(run: Run, key: str) -> pd.Series:
 
 def evaluations(run: Run) -> list[dict]:
     """Every validation pass of a run, within epochs (--eval_every) and at epoch ends, by step."""
-    return sorted([*run.log.get("evals", []), *run.log["epochs"]], key=lambda e: e["steps" if "steps" in e else "step"])
+    return sorted([*run.log.get("evals", []), *run.log["epochs"]], key=eval_step)
 
 
 def eval_step(entry: dict) -> int:
