@@ -1,4 +1,4 @@
-"""Train one model per (activation, seed) on WikiText-2 and write one JSON log per run.
+"""Train one model per (activation, learning rate, seed) on WikiText-2 and write one JSON log per run.
 
     python train_simple.py --activation relu --num_epochs 3 --batch_size 8
 
@@ -71,10 +71,10 @@ class NonFiniteLoss(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train one model per MLP activation and seed; write one JSON log per run.",
+        description="Train one model per MLP activation, learning rate and seed; write one JSON log per run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("runs", "one run per activation and seed")
+    g = p.add_argument_group("runs", "one run per activation and seed (and learning rate, see --lr)")
     g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
                    help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
     g.add_argument("--seeds", "--seed", nargs="+", type=int, default=[42], dest="seeds",
