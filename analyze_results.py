@@ -38,7 +38,6 @@ from stats import holm, paired_t_test, summarize  # noqa: E402
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
 # Settings that identify a variant or a repetition rather than a different experiment.
 NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
-OUTPUT_FILES = ("report.md", "summary.md", "summary.csv", "training_curves.png", "training_dynamics.png", "attention.png")
 FIGURE_GUIDE = {
     "training_curves": "Training loss per logged step (top left) and validation loss, perplexity and exact bits per "
                        "byte at each epoch end; lower is better, bands are ± 1 std over seeds.",

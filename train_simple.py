@@ -953,8 +953,10 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
         if isinstance(err, KeyboardInterrupt):
             print(f"interrupted: {spec.name} at step {state.progress.step}", file=sys.stderr)
             return rt.stop.exit_code
-        kept = f"; last good checkpoint {spec.ckpt_path}" if spec.ckpt_path.exists() else "; no checkpoint was written"
-        print(f"error: {spec.name}: {err}{kept if isinstance(err, NonFiniteLoss) else ''}", file=sys.stderr)
+        message = f"error: {spec.name}: {err}"
+        if isinstance(err, NonFiniteLoss):  # say what survives; a write error already names its file
+            message += f"; last good checkpoint {spec.ckpt_path}" if spec.ckpt_path.exists() else "; no checkpoint was written"
+        print(message, file=sys.stderr)
         return 1
     if status == INTERRUPTED:
         if rt.ddp.main:

@@ -54,11 +54,12 @@ class Workspace:
         self.buffer: Tensor | None = None
 
     def take(self, numel: int, like: Tensor) -> Tensor:
-        buffer = self.buffer
-        if buffer is None or buffer.numel() < numel or (buffer.device, buffer.dtype) != (like.device, like.dtype):
+        old = self.buffer
+        if old is None or old.numel() < numel or (old.device, old.dtype) != (like.device, like.dtype):
+            del old
             self.buffer = None  # release the old one before allocating its successor
-            self.buffer = buffer = like.new_empty(numel)
-        return buffer[:numel]
+            self.buffer = like.new_empty(numel)
+        return self.buffer[:numel]
 
 
 def _targets_in_tile(targets: Tensor, start: int, width: int) -> tuple[Tensor, Tensor]:
