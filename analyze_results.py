@@ -8,7 +8,9 @@ training_curves.png, training_dynamics.png and attention.png. Runs are pooled ov
 seeds only when their model, training and data settings agree (apart from activation and seed);
 different settings form separate groups. With several seeds per activation the table gives
 mean ± std and a 95% confidence interval, and every activation is compared with the baseline
-paired by seed (paired t-test, Holm-corrected across activations). Failed and unfinished runs are
+paired by seed (paired t-test, Holm-corrected across activations). Runs with several evaluations
+also get the validation metric at each (do the curves cross? does a run end past its best?), and
+runs with probes a table of MLP and attention statistics at the end. Failed and unfinished runs are
 listed, not dropped; two logs of the same run count once. Needs no torch: logs are read through
 run_log.py.
 """
@@ -40,7 +42,7 @@ METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "tes
 NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
 FIGURE_GUIDE = {
     "training_curves": "Training loss per logged step (top left) and validation loss, perplexity and exact bits per "
-                       "byte at each epoch end; lower is better, bands are ± 1 std over seeds.",
+                       "byte at each evaluation; lower is better, bands are ± 1 std over seeds.",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
                          "and the mean fraction firing per token: how each activation uses its units.",
     "attention": "Entropy of each head's attention on the probe set (nats; dotted: spreading evenly over all visible "
@@ -267,6 +269,67 @@ def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int) -> str:
                      f"| {fmt(r['p'], 4)} | {fmt(r['p_holm'], 4)} |")
     if max_seeds < 2:
         lines += ["", "Only one seed per activation: no confidence interval or significance can be claimed."]
+    return "\n".join(lines)
+
+
+def curve_metric(metric: str) -> str:
+    """The validation metric that every evaluation records, for curves: the ranking metric if it is one."""
+    return metric if metric in ("val_loss", "val_ppl", "val_bpb") else "val_loss"
+
+
+def markdown_curves(group: list[Run], metric: str) -> str:
+    """The validation metric at every evaluation (mean over seeds, rank in brackets), the pairs of
+    activations whose order differs between the first evaluation and the last (do the curves cross?),
+    and how far each run ended above its own lowest point (overfitting)."""
+    key = curve_metric(metric)
+    variants = by_variant(group)
+    means = pd.DataFrame({v: pd.concat([validation_curve(r, key) for r in runs], axis=1).mean(axis=1)
+                          for v, runs in variants.items()}).T  # rows: variants; columns: epochs
+    ranks = means.rank(axis=0, method="min")
+    rises = {v: summarize([float(c.iloc[-1] - c.min()) for c in (validation_curve(r, key) for r in runs)])
+             for v, runs in variants.items()}
+    header = ["variant"] + [f"epoch {x:.3g}" for x in means.columns] + ["lowest mean at epoch", "final − own lowest"]
+    lines = [f"Validation {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
+             f"each run's final value minus its lowest, averaged over seeds: above zero, the run ended past its best "
+             f"point (overfitting).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in means.index:
+        cells = [f"{fmt(means.loc[variant, x])} ({int(ranks.loc[variant, x])})" for x in means.columns]
+        rise = rises[variant]
+        spread = "" if math.isnan(rise.ci95) else f" ± {fmt(rise.ci95)}"
+        lines.append("| " + " | ".join([variant, *cells, f"{means.loc[variant].idxmin():.3g}", fmt(rise.mean) + spread]) + " |")
+    first, last = means.columns[0], means.columns[-1]
+    swapped = [f"{a} / {b}" for i, a in enumerate(means.index) for b in means.index[i + 1:]
+               if (means.loc[a, first] - means.loc[b, first]) * (means.loc[a, last] - means.loc[b, last]) < 0]
+    lines += ["", f"Between epoch {first:.3g} and epoch {last:.3g}, {len(swapped)} of "
+                  f"{len(means) * (len(means) - 1) // 2} pairs of activations change order"
+                  + (f": {', '.join(swapped)}." if swapped else ".")]
+    return "\n".join(lines)
+
+
+def markdown_inside(group: list[Run]) -> str:
+    """Per activation and layer, at the last probe (mean over seeds): MLP units active per token and never
+    active, mean attention entropy as a fraction of uniform, and the strongest previous-token head."""
+    variants = by_variant(group)
+    n_layers = group[0].log["model_config"]["n_layers"]
+
+    def at_end(run: Run, layer: int) -> dict[str, float]:
+        last = run.log["dynamics"][-1]
+        mlp, heads = last["mlp"][layer], last["attention"][layer]["heads"]
+        return {"active": mlp["active_fraction"], "dead": mlp["dead_fraction"],
+                "entropy": float(np.mean([h["entropy"] / h["max_entropy"] for h in heads])),
+                "prev": max(h["prev_token"] for h in heads)}
+
+    names = {"active": "MLP active per token", "dead": "MLP never active", "entropy": "attention entropy / uniform",
+             "prev": "top previous-token head"}
+    header = ["variant"] + [f"L{layer} {name}" for layer in range(n_layers) for name in names.values()]
+    lines = ["Inside the model at the end of training, on the probe set (mean over seeds; L0 = first layer). "
+             "\"Active\" as in the dynamics figure; entropy is the heads' mean, 1 = attention spread evenly; "
+             "the previous-token column is the largest share any head puts on the previous token.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, runs in variants.items():
+        cells = [fmt(float(np.mean([at_end(r, layer)[name] for r in runs])), 3)
+                 for layer in range(n_layers) for name in names]
+        lines.append("| " + " | ".join([variant, *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -632,7 +695,12 @@ def analyze(args: argparse.Namespace) -> str:
     for i, (group, note) in enumerate(zip(groups, notes), start=1):
         table = group_table(group, args.metric)
         paired = paired_comparisons(group, args.baseline, args.metric)
-        tables = markdown_table(table, args.metric) + "\n\n" + markdown_paired(paired, args.metric, int(table["seeds"].max()))
+        parts = [markdown_table(table, args.metric), markdown_paired(paired, args.metric, int(table["seeds"].max()))]
+        if all(len(evaluations(r)) > 1 for r in group):
+            parts.append(markdown_curves(group, args.metric))
+        if has_attention(group):
+            parts.append(markdown_inside(group))
+        tables = "\n\n".join(parts)
         md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", tables, ""]
         suffix = "" if i == 1 else f"_group{i}"
         figures = {"training_curves": plot_curves, "training_dynamics": plot_dynamics}

@@ -41,7 +41,7 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
                          "lr": 3e-4, "layout": "lines", **train_overrides},
         "params": {"total": 10_000, "non_embedding": 4_000, "mlp": 4_200 if not gated else 4_100},
         "data": {"tokenizer": "t", "train": {"split": "test", "sha256": "a", "layout": "lines", "max_length": 16,
-                                             "tokens": 1000, "bytes": 4200},
+                                             "sequences": 80, "tokens": 1000, "bytes": 4200},
                  "val": {"split": "validation", "sha256": "b", "layout": "lines", "max_length": 16, "tokens": 900,
                          "bytes": 3800}, "test": None},
         "steps": [{"step": s, "epoch": 1 + (s > 10), "loss": val_loss + 2.0 / s, "grad_norm": 1.0 + 1.0 / s,
@@ -232,3 +232,37 @@ def test_analysis_runs_without_torch(results):
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (results / "report.md").exists()
+
+
+def row_cells(summary: str, variant: str, after: str) -> list[str]:
+    """The cells of a variant's row in the first table after the line that starts with ``after``."""
+    lines = summary.split("\n" + after, 1)[1].splitlines()
+    row = next(line for line in lines if line.startswith(f"| {variant} |"))
+    return [c.strip() for c in row.split("|")[1:-1]]
+
+
+def test_curve_table_shows_crossings_and_overfitting(tmp_path):
+    # relu is best at epoch 1 and then rises (overfits); gelu starts worse and ends best: the curves cross.
+    curves = {"relu": (5.0, 5.2), "gelu": (5.1, 4.9)}
+    for act, (first, last) in curves.items():
+        for seed in (1, 2):
+            log = synthetic_log(act, seed, last)
+            log["epochs"][0].update(val_loss=first + 0.01 * seed)
+            (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    relu = row_cells(summary, "relu", "Validation val_loss at every evaluation")
+    gelu = row_cells(summary, "gelu", "Validation val_loss at every evaluation")
+    assert relu[1:3] == ["5.0150 (1)", "5.2000 (2)"] and gelu[1:3] == ["5.1150 (2)", "4.9000 (1)"]
+    assert relu[3] == "1" and gelu[3] == "2"  # where the mean curve is lowest
+    assert relu[4].startswith("0.1850 ± ") and gelu[4] == "0.0000 ± 0.0000"  # final minus each run's own lowest
+    assert "1 of 1 pairs of activations change order: gelu / relu." in summary
+
+
+def test_inside_table_reads_the_last_probe(results):
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    relu = row_cells((results / "summary.md").read_text(), "relu", "Inside the model")
+    # synthetic_log, last epoch (2): dead 0.01 * seed, active 0.4 + 0.01 * layer, entropy of head h
+    # (1.3 - 0.2 h + 0.05 seed) / 2 -> mean over heads and seeds 1-3: 0.65; previous token: 0.2 + 0.1 h, top 0.3
+    assert relu[1:5] == ["0.400", "0.020", "0.650", "0.300"]
+    assert relu[5:9] == ["0.410", "0.020", "0.650", "0.300"]
