@@ -9,9 +9,10 @@ usage() {
   cat <<'USAGE'
 Usage: bash reproduce.sh [options]
 
-Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu, reglu, for every
-seed, with the reference study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset,
-lines layout), then runs analyze_results.py. Resumes where it stopped. A run that fails does not
+Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu, reglu, seed by
+seed (a study stopped early has every activation at the seeds it finished), with the reference
+study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset, lines layout), then runs
+analyze_results.py. Resumes where it stopped. A run that fails does not
 stop the others: the script goes on, analyses what finished, and exits 1 listing the failures.
 
 Options (environment variable in brackets):
@@ -89,10 +90,10 @@ command_for() {  # activation, "--match_params" or "", lr, seed
 
 list_commands() {
   local a lr s
-  for a in $UNGATED; do for lr in "${lrs[@]}"; do for s in $SEEDS; do command_for "$a" "" "$lr" "$s"; done; done; done
-  for a in $GATED; do for lr in "${lrs[@]}"; do for s in $SEEDS; do
-    command_for "$a" --match_params "$lr" "$s"
-  done; done; done
+  for s in $SEEDS; do for lr in "${lrs[@]}"; do  # seed by seed: a study stopped early stays balanced
+    for a in $UNGATED; do command_for "$a" "" "$lr" "$s"; done
+    for a in $GATED; do command_for "$a" --match_params "$lr" "$s"; done
+  done; done
 }
 
 if [ "$LIST" -eq 1 ]; then list_commands; exit 0; fi

@@ -29,6 +29,14 @@ def test_unknown_option_is_exit_2():
     assert result.returncode == 2 and "unknown option" in result.stderr
 
 
+def test_list_goes_seed_by_seed_so_a_stopped_study_stays_balanced():
+    listed = run_reproduce(["--seeds", "1 2", "--ungated", "relu gelu", "--gated", "swiglu", "--lrs", "1e-3 3e-4", "--list"])
+    assert listed.returncode == 0
+    runs = [line.split("--run_name ")[1].split()[0] for line in listed.stdout.splitlines()]
+    assert runs == [f"{act}_lr{lr}_seed{seed}" for seed in (1, 2) for lr in ("1e-3", "3e-4")
+                    for act in ("relu", "gelu", "swiglu_matched")]
+
+
 def tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir) -> list[str]:
     extra = (f"--d_model 32 --d_mlp 48 --n_heads 2 --n_layers 1 --max_length 16 --test_split none "
              f"--tokenizer {tiny_tokenizer_dir} --cache_dir {tmp_path / 'cache'} --log_every 1 --probe_sequences 4")
