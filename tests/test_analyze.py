@@ -136,10 +136,11 @@ def test_output_is_reproducible(results, tmp_path):
     assert first == ((results / "summary.md").read_text(), (results / "summary.csv").read_text())
 
 
-def test_committed_summary_is_regenerated_exactly(tmp_path):
-    results = ROOT / "results" / "wikitext2_local"
+@pytest.mark.parametrize("study", ["wikitext2_local", "wikitext2_local_lr_sweep", "wikitext2_local_study"])
+def test_committed_summary_is_regenerated_exactly(tmp_path, study):
+    results = ROOT / "results" / study
     if not (results / "summary.md").exists():
-        pytest.skip("no committed results")
+        pytest.skip(f"no committed results in results/{study}")
     assert analyze_results.main(["--results_dir", str(results), "--output_dir", str(tmp_path)]) == 0
     for name in ("summary.md", "summary.csv"):
         assert (tmp_path / name).read_text() == (results / name).read_text()
