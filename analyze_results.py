@@ -297,12 +297,11 @@ def markdown_curves(group: list[Run], metric: str) -> str:
         rise = rises[variant]
         spread = "" if math.isnan(rise.ci95) else f" ± {fmt(rise.ci95)}"
         lines.append("| " + " | ".join([variant, *cells, f"{means.loc[variant].idxmin():.3g}", fmt(rise.mean) + spread]) + " |")
-    first, last = means.columns[0], means.columns[-1]
-    swapped = [f"{a} / {b}" for i, a in enumerate(means.index) for b in means.index[i + 1:]
-               if (means.loc[a, first] - means.loc[b, first]) * (means.loc[a, last] - means.loc[b, last]) < 0]
-    lines += ["", f"Between epoch {first:.3g} and epoch {last:.3g}, {len(swapped)} of "
-                  f"{len(means) * (len(means) - 1) // 2} pairs of activations change order"
-                  + (f": {', '.join(swapped)}." if swapped else ".")]
+    crossing = [f"{a} / {b}" for i, a in enumerate(means.index) for b in means.index[i + 1:]
+                if np.sign(means.loc[a] - means.loc[b]).nunique() > 1]
+    lines += ["", f"{len(crossing)} of {len(means) * (len(means) - 1) // 2} pairs of activations change order at "
+                  f"least once between evaluations (their mean curves cross)"
+                  + (f": {', '.join(crossing)}." if crossing else ".")]
     return "\n".join(lines)
 
 

@@ -243,21 +243,24 @@ def row_cells(summary: str, variant: str, after: str) -> list[str]:
 
 
 def test_curve_table_shows_crossings_and_overfitting(tmp_path):
-    # relu is best at epoch 1 and then rises (overfits); gelu starts worse and ends best: the curves cross.
-    curves = {"relu": (5.0, 5.2), "gelu": (5.1, 4.9)}
-    for act, (first, last) in curves.items():
+    # Validation loss at epochs 0.5, 1 and 2. relu is best at epoch 1, then rises (overfits); gelu ends
+    # best; silu crosses relu and crosses back, so comparing only the first and last evaluation misses it.
+    curves = {"relu": (5.3, 5.0, 5.2), "gelu": (5.4, 5.1, 4.9), "silu": (5.35, 4.95, 5.25)}
+    for act, (half, first, last) in curves.items():
         for seed in (1, 2):
             log = synthetic_log(act, seed, last)
+            log["evals"] = [{"step": 5, "epoch": 1, "val_loss": half, "val_ppl": math.exp(half), "val_bpb": half / 3}]
             log["epochs"][0].update(val_loss=first + 0.01 * seed)
             (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
     assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
-    relu = row_cells(summary, "relu", "Validation val_loss at every evaluation")
-    gelu = row_cells(summary, "gelu", "Validation val_loss at every evaluation")
-    assert relu[1:3] == ["5.0150 (1)", "5.2000 (2)"] and gelu[1:3] == ["5.1150 (2)", "4.9000 (1)"]
-    assert relu[3] == "1" and gelu[3] == "2"  # where the mean curve is lowest
-    assert relu[4].startswith("0.1850 ± ") and gelu[4] == "0.0000 ± 0.0000"  # final minus each run's own lowest
-    assert "1 of 1 pairs of activations change order: gelu / relu." in summary
+    relu, gelu, silu = (row_cells(summary, act, "Validation val_loss at every evaluation") for act in curves)
+    assert relu[1:4] == ["5.3000 (1)", "5.0150 (2)", "5.2000 (2)"]
+    assert gelu[1:4] == ["5.4000 (3)", "5.1150 (3)", "4.9000 (1)"]
+    assert relu[4] == "1" and gelu[4] == "2"  # where the mean curve is lowest
+    assert relu[5].startswith("0.1850 ± ") and gelu[5] == "0.0000 ± 0.0000"  # final minus each run's own lowest
+    assert "3 of 3 pairs of activations change order at least once between evaluations (their mean curves " \
+           "cross): gelu / relu, gelu / silu, relu / silu." in summary
 
 
 def test_inside_table_reads_the_last_probe(results):
