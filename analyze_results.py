@@ -187,6 +187,11 @@ def fmt(value: float, digits: int = 4) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def fmt_ci(mean: float, ci95: float, digits: int = 4) -> str:
+    """"mean ± CI", or the mean alone where there is no interval (one seed)."""
+    return fmt(mean, digits) if math.isnan(ci95) else f"{fmt(mean, digits)} ± {fmt(ci95, digits)}"
+
+
 def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     """One row per variant: seeds, metric mean/std/CI, parameters, time, throughput."""
     rows = []
@@ -244,8 +249,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(row, name: str, digits: int = 4) -> str:
-        mean, ci = row.get(f"{name}_mean", math.nan), row.get(f"{name}_ci95", math.nan)
-        return fmt(mean, digits) if math.isnan(ci) else f"{fmt(mean, digits)} ± {fmt(ci, digits)}"
+        return fmt_ci(row.get(f"{name}_mean", math.nan), row.get(f"{name}_ci95", math.nan), digits)
 
     for _, row in table.iterrows():
         cells = [row["variant"], str(row["seeds"]), cell(row, "val_loss"), cell(row, "val_ppl", 1),
@@ -279,24 +283,21 @@ def curve_metric(metric: str) -> str:
 
 def markdown_curves(group: list[Run], metric: str) -> str:
     """The validation metric at every evaluation (mean over seeds, rank in brackets), the pairs of
-    activations whose order differs between the first evaluation and the last (do the curves cross?),
-    and how far each run ended above its own lowest point (overfitting)."""
+    activations whose order changes at any evaluation (do the curves cross?), and how far each run
+    ended above its own lowest point (overfitting)."""
     key = curve_metric(metric)
-    variants = by_variant(group)
-    means = pd.DataFrame({v: pd.concat([validation_curve(r, key) for r in runs], axis=1).mean(axis=1)
-                          for v, runs in variants.items()}).T  # rows: variants; columns: epochs
+    curves = {v: [validation_curve(r, key) for r in runs] for v, runs in by_variant(group).items()}
+    means = pd.DataFrame({v: pd.concat(c, axis=1).mean(axis=1) for v, c in curves.items()}).T  # rows: variants
     ranks = means.rank(axis=0, method="min")
-    rises = {v: summarize([float(c.iloc[-1] - c.min()) for c in (validation_curve(r, key) for r in runs)])
-             for v, runs in variants.items()}
+    rises = {v: summarize([float(c.iloc[-1] - c.min()) for c in cs]) for v, cs in curves.items()}
     header = ["variant"] + [f"epoch {x:.3g}" for x in means.columns] + ["lowest mean at epoch", "final − own lowest"]
     lines = [f"Validation {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
              f"each run's final value minus its lowest, averaged over seeds: above zero, the run ended past its best "
              f"point (overfitting).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in means.index:
         cells = [f"{fmt(means.loc[variant, x])} ({int(ranks.loc[variant, x])})" for x in means.columns]
-        rise = rises[variant]
-        spread = "" if math.isnan(rise.ci95) else f" ± {fmt(rise.ci95)}"
-        lines.append("| " + " | ".join([variant, *cells, f"{means.loc[variant].idxmin():.3g}", fmt(rise.mean) + spread]) + " |")
+        rise = fmt_ci(rises[variant].mean, rises[variant].ci95)
+        lines.append("| " + " | ".join([variant, *cells, f"{means.loc[variant].idxmin():.3g}", rise]) + " |")
     crossing = [f"{a} / {b}" for i, a in enumerate(means.index) for b in means.index[i + 1:]
                 if np.sign(means.loc[a] - means.loc[b]).nunique() > 1]
     lines += ["", f"{len(crossing)} of {len(means) * (len(means) - 1) // 2} pairs of activations change order at "
@@ -615,8 +616,7 @@ def markdown_sweep(family: list[list[Run]], metric: str, baseline: str) -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, row in best.iterrows():
         at = {r["lr"]: r for _, r in table[table["variant"] == variant].iterrows()}
-        spread = "" if math.isnan(row["ci95"]) else f" ± {fmt(row['ci95'])}"
-        cells = [variant, f"{row['lr']:g}", fmt(row["mean"]) + spread, str(int(row["seeds"]))]
+        cells = [variant, f"{row['lr']:g}", fmt_ci(row["mean"], row["ci95"]), str(int(row["seeds"]))]
         cells += [fmt(row["test_loss"])] if has_test else []
         cells += [fmt(at[lr]["mean"]) if lr in at else "n/a" for lr in lrs]
         lines.append("| " + " | ".join(cells) + " |")
