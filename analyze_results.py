@@ -173,14 +173,13 @@ def group_runs(runs: list[Run]) -> list[list[Run]]:
 
 
 def differences(groups: list[list[Run]]) -> list[str]:
-    """For each group, the settings in which it differs from the first group."""
-    first = groups[0][0].settings
-    notes = []
-    for group in groups:
-        s = group[0].settings
-        diff = [f"{k}={s.get(k)!r}" for k in sorted(set(first) | set(s)) if s.get(k) != first.get(k)]
-        notes.append(", ".join(diff) if diff else "reference settings")
-    return notes
+    """For each group, its values of the settings that vary between groups: what tells it apart.
+
+    Every group is named the same way, so no group (say, lr 1e-3 in a sweep) passes for the reference.
+    """
+    settings = [group[0].settings for group in groups]
+    varying = sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1)
+    return [", ".join(f"{k}={s.get(k)!r}" for k in varying) or "all runs" for s in settings]
 
 
 def fmt(value: float, digits: int = 4) -> str:

@@ -115,7 +115,8 @@ def test_different_settings_are_never_pooled(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(synthetic_log("relu", 2, 4.0, lr=1e-3)))
     assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
-    assert "## Group 2" in summary and "train.lr=0.001" in summary
+    assert "## Group 1: train.lr=0.0003\n" in summary  # the first group is named too, not "the reference"
+    assert "## Group 2: train.lr=0.001\n" in summary
 
 
 def test_no_usable_logs_is_exit_2(tmp_path, capsys):
