@@ -165,11 +165,24 @@ def log_paths(args: argparse.Namespace) -> list[Path]:
 # Tables
 
 
+def varying_settings(settings: list[dict]) -> list[str]:
+    """The setting names whose values differ between these groups' settings."""
+    return sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1)
+
+
 def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs with the same settings, pooled; largest group first, then in order of the settings that
+    vary (numbers by value), so a sweep reads lr 1e-4, 3e-4, 1e-3, ... and not in file-name order."""
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         groups[run.group_key].append(run)
-    return sorted(groups.values(), key=len, reverse=True)
+    varying = varying_settings([group[0].settings for group in groups.values()])
+
+    def order(group: list[Run]) -> tuple:
+        values = [group[0].settings.get(k) for k in varying]
+        return -len(group), [(0, v, "") if isinstance(v, (int, float)) else (1, 0, repr(v)) for v in values]
+
+    return sorted(groups.values(), key=order)
 
 
 def differences(groups: list[list[Run]]) -> list[str]:
@@ -178,7 +191,7 @@ def differences(groups: list[list[Run]]) -> list[str]:
     Every group is named the same way, so no group (say, lr 1e-3 in a sweep) passes for the reference.
     """
     settings = [group[0].settings for group in groups]
-    varying = sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1)
+    varying = varying_settings(settings)
     return [", ".join(f"{k}={s.get(k)!r}" for k in varying) or "all runs" for s in settings]
 
 
