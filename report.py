@@ -54,15 +54,15 @@ def count(n: int, noun: str) -> str:
 def what_was_run(runs: list) -> str:
     logs = [r.log for r in runs]
     commits = Counter((log["run"].get("git_commit") or "unknown")[:7] for log in logs)
-    machines = Counter(f"{log['run'].get('cpu') or log['run'].get('platform', 'unknown')}, device "
-                       f"{log['run'].get('device', '?')}, {count(log['run'].get('threads', 0), 'thread')}" for log in logs)
+    machines = Counter(f"{run.get('cpu') or run.get('platform', 'unknown')}, device {run.get('device', '?')}, "
+                       f"{count(run.get('threads', 0), 'thread')}" for run in (log["run"] for log in logs))
     variants = sorted({r.variant for r in runs})
     seeds = sorted({r.seed for r in runs})
     commit_list = ", ".join(f"`{c}` ({count(n, 'run')})" for c, n in commits.most_common())
     machine_list = "; ".join(f"{m} ({count(n, 'run')})" for m, n in machines.most_common())
     return "\n".join([
-        f"- **Runs**: {count(len(runs), 'complete run')} of {count(len(variants), 'variant')} ({', '.join(variants)}), "
-        f"seeds {', '.join(map(str, seeds))}.",
+        f"- **Runs**: {count(len(runs), 'complete run')} of {count(len(variants), 'variant')} "
+        f"({', '.join(variants)}), seeds {', '.join(map(str, seeds))}.",
         f"- **Code**: commit {commit_list}; torch {', '.join(sorted({log['run'].get('torch', '?') for log in logs}))}.",
         f"- **Machine**: {machine_list}.",
         f"- **Example command**: `{' '.join(logs[0]['run'].get('command', []))}`",
