@@ -55,7 +55,8 @@ def what_was_run(runs: list) -> str:
     logs = [r.log for r in runs]
     commits = Counter((log["run"].get("git_commit") or "unknown")[:7] for log in logs)
     machines = Counter(f"{run.get('cpu') or run.get('platform', 'unknown')}, device {run.get('device', '?')}, "
-                       f"{count(run.get('threads', 0), 'thread')}" for run in (log["run"] for log in logs))
+                       f"{count(run['threads'], 'thread') if run.get('threads') else 'threads unknown'}"
+                       for run in (log["run"] for log in logs))
     variants = sorted({r.variant for r in runs})
     seeds = sorted({r.seed for r in runs})
     commit_list = ", ".join(f"`{c}` ({count(n, 'run')})" for c, n in commits.most_common())
