@@ -126,17 +126,21 @@ def load_run(path: Path) -> Run:
 class Loaded:
     finished: list[Run]  # complete runs, each (settings, activation, seed) once
     unfinished: list[Run]  # failed, interrupted or still running: listed, never pooled
+    skipped: list[tuple[Path, str]]  # logs that could not be used, and why: listed too
 
 
 def load_runs(paths: list[Path], strict: bool) -> Loaded:
-    loaded, seen = Loaded([], []), {}
+    loaded, seen = Loaded([], [], []), {}
     for path in paths:
         try:
+            if not path.is_file():  # a FIFO would block the read forever; a folder is no log
+                raise ValueError("not a regular file")
             run = load_run(path)
         except ValueError as err:
             if strict:
                 raise AnalysisError(f"{path}: {err}") from None
             warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            loaded.skipped.append((path, str(err)))
             continue
         if not is_finished(run.log):
             if strict:
@@ -145,8 +149,9 @@ def load_runs(paths: list[Path], strict: bool) -> Loaded:
             continue
         key = (run.group_key, run.variant, run.seed)
         if key in seen:  # a copied or renamed log is the same run, not another seed
-            warnings.warn(f"{path} repeats the run in {seen[key]} (same settings, activation and seed): counted once",
-                          stacklevel=2)
+            reason = f"repeats the run in {seen[key].name} (same settings, activation and seed): counted once"
+            warnings.warn(f"{path} {reason}", stacklevel=2)
+            loaded.skipped.append((path, reason))
             continue
         seen[key] = path
         loaded.finished.append(run)
@@ -661,13 +666,21 @@ def plot_lr_sweep(family: list[list[Run]], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_unfinished(runs: list[Run]) -> str:
-    lines = ["## Failed and unfinished runs", "",
-             "Not in any table or figure above: their numbers would describe a run that did not finish.", "",
-             "| variant | seed | step | status | log |", "|---|---|---|---|---|"]
-    for run in sorted(runs, key=lambda r: (r.variant, r.seed, str(r.path))):
-        lines.append(f"| {run.variant} | {run.seed} | {last_step(run.log)} | {run.log['status']} | {run.path.name} |")
-    return "\n".join(lines)
+NOT_ANALYSED = "Failed and unfinished runs, skipped logs"
+
+
+def markdown_not_analysed(loaded: Loaded) -> str | None:
+    """The runs that did not finish and the logs that could not be used (the section's body), or None."""
+    parts = []
+    if loaded.unfinished:
+        rows = [[run.variant, run.seed, last_step(run.log), run.log["status"], run.path.name]
+                for run in sorted(loaded.unfinished, key=lambda r: (r.variant, r.seed, str(r.path)))]
+        parts.append("Not in any table or figure above: their numbers would describe a run that did not finish.\n\n"
+                     + report.table(["variant", "seed", "step", "status", "log"], rows))
+    if loaded.skipped:
+        parts.append("Logs skipped, not read at all:\n\n"
+                     + report.table(["log", "why"], [[path.name, why] for path, why in loaded.skipped]))
+    return "\n\n".join(parts) or None
 
 
 def describe_group(group: list[Run]) -> str:
@@ -675,7 +688,8 @@ def describe_group(group: list[Run]) -> str:
     data, train = log["data"], {**log["train_config"], "layout": log["data"]["train"]["layout"]}
     return (f"trained on `{data['train']['split']}` ({data['train']['tokens']:,} scored tokens per epoch), "
             f"evaluated on `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
-            f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}; "
+            f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}"
+            f"{' (no test: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
             f"{train['layout']} layout, batch {train['batch_size']}, lr {train['lr']}, "
             f"{log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
             f"preset {log['model_config']['preset']}")
@@ -684,7 +698,7 @@ def describe_group(group: list[Run]) -> str:
 def writable_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / ".write-test", lambda f: None)
+        atomic_write(folder / ".write-test", b"")
         (folder / ".write-test").unlink()
     except (OSError, WriteError) as err:
         raise AnalysisError(f"output folder {folder} is not writable: {getattr(err, 'strerror', None) or err}") from None
@@ -733,15 +747,21 @@ def analyze(args: argparse.Namespace) -> str:
         plot_lr_sweep(family, args.metric, out_dir / name)
         sweeps.append((markdown_sweep(family, args.metric, args.baseline), [(name, FIGURE_GUIDE["lr_sweep"])]))
         md += [sweeps[-1][0], ""]
-    if loaded.unfinished:
-        md += [markdown_unfinished(loaded.unfinished), ""]
-    summary = "\n".join(md)
-    atomic_write(out_dir / "summary.md", lambda f: f.write(summary.encode()))
-    document = report.render(sections, markdown_unfinished(loaded.unfinished) if loaded.unfinished else None, sweeps)
-    atomic_write(out_dir / "report.md", lambda f: f.write(document.encode()))
+    not_analysed = markdown_not_analysed(loaded)
+    if not_analysed:
+        md += [f"## {NOT_ANALYSED}", "", not_analysed, ""]
+    summary = printable("\n".join(md))
+    atomic_write(out_dir / "summary.md", summary.encode())
+    atomic_write(out_dir / "report.md", printable(report.render(sections, NOT_ANALYSED, not_analysed, sweeps)).encode())
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
-    atomic_write(out_dir / "summary.csv", lambda f: f.write(csv.encode()))
+    atomic_write(out_dir / "summary.csv", printable(csv).encode())
     return summary
+
+
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8: a file name that is not valid UTF-8 reaches Python as lone
+    surrogates, which are spelled out (\\udcff) instead of crashing the write."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

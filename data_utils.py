@@ -8,19 +8,25 @@ Two layouts turn a split into fixed-length training sequences:
 In both, a sequence of L tokens is scored on its L - 1 next-token targets: input = tokens[:-1],
 target = tokens[1:], so the first token of each sequence is context only.
 
-Tokenized splits are cached on disk, keyed by tokenizer, text hash, layout and length.
+Tokenized splits are cached on disk (safetensors), keyed by tokenizer, text hash, layout and length; each
+load checks that the file holds what its name claims, and rebuilds it otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from jaxtyping import Int
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from run_log import WriteError, atomic_write
@@ -39,7 +45,7 @@ DATA_DIR_ENV = "WIKITEXT2_DIR"  # a folder with the wiki.*.raw files
 TOKENIZER_ENV = "GPT2_TOKENIZER"  # a hub name or a local tokenizer folder
 CACHE_DIR_ENV = "ACTIVATION_STUDY_CACHE"
 LAYOUTS = ("lines", "packed")
-CACHE_FORMAT = 1  # bump when the cached tensors' meaning changes
+CACHE_FORMAT = 2  # bump when the cached tensors' meaning changes (2: safetensors, checked claims)
 
 
 class DataError(ValueError):
@@ -235,8 +241,71 @@ def default_cache_dir() -> Path:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save, atomically; serialised in memory first, so a full disk is a plain OSError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def warn(message: str) -> None:
+    """One line on stderr for something that costs time but not correctness."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def cache_claims(text: SplitText, tokenizer, layout: str, max_length: int) -> dict[str, str]:
+    """What a cache file of this split must say it holds: checked on every load, so a file copied
+    under another split's name, or written by another tokenizer, is rebuilt rather than trained on."""
+    return {"format": str(CACHE_FORMAT), "tokenizer": tokenizer_fingerprint(tokenizer), "source_sha256": text.sha256,
+            "rows": str(len(text.rows)), "layout": layout, "max_length": str(max_length)}
+
+
+def load_cache(path: Path, claims: dict[str, str], d_vocab: int) -> tuple[Tensor, Tensor, dict] | None:
+    """The cached (tokens, lengths, layout info), or None (with a warning) when the file is missing,
+    unreadable, or holds anything other than what ``claims`` says. safetensors holds only tensors
+    and strings, so reading a hostile file cannot run code."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tokens, lengths = f.get_tensor("tokens"), f.get_tensor("lengths")
+        problem = cache_problem(metadata, claims, tokens, lengths, d_vocab)
+        info = json.loads(metadata.get("info", "null"))
+    except Exception as err:  # SafetensorError, a missing tensor, bad JSON: anything but a valid cache
+        problem = f"unreadable ({type(err).__name__})"
+    if problem is None and not (isinstance(info, dict) and all(isinstance(v, int) for v in info.values())):
+        problem = "its layout info is not a table of counts"
+    if problem is not None:
+        warn(f"ignoring tokenized-data cache {path}: {problem}; rebuilding it")
+        return None
+    return tokens, lengths, info
+
+
+def cache_problem(metadata: dict, claims: dict, tokens: Tensor, lengths: Tensor, d_vocab: int) -> str | None:
+    """Why a cache file's contents are not the split it claims to be, or None."""
+    for key, value in claims.items():
+        if metadata.get(key) != value:
+            return f"{key} is {metadata.get(key)!r}, expected {value!r}"
+    max_length = int(claims["max_length"])
+    if tokens.dtype != torch.int64 or lengths.dtype != torch.int64:
+        return f"dtypes {tokens.dtype}, {lengths.dtype} (expected int64)"
+    if tokens.ndim != 2 or tokens.shape[1] != max_length or lengths.shape != tokens.shape[:1]:
+        return f"shapes {tuple(tokens.shape)} and {tuple(lengths.shape)} do not fit max_length {max_length}"
+    if tokens.numel() and not 0 <= int(tokens.min()) <= int(tokens.max()) < d_vocab:
+        return f"token ids outside [0, {d_vocab})"
+    if lengths.numel() and not 1 <= int(lengths.min()) <= int(lengths.max()) <= max_length:
+        return f"sequence lengths outside [1, {max_length}]"
+    return None
+
+
+def save_cache(path: Path, claims: dict[str, str], tokens: Tensor, lengths: Tensor, info: dict) -> None:
+    """Write the cache; a cache that cannot be written (read-only, full disk) only costs time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, save_safetensors({"tokens": tokens, "lengths": lengths},
+                                            metadata={**claims, "info": json.dumps(info)}))
+    except (OSError, WriteError) as err:
+        warn(f"could not cache tokenized data: {err}")
 
 
 def tokenize_split(
@@ -252,25 +321,20 @@ def tokenize_split(
         raise DataError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
     if max_length < 2:
         raise DataError(f"max_length must be at least 2 (one input, one target), got {max_length}")
-    key = sha256_bytes(
-        f"{CACHE_FORMAT}|{tokenizer_fingerprint(tokenizer)}|{text.sha256}|{layout}|{max_length}".encode()
-    )[:32]
-    cache_file = (cache_dir or default_cache_dir()) / f"{key}.pt"
-    try:
-        cached = torch.load(cache_file, weights_only=True)
-        tokens, lengths, layout_info = cached["tokens"], cached["lengths"], cached["info"]
-    except (FileNotFoundError, RuntimeError, KeyError, EOFError):
+    claims = cache_claims(text, tokenizer, layout, max_length)
+    key = sha256_bytes(json.dumps(claims, sort_keys=True).encode())[:32]
+    cache_file = (cache_dir or default_cache_dir()) / f"{key}.safetensors"
+    cached = load_cache(cache_file, claims, len(tokenizer))
+    if cached is not None:
+        tokens, lengths, layout_info = cached
+    else:
         token_lists = tokenizer(text.rows, add_special_tokens=False)["input_ids"] if text.rows else []
         try:
             tokens, lengths, layout_info = layout_sequences(token_lists, layout, max_length, tokenizer.eos_token_id)
         except DataError as err:
             raise DataError(f"split {text.name!r}: {err}") from None
         layout_info = {**layout_info, "text_tokens": sum(map(len, token_lists))}
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save({"tokens": tokens, "lengths": lengths, "info": layout_info}, cache_file)
-        except (OSError, WriteError) as err:  # a read-only cache folder only costs time
-            warnings.warn(f"could not cache tokenized data in {cache_file.parent}: {err}", stacklevel=2)
+        save_cache(cache_file, claims, tokens, lengths, layout_info)
     split = TokenizedSplit(tokens, lengths)
     scored = split.scored_targets()
     if byte_lengths is None:

@@ -155,8 +155,10 @@ def compute_spent(runs: list) -> str:
             f"the runs took {sum(spans) / 3600:.2f} hours.")
 
 
-def render(sections: list[Section], unfinished: str | None, sweeps: list[tuple[str, list]] = ()) -> str:
-    """The whole report; ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
+def render(sections: list[Section], not_analysed_title: str, not_analysed: str | None,
+           sweeps: list[tuple[str, list]] = ()) -> str:
+    """The whole report; ``not_analysed``: the body of the section on failed runs and skipped logs
+    (None: there are none); ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
     everything = [r for s in sections for r in s.runs]
     md = ["# Activation study report", "",
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
@@ -176,6 +178,6 @@ def render(sections: list[Section], unfinished: str | None, sweeps: list[tuple[s
         md += [sweep, ""]
         for name, how_to_read in figures:
             md += [f"![{name}]({name})", "", how_to_read, ""]
-    md += ["## Failed and unfinished runs", "", unfinished or "None: every run in this folder finished.", "",
+    md += [f"## {not_analysed_title}", "", not_analysed or "None: every log in this folder was read, and every run finished.", "",
            "## Compute", "", compute_spent(everything), ""]
     return "\n".join(md)

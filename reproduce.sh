@@ -3,7 +3,9 @@
 # Every command is safe to run twice or beside another (complete runs are skipped, unfinished ones
 # resume, a lock keeps one writer per run), so rerunning this script continues where it stopped.
 set -euo pipefail
+CALLER_DIR=$PWD
 cd "$(dirname "$0")"
+ROOT=$PWD
 
 usage() {
   cat <<'USAGE'
@@ -13,7 +15,8 @@ Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu
 seed (a study stopped early has every activation at the seeds it finished), with the reference
 study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset, lines layout), then runs
 analyze_results.py. Resumes where it stopped. A run that fails does not
-stop the others: the script goes on, analyses what finished, and exits 1 listing the failures.
+stop the others: the script goes on, analyses what finished, and exits 1 listing the failures, each
+with whether a rerun resumes it. Paths are read relative to the folder you run it from.
 
 Options (environment variable in brackets):
   --data_dir DIR        local WikiText-2 raw files [WIKITEXT2_DIR]; default: the Hugging Face hub
@@ -30,9 +33,11 @@ Options (environment variable in brackets):
   --gated "A B ..."     gated activations, parameter-matched (default "geglu swiglu reglu") [GATED]
   --output_dir DIR      logs and figures (default results)           [OUTPUT_DIR]
   --jobs N              training processes side by side, CPU threads split between them (default 1) [JOBS]
-  --extra "ARGS"        more train_simple.py flags, e.g. "--log_every 5" [EXTRA]
+  --extra "ARGS"        more train_simple.py flags, split at spaces, never glob-expanded,
+                        e.g. "--log_every 5" [EXTRA]
   --list                print the training commands, one per line, and nothing else (for xargs -P,
-                        GNU parallel or a job array); --jobs N sets their --threads to nproc / N
+                        GNU parallel or a job array); each starts with a cd to this repository and
+                        works from any folder; --jobs N sets their --threads to nproc / N
   -h, --help            this help
 
 This repository's study (no hub access: train on test, evaluate on validation):
@@ -68,23 +73,39 @@ while [ $# -gt 0 ]; do
 done
 [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --jobs must be a positive integer" >&2; exit 2; }
 
+from_caller() {  # a path as the caller meant it: relative to the folder the script was run from
+  case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac
+}
+OUTPUT_DIR=$(from_caller "$OUTPUT_DIR")
+[ -n "$DATA_DIR" ] && DATA_DIR=$(from_caller "$DATA_DIR")
+[ -n "$TOKENIZER" ] && [ -e "$CALLER_DIR/$TOKENIZER" ] && TOKENIZER=$(from_caller "$TOKENIZER")  # else a hub name
+for split in TRAIN_SPLIT VAL_SPLIT; do  # a split is a name (train, validation, test) or a text file
+  [ -f "$CALLER_DIR/${!split}" ] && printf -v "$split" '%s' "$(from_caller "${!split}")"
+done
+
 threads=$(( $(nproc) / JOBS )); [ "$threads" -ge 1 ] || threads=1
 common=(--num_epochs "$EPOCHS" --batch_size 8 --train_split "$TRAIN_SPLIT" --val_split "$VAL_SPLIT"
         --evals_per_epoch "$EVALS_PER_EPOCH" --output_dir "$OUTPUT_DIR" --threads "$threads" --resume)
 [ -n "$DATA_DIR" ] && common+=(--data_dir "$DATA_DIR")
 [ -n "$TOKENIZER" ] && common+=(--tokenizer "$TOKENIZER")
 [ -n "$MAX_STEPS" ] && common+=(--max_steps "$MAX_STEPS")
-# shellcheck disable=SC2206
-[ -n "$EXTRA" ] && common+=($EXTRA)
+read -r -a extra_args <<< "$EXTRA"  # split at whitespace; a * or ? stays itself
+common+=("${extra_args[@]}")
 
 # shellcheck disable=SC2206
 lrs=($LRS)
 
-# One complete, shell-quoted command per line: one run each.
+run_name() {  # activation, "--match_params" or "", lr, seed: train_simple.py's own default name
+  local lr_part=""
+  [ "${#lrs[@]}" -gt 1 ] && lr_part="_lr$3"
+  echo "$1${2:+_matched}${lr_part}_seed$4"
+}
+
+# One complete, shell-quoted command per line: one run each, runnable from any folder.
 command_for() {  # activation, "--match_params" or "", lr, seed
-  local name=()
-  [ "${#lrs[@]}" -gt 1 ] && name=(--run_name "$1${2:+_matched}_lr$3_seed$4")
-  printf '%q ' "$PYTHON" train_simple.py --activation "$1" ${2:+"$2"} --lr "$3" --seeds "$4" "${name[@]}" "${common[@]}"
+  printf 'cd %q && ' "$ROOT"
+  printf '%q ' "$PYTHON" train_simple.py --activation "$1" ${2:+"$2"} --lr "$3" --seeds "$4" \
+    --run_name "$(run_name "$@")" "${common[@]}"
   echo
 }
 
@@ -100,14 +121,30 @@ if [ "$LIST" -eq 1 ]; then list_commands; exit 0; fi
 
 failures=$(mktemp)
 trap 'rm -f "$failures"' EXIT
-# xargs runs the next command when one fails; each failure is noted for the closing report.
-list_commands | xargs -d '\n' -P "$JOBS" -n 1 bash -c 'eval "$1" || echo "$1" >> "$0"' "$failures" || true
+# xargs runs the next command when one fails; each failure is noted, with its exit code, for the
+# closing report.
+list_commands | xargs -d '\n' -P "$JOBS" -n 1 bash -c 'eval "$1" || printf "%s\t%s\n" "$?" "$1" >> "$0"' "$failures" \
+  || true
+
+rerun_hint() {  # exit code, command: what rerunning this script will do with that run
+  local name log_status
+  name=$(sed -E 's/.* --run_name ([^ ]+) .*/\1/' <<< "$2")
+  log_status=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["status"])' \
+               "$OUTPUT_DIR/$name.json" 2>/dev/null || true)
+  case "$1:$log_status" in
+    2:*) echo "refused, see its error above: a rerun is refused again until that is fixed" ;;
+    *:"failed: non-finite"*) echo "diverged (non-finite loss): a rerun keeps it failed; its command with --overwrite trains it again" ;;
+    *) echo "${log_status:-no log}: a rerun resumes it" ;;
+  esac
+}
 
 status=0
 "$PYTHON" analyze_results.py --results_dir "$OUTPUT_DIR" || status=$?
 if [ -s "$failures" ]; then
-  echo "error: $(wc -l < "$failures") training command(s) failed (rerun this script to resume them):" >&2
-  sed 's/^/  /' "$failures" >&2
+  echo "error: $(wc -l < "$failures") training command(s) failed:" >&2
+  while IFS=$'\t' read -r code command; do
+    echo "  [$(rerun_hint "$code" "$command")] $command" >&2
+  done < "$failures"
   status=1
 fi
 exit "$status"

@@ -1,16 +1,21 @@
 """The run log: one JSON file per training run, written by train_simple.py, read by analyze_results.py.
 
-This module is the contract between the two scripts and imports nothing heavier than the standard
-library, so the analysis runs without torch. The README documents every key.
+This module is the contract between the two scripts and imports nothing heavier than jsonschema, so
+the analysis runs without torch. The README documents every key; LOG_SCHEMA checks the type of every
+key the analysis reads, so a damaged or hand-edited log is skipped with one line naming its field
+instead of crashing a whole analysis.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+
+import jsonschema
 
 SCHEMA_VERSION = 2
 # Version 1 (logs written before the run lifecycle was made explicit) lacks "progress"; it is still read.
@@ -23,6 +28,69 @@ REQUIRED_KEYS = {
 # Top-level statuses; a failed run's status is "failed: <reason>".
 COMPLETE, RUNNING, INTERRUPTED, FAILED = "complete", "running", "interrupted", "failed"
 NON_FINITE = "non-finite"  # the reason of a run whose loss or gradient stopped being finite
+
+
+def _object(required: dict, optional: dict | None = None) -> dict:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+def _list(items: dict) -> dict:
+    return {"type": "array", "items": items}
+
+
+INT, NUMBER, STRING, BOOL = {"type": "integer"}, {"type": "number"}, {"type": "string"}, {"type": "boolean"}
+OPTIONAL_INT, OPTIONAL_STRING = {"type": ["integer", "null"]}, {"type": ["string", "null"]}
+SPLIT_KEYS = {"split": STRING, "sha256": STRING, "source": STRING, "layout": STRING, "max_length": INT, "rows": INT,
+              "sequences": INT, "tokens": INT, "bytes": INT}
+
+
+def _split(*required: str) -> dict:
+    return _object({k: SPLIT_KEYS[k] for k in required}, SPLIT_KEYS)
+
+
+EVAL_METRICS = _object({"loss": NUMBER, "ppl": NUMBER, "bpb": NUMBER, "bpb_approx": NUMBER})
+# What every log must hold, unfinished ones included: what a run is (variant, seed, settings) and
+# how far it got.
+LOG_SCHEMA = _object({
+    "status": STRING,
+    "run": _object({}, {"command": _list(STRING), "git_commit": OPTIONAL_STRING, "threads": INT, "cpu": STRING,
+                        "platform": STRING, "device": STRING, "torch": STRING, "world_size": INT,
+                        "started": STRING, "ended": OPTIONAL_STRING}),
+    "model_config": _object({"act_fn": STRING, "n_layers": INT, "d_mlp": INT, "d_hidden": INT, "preset": STRING,
+                             "d_model": INT, "n_heads": INT, "d_head": INT, "n_ctx": INT, "d_vocab": INT},
+                            {"match_params": BOOL}),
+    "train_config": _object({"seed": INT, "batch_size": INT, "lr": NUMBER, "num_epochs": INT,
+                             "max_steps": OPTIONAL_INT}, {"weight_decay": NUMBER, "grad_clip": NUMBER}),
+    "params": _object({"total": INT, "non_embedding": INT, "mlp": INT}),
+    "data": _object({"train": _split("split", "layout", "max_length", "sequences", "tokens"),
+                     "val": _split("split", "tokens", "bytes")},
+                    {"test": {"anyOf": [_split("split"), {"type": "null"}]},
+                                                     "test_skipped": OPTIONAL_STRING, "tokenizer": STRING}),
+    "progress": _object({"step": INT}),
+    "steps": _list(_object({"step": INT}, {"loss": NUMBER, "grad_norm": NUMBER})),
+})
+# What the analysis reads of a complete run besides.
+COMPLETE_SCHEMA = _object({
+    "steps": _list(_object({"step": INT, "loss": NUMBER, "grad_norm": NUMBER})),
+    "evals": _list(_object({"step": INT, "val_loss": NUMBER, "val_ppl": NUMBER, "val_bpb": NUMBER},
+                           {"train_flops": NUMBER, "train_seconds": NUMBER})),
+    "epochs": {**_list(_object({"epoch": INT, "steps": INT, "wall_s": NUMBER, "train_tokens": INT, "val_loss": NUMBER,
+                                "val_ppl": NUMBER, "val_bpb": NUMBER},
+                               {"partial": BOOL, "train_flops": NUMBER, "train_seconds": NUMBER})), "minItems": 1},
+    "dynamics": _list(_object({"epoch": INT, "mlp": _list(_object({"active_fraction": NUMBER, "dead_fraction": NUMBER}))},
+                              {"attention": _list(_object({"heads": _list(_object(
+                                  {"entropy": NUMBER, "max_entropy": NUMBER, "prev_token": NUMBER}))}))})),
+    "samples": _list(_object({"prompts": _list(_object({"prompt": STRING, "greedy": STRING, "sampled": STRING}))})),
+    "final": _object({"step": INT, "val": EVAL_METRICS}, {"test": {"anyOf": [EVAL_METRICS, {"type": "null"}]}}),
+}) | {"required": ["steps", "epochs", "dynamics", "final"]}  # version 1 has no evals or samples
+
+
+def schema_problem(log: dict, schema: dict) -> str | None:
+    """The first place where ``log`` breaks ``schema``, as "field $.a.b: reason", or None."""
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(log))
+    if error is None:
+        return None
+    return f"field {error.json_path}: {error.message[:120]}"
 
 
 class WriteError(Exception):
@@ -38,26 +106,44 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: readable by others, unlike mkstemp's 0600
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
 
     A reader (or a run resumed after a crash) sees the old file or the new one, never half of one.
-    On failure the temporary file is removed and the old file is untouched. The folder must exist:
-    one removed under a running job is a fault to report, not to paper over.
+    On failure the temporary file is removed and the old file is untouched. The content comes whole,
+    already serialised, so that every failure is the OS's own error on a plain write (a full disk
+    is ENOSPC here, not an error of some serialiser's internals), and the message can say how much
+    room the file needs. The folder must exist: one removed under a running job is a fault to
+    report, not to paper over.
     """
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        with open(tmp, "wb") as f:  # by name, so that f.name says which file is being written
-            write(f)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except OSError as err:
-        raise WriteError(f"could not write {path}: {err.strerror or err}") from err
-    finally:
-        if tmp is not None and os.path.exists(tmp):
+    except BaseException as err:  # also KeyboardInterrupt: no partial file is ever left behind
+        if tmp is not None and os.path.exists(tmp):  # removed first, so the free space below is true
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise WriteError(f"could not write {path}: {err.strerror or err}{room_needed(err, path, len(data))}") from err
+        raise
+
+
+def room_needed(err: OSError, path: Path, size: int) -> str:
+    """For a full disk, how much the file needs and how much is free (after our partial file is gone)."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return f" (needs {megabytes(size)})"
+    return f" (needs {megabytes(size)}, {megabytes(free)} free)"
+
+
+def megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
 
 
 def remove_stale_temporaries(path: Path) -> None:
@@ -68,7 +154,7 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 def write_log(log: dict, path: Path) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(log, indent=1) + "\n").encode()))
+    atomic_write(path, (json.dumps(log, indent=1) + "\n").encode())
 
 
 def read_log(path: Path) -> dict:
@@ -84,6 +170,11 @@ def read_log(path: Path) -> dict:
     missing = [key for key in REQUIRED_KEYS[log["schema_version"]] if key not in log]
     if missing:
         raise ValueError(f"missing {', '.join(map(repr, missing))}")
+    problem = schema_problem(log, LOG_SCHEMA if log["schema_version"] > 1 else {**LOG_SCHEMA, "required": []})
+    if problem is None and log["status"] == COMPLETE:
+        problem = schema_problem(log, COMPLETE_SCHEMA)
+    if problem is not None:
+        raise ValueError(problem)
     return log
 
 

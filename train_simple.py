@@ -23,9 +23,11 @@ import datetime
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
 
 # What to do with a requested run (see decide()).
 TRAIN, RESUME, SKIP, KEEP_FAILED, REFUSE = "train", "resume", "skip", "keep failed", "refuse"
+MAX_SEED = 2**63 - 1  # a seed is a JSON int64 everywhere it is recorded
 
 
 class UsageError(Exception):
@@ -204,7 +207,20 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
             name = args.run_name if len(runs) == 1 else f"{args.run_name}_{name}"
         train_config = {"activation": activation, "seed": seed, **training, "lr": lr, **fixed}
         specs.append(RunSpec(name, args.output_dir, train_config, model_flags, data))
+    check_distinct_names(specs)
     return specs
+
+
+def check_distinct_names(specs: list[RunSpec]) -> None:
+    """Two requested runs may not share a log: the second would skip or resume the first."""
+    first: dict[str, RunSpec] = {}
+    for spec in specs:
+        if spec.name in first:
+            a, b = first[spec.name].train_config, spec.train_config
+            differ = ", ".join(f"{k} {a[k]!r} and {b[k]!r}" for k in a if a[k] != b[k])
+            raise UsageError(f"two requested runs would both be named {spec.name!r} ({differ}): give values that "
+                             f"differ in their first 7 significant digits, or separate commands with --run_name")
+        first[spec.name] = spec
 
 
 def short_float(value: float) -> str:
@@ -221,8 +237,15 @@ def validate(args: argparse.Namespace) -> None:
     for flag in ("max_steps", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    if min(args.seeds) < 0:
-        raise UsageError(f"--seeds must be non-negative, got {min(args.seeds)}")
+    for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):  # nan passes every comparison below
+        values = getattr(args, flag) if isinstance(getattr(args, flag), list) else [getattr(args, flag)]
+        if not all(map(math.isfinite, values)):
+            raise UsageError(f"--{flag} must be a finite number, got {' '.join(map(str, values))}")
+    for seed in args.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise UsageError(f"--seeds must be in 0..2^63-1, got {seed}")
+    if args.run_name is not None and not plain_file_name(args.run_name):
+        raise UsageError(f"--run_name must be a plain file name (no '/', not '.', '..' or hidden), got {args.run_name!r}")
     if min(args.lr) <= 0 or not 0 <= args.min_lr_ratio <= 1:
         raise UsageError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {args.lr} and {args.min_lr_ratio}")
     for flag in ("weight_decay", "grad_clip", "eval_every", "evals_per_epoch", "warmup_steps"):
@@ -230,13 +253,25 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag} must be non-negative, got {getattr(args, flag)}")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues runs and --overwrite replaces them: choose one")
+    check_writable(args.output_dir / "checkpoints", "output folder")
+    if args.export_hf is not None:
+        check_writable(args.export_hf, "--export_hf folder")
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write a file in it: an unusable folder is found before any training."""
     try:
-        (args.output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = args.output_dir / f".write-test-{os.getpid()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as err:
-        raise UsageError(f"output folder {args.output_dir} is not writable: {err.strerror or err}") from None
+        raise UsageError(f"{what} {folder} is not writable: {err.strerror or err}") from None
+
+
+def plain_file_name(name: str) -> bool:
+    """A name that stays inside the folder it is joined to, and is not one of our hidden temporaries."""
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,24 +311,30 @@ def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str
 def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
     """What to do with one requested run, from its existing log and checkpoint.
 
-    no log (or --overwrite): train | complete, same settings: skip | complete, longer
-    num_epochs/max_steps under --resume: resume | other settings: refuse | failed with a non-finite
-    loss: stays failed | unfinished: resume with --resume (from step 0 if it stopped before its first
-    checkpoint), else refuse.
+    --overwrite: train | no log and no checkpoint: train | a checkpoint whose log is missing or
+    unreadable: resume (rebuilding the log) with --resume, else refuse | complete, same settings: skip |
+    complete, longer num_epochs/max_steps under --resume: resume | other settings: refuse | failed with
+    a non-finite loss: stays failed | unfinished: resume with --resume (from step 0 if it stopped
+    before its first checkpoint), else refuse. Only --overwrite ever deletes a checkpoint.
     """
-    if overwrite or not spec.log_path.exists():
+    if overwrite:
         return Decision(TRAIN)
+    has_checkpoint = spec.ckpt_path.exists()
     try:
-        log = read_log(spec.log_path)
+        log = read_log(spec.log_path) if spec.log_path.exists() else None
     except ValueError as err:
-        return Decision(REFUSE, f"{spec.log_path} is {err}; --overwrite replaces it")
+        if not has_checkpoint:
+            return Decision(REFUSE, f"{spec.log_path} is {err}; --overwrite replaces it")
+        return from_checkpoint_alone(spec, resume, f"its log {spec.log_path} is {err}")
+    if log is None:
+        return from_checkpoint_alone(spec, resume, f"its log {spec.log_path} is missing") if has_checkpoint \
+            else Decision(TRAIN)
     status = log["status"]
     changed, changed_beyond_length = (differing_settings(log, spec, allow_longer) for allow_longer in (False, True))
     if changed_beyond_length or (changed and not resume):
         hint = "" if changed_beyond_length else " (or --resume to train it further)"
         return Decision(REFUSE, f"{spec.log_path} holds a run ({status}) with other settings: {'; '.join(changed)}; "
                                 f"choose another --output_dir or --run_name{hint}")
-    has_checkpoint = spec.ckpt_path.exists()
     if failed_non_finite(log):
         return Decision(KEEP_FAILED, f"{spec.name} {status}; --overwrite trains it again")
     if status == COMPLETE:
@@ -309,6 +350,15 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
     if not has_checkpoint:
         return Decision(TRAIN, f"{spec.name}: starting again from step 0 ({status} before its first checkpoint)")
     return Decision(RESUME, f"{spec.name}: resuming from its checkpoint ({status} at step {last_step(log)})")
+
+
+def from_checkpoint_alone(spec: RunSpec, resume: bool, problem: str) -> Decision:
+    """A checkpoint holds the run's whole history, so a lost or damaged log is rebuilt from it
+    (restore_state checks its settings); without --resume nothing is touched."""
+    if resume:
+        return Decision(RESUME, f"{spec.name}: {problem}; rebuilding it from checkpoint {spec.ckpt_path} and resuming")
+    return Decision(REFUSE, f"{spec.name}: {problem}, but checkpoint {spec.ckpt_path} holds the run: --resume rebuilds "
+                            f"the log from it and continues, --overwrite deletes both and starts again")
 
 
 class RunLocked(Exception):
@@ -346,6 +396,7 @@ class Data:
     byte_lengths: Tensor
     tokenizer: object  # a transformers tokenizer: decodes the text samples
     tokenizer_sha256: str
+    test_skipped: str | None = None  # why no test split is evaluated, when one was asked for
 
     @property
     def vocab_size(self) -> int:
@@ -357,7 +408,8 @@ class Data:
 
     def describe(self, data_flags: dict) -> dict:
         return {**data_flags, "tokenizer": self.tokenizer.name_or_path, "tokenizer_sha256": self.tokenizer_sha256,
-                **{role: split.info if split is not None else None for role, split in self.roles.items()}}
+                **{role: split.info if split is not None else None for role, split in self.roles.items()},
+                "test_skipped": self.test_skipped}
 
     def identity(self) -> dict[str, str | None]:
         """What a checkpoint must have been trained on to be resumed with this data."""
@@ -366,22 +418,34 @@ class Data:
 
 
 def load_data(args: argparse.Namespace) -> Data:
+    """The three splits, tokenized. Splits are the same when their contents are (sha256), whatever
+    their names: a validation split equal to the training data is refused, and such a test split is
+    skipped, with the reason in the log, because its numbers would be training loss."""
     tokenizer = load_tokenizer(args.tokenizer)
     byte_lengths = token_byte_lengths(tokenizer)
-    cache = {}
+    train_text, val_text = load_split_text(args.train_split, args.data_dir), load_split_text(args.val_split, args.data_dir)
+    if val_text.sha256 == train_text.sha256:
+        raise DataError(f"validation split {args.val_split!r} has the same contents as train split {args.train_split!r} "
+                        f"(sha256 {val_text.sha256[:12]}): nothing would be held out")
+    test_text, test_skipped = None, None
+    if args.test_split.lower() != "none":
+        test_text = load_split_text(args.test_split, args.data_dir)
+        same_as = [role for role, text in (("train", train_text), ("validation", val_text)) if text.sha256 == test_text.sha256]
+        if same_as:
+            test_skipped = (f"test split {args.test_split!r} has the same contents as the {same_as[0]} split "
+                            f"(sha256 {test_text.sha256[:12]}), so it is not evaluated")
+            print(f"note: {test_skipped}", file=sys.stderr)
+            test_text = None
 
-    def split(name: str) -> TokenizedSplit:
-        if name not in cache:
-            text = load_split_text(name, args.data_dir)
-            cache[name] = tokenize_split(text, tokenizer, args.layout, args.max_length, byte_lengths, args.cache_dir)
-        return cache[name]
+    def tokenized(text) -> TokenizedSplit:
+        return tokenize_split(text, tokenizer, args.layout, args.max_length, byte_lengths, args.cache_dir)
 
-    test_name = args.test_split
-    has_test = test_name.lower() != "none" and test_name not in (args.train_split, args.val_split)
-    data = Data(split(args.train_split), split(args.val_split), split(test_name) if has_test else None,
-                byte_lengths, tokenizer, tokenizer_fingerprint(tokenizer))
-    if len(data.train) == 0 or data.val.info["tokens"] == 0:
-        raise DataError("the train or validation split has no scored tokens")
+    data = Data(tokenized(train_text), tokenized(val_text), tokenized(test_text) if test_text else None,
+                byte_lengths, tokenizer, tokenizer_fingerprint(tokenizer), test_skipped)
+    for role, split in (("train", data.train), ("validation", data.val)):
+        if split.info["tokens"] == 0:
+            raise DataError(f"the {role} split {split.info['split']!r} has no scored tokens (every sequence is a "
+                            f"single token)")
     return data
 
 
@@ -488,13 +552,18 @@ class StopSignal:
         return 128 + (self.signum or signal.SIGINT)
 
 
-def git_commit() -> str | None:
+def git_state() -> dict:
+    """The commit this code is at, and whether tracked files differ from it (``git_dirty``); None
+    outside a git checkout. Untracked files (logs, results) do not make a tree dirty."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                              timeout=10, check=True).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or None
+        commit = git("rev-parse", "HEAD") or None
+        return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.SubprocessError):
-        return None
+        return {"git_commit": None, "git_dirty": None}
 
 
 def now() -> str:
@@ -535,6 +604,7 @@ class History:
     """Everything the run has measured so far, and when it started and resumed."""
 
     started: str = field(default_factory=now)
+    git: dict = field(default_factory=dict)  # git_commit, git_dirty of the first segment (resumed: the later ones)
     resumed: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     evals: list = field(default_factory=list)
@@ -575,7 +645,8 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         forward = nn.parallel.DistributedDataParallel(forward)
     if spec.train_config["compile"]:
         forward = torch.compile(forward)
-    return TrainingState(model, optimizer, forward, Progress(), History())
+    return TrainingState(model, optimizer, forward, Progress(),
+                         History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")}))
 
 
 def save_checkpoint(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
@@ -615,7 +686,8 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         state.history.epochs = [e for e in state.history.epochs if not e["partial"]]
         state.history.dynamics = [d for d in state.history.dynamics if not d["partial"]]
         state.history.samples = [d for d in state.history.samples if not d["partial"]]
-    state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"]})
+    state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"],
+                                  "git_commit": rt.facts["git_commit"], "git_dirty": rt.facts["git_dirty"]})
     return state
 
 
@@ -625,7 +697,7 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
     return {
         "schema_version": SCHEMA_VERSION,
         "status": status,
-        "run": {"name": spec.name, **rt.facts, "threads": torch.get_num_threads(), "flags": rt.flags,
+        "run": {"name": spec.name, **rt.facts, **h.git, "threads": torch.get_num_threads(), "flags": rt.flags,
                 "started": h.started, "ended": None if status == RUNNING else now(), "resumed": h.resumed},
         "model_config": {**state.model.cfg.to_dict(), "training_flops_per_token": training_flops_per_token(state.model.cfg)},
         "train_config": spec.train_config,
@@ -879,20 +951,67 @@ def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
 # Export
 
 
+class ExportError(Exception):
+    """A complete run could not be exported; the run itself is fine."""
+
+
+EXPORTED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def export_folder(spec: RunSpec, args: argparse.Namespace) -> Path:
+    return args.export_hf / spec.name
+
+
+def check_export_targets(specs: list[RunSpec], args: argparse.Namespace) -> None:
+    """Every run's export folder must be a folder (or not exist yet): found before any training."""
+    for spec in specs:
+        folder = export_folder(spec, args)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--export_hf: {folder} exists and is not a folder")
+
+
 def export_hf(spec: RunSpec, args: argparse.Namespace) -> Path:
     """Save a complete run's final weights (its last checkpoint) as a Hugging Face GPT-2, with the
-    tokenizer, so that AutoModelForCausalLM / AutoTokenizer.from_pretrained(folder) load it."""
+    tokenizer, so that AutoModelForCausalLM / AutoTokenizer.from_pretrained(folder) load it; then
+    check that the files are there (save_pretrained only logs some failures)."""
+    folder = export_folder(spec, args)
     try:
         ckpt = torch.load(spec.ckpt_path, map_location="cpu", weights_only=True)
+        model = Transformer(spec.model_config(ckpt["model"]["embed.W_E"].shape[0]))
+        model.load_state_dict(ckpt["model"])
     except Exception as err:
-        raise UsageError(f"--export_hf: cannot read checkpoint {spec.ckpt_path} ({type(err).__name__})") from None
-    model = Transformer(spec.model_config(ckpt["model"]["embed.W_E"].shape[0]))
-    model.load_state_dict(ckpt["model"])
-    folder = args.export_hf / spec.name
-    to_hf_gpt2(model).save_pretrained(folder)
-    load_tokenizer(args.tokenizer).save_pretrained(folder)
+        raise ExportError(f"--export_hf: cannot read checkpoint {spec.ckpt_path} ({type(err).__name__})") from None
+    staging = None
+    try:  # written beside, checked, then renamed: a failed export leaves no half-written folder
+        staging = Path(tempfile.mkdtemp(dir=args.export_hf, prefix=f".{spec.name}.", suffix=".tmp"))
+        to_hf_gpt2(model).save_pretrained(staging)
+        load_tokenizer(args.tokenizer).save_pretrained(staging)
+        missing = [name for name in EXPORTED_FILES if not (staging / name).is_file()]
+        if missing:
+            raise ExportError(f"--export_hf: the export to {folder} wrote no {', '.join(missing)}")
+        if folder.is_dir():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    except ExportError:
+        raise
+    except Exception as err:  # OSError, or safetensors' own error for a full disk
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:160] or type(err).__name__
+        raise ExportError(f"--export_hf: could not write {folder}: {reason}") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"{spec.name}: exported for Hugging Face to {folder}", file=sys.stderr)
     return folder
+
+
+def try_export(spec: RunSpec, args: argparse.Namespace) -> int:
+    """Export one complete run; 1 (reported in one line) if it failed, so the other runs go on."""
+    try:
+        export_hf(spec, args)
+    except ExportError as err:
+        print(f"error: {spec.name}: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -923,7 +1042,7 @@ def cpu_model() -> str:
 
 def run_facts(command: list[str], device: torch.device, ddp: Distributed) -> dict:
     """What a log records about where and how it ran (threads are read when the log is written)."""
-    return {"command": command, "git_commit": git_commit(), "python": platform.python_version(),
+    return {"command": command, **git_state(), "python": platform.python_version(),
             "torch": torch.__version__, "transformers": __import__("transformers").__version__,
             "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "device": str(device), "allocator": keep_freed_memory(), "world_size": ddp.world}
@@ -940,7 +1059,7 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
     remove_stale_temporaries(spec.log_path)
     remove_stale_temporaries(spec.ckpt_path)
     if decision.action == TRAIN and rt.ddp.main:
-        spec.ckpt_path.unlink(missing_ok=True)  # --overwrite, or a restart: no old weights beside the new log
+        spec.ckpt_path.unlink(missing_ok=True)  # only --overwrite trains beside a checkpoint (see decide)
     state = restore_state(spec, data, rt) if decision.action == RESUME else fresh_state(spec, data, rt)
     try:
         status = train(spec, state, data, rt)
@@ -985,6 +1104,8 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
         args.loss = args.loss or default_loss(device)
         specs = run_specs(parser, args)
         check_models(specs, args.export_hf is not None)
+        if args.export_hf is not None:
+            check_export_targets(specs, args)
         if args.threads:
             torch.set_num_threads(args.threads)
         ddp = setup_distributed(device)
@@ -1007,7 +1128,7 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
                 report(decision, ddp)
                 failed += decision.action == KEEP_FAILED
             if decision.action == SKIP and args.export_hf and ddp.main:
-                export_hf(spec, args)
+                failed += try_export(spec, args)
         todo = [spec for spec, d in plan if d.action in (TRAIN, RESUME)]
         if not todo:
             return 1 if failed else 0
@@ -1029,7 +1150,7 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             if code > 1:
                 return code
             if code == 0 and args.export_hf and ddp.main:
-                export_hf(spec, args)
+                failed += try_export(spec, args)
             failed += code
         return 1 if failed else 0
     except (UsageError, DataError, RunLocked) as err:

@@ -4,6 +4,7 @@ network), and small text corpora with multibyte characters."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,47 @@ def corpus_dir(tmp_path_factory) -> Path:
     (folder / "train.txt").write_text("".join(CORPUS_LINES * 6), encoding="utf-8")
     (folder / "valid.txt").write_text("".join(CORPUS_LINES[::-1] * 2), encoding="utf-8")
     return folder
+
+
+class Tmpfs:
+    """A small tmpfs: a real filesystem that really fills up (ENOSPC from the kernel, not from a mock)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def resize(self, size_bytes: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size_bytes}", str(self.folder)], check=True)
+
+    def read_only(self) -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(self.folder)], check=True)
+
+    def fill(self, leave_bytes: int = 0) -> None:
+        """Take up the free space but ``leave_bytes`` with a filler file."""
+        free = os.statvfs(self.folder).f_bavail * os.statvfs(self.folder).f_frsize
+        with open(self.folder / "filler", "ab") as f:
+            f.write(b"\0" * max(free - leave_bytes, 0))
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount tmpfs folders of a given size (root only: skipped, with the reason, elsewhere)."""
+    mounted = []
+
+    def mount(size_bytes: int) -> Tmpfs:
+        if os.geteuid() != 0:
+            pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root")
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(folder)
+        return Tmpfs(folder)
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 needs_shared_data = pytest.mark.skipif(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import matplotlib.image as mpimg
 import pytest
@@ -273,3 +276,66 @@ def test_inside_table_reads_the_last_probe(results):
     # (1.3 - 0.2 h + 0.05 seed) / 2 -> mean over heads and seeds 1-3: 0.65; previous token: 0.2 + 0.1 h, top 0.3
     assert relu[1:5] == ["0.400", "0.020", "0.650", "0.300"]
     assert relu[5:9] == ["0.410", "0.020", "0.650", "0.300"]
+
+
+# One field each, removed or given the wrong type: what a damaged or hand-edited log looks like.
+MUTATIONS = [
+    ("status", "delete"), ("run", "wrong type"), ("model_config", "act_fn", "wrong type"),
+    ("model_config", "n_layers", "delete"), ("model_config", "d_hidden", "wrong type"),
+    ("train_config", "seed", "wrong type"), ("train_config", "lr", "delete"), ("train_config", "batch_size", "wrong type"),
+    ("params", "mlp", "delete"), ("data", "train", "sequences", "wrong type"), ("data", "val", "bytes", "delete"),
+    ("progress", "step", "wrong type"), ("steps", 0, "loss", "wrong type"), ("epochs", "delete"),
+    ("epochs", 0, "wall_s", "wrong type"), ("dynamics", 0, "mlp", "wrong type"),
+    ("dynamics", 1, "attention", 0, "heads", 1, "entropy", "delete"), ("samples", 1, "prompts", 0, "greedy", "wrong type"),
+    ("final", "val", "loss", "wrong type"), ("final", "step", "delete"), ("run", "command", "wrong type"),
+]
+
+
+def mutated(log: dict, mutation: tuple) -> dict:
+    *path, how = mutation
+    parent = log
+    for key in path[:-1]:
+        parent = parent[key]
+    if how == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = 7 if isinstance(parent.get(path[-1]) if isinstance(parent, dict) else parent[path[-1]], str) else "x"
+    return log
+
+
+def release_readers(fifo) -> None:
+    """Open the FIFO for writing whenever someone reads it, so that a regression fails instead of hanging."""
+    while fifo.exists():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nobody reads it
+        except OSError:
+            pass
+        time.sleep(0.1)
+
+
+def test_a_damaged_log_is_skipped_with_one_line_naming_its_field_and_listed_in_the_reports(results, capsys):
+    names = []
+    for i, mutation in enumerate(MUTATIONS):
+        names.append(f"mutated_{i}.json")
+        (results / names[-1]).write_text(json.dumps(mutated(synthetic_log("relu", 100 + i, 5.0), mutation)))
+    os.mkfifo(results / "fifo.json")  # reading it blocks until a writer comes: see release_readers
+    release = threading.Thread(target=release_readers, args=(results / "fifo.json",), daemon=True)
+    release.start()
+    undecodable = os.fsencode(results) + b"/running_\xff.json"  # a name that is not UTF-8
+    with open(undecodable, "w") as f:
+        json.dump({**synthetic_log("relu", 99, 5.0), "status": "interrupted", "final": None}, f)
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    for name, mutation in zip(names, MUTATIONS):
+        [line] = [w for w in warnings if f"/{name}:" in w]
+        field = str(mutation[-2])
+        assert line.startswith("warning: skipping") and field in line, line
+    assert any("fifo.json: not a regular file" in w for w in warnings)
+    table = __import__("pandas").read_csv(results / "summary.csv").set_index("variant")
+    assert table.loc["relu", "seeds"] == 3  # none of the damaged logs was pooled
+    for document in ("summary.md", "report.md"):
+        text = (results / document).read_text()
+        assert text.count("Failed and unfinished runs") == 1
+        section = text.split("Failed and unfinished runs")[1]
+        assert all(name in section for name in [*names, "fifo.json", "broken.json", "running_\\udcff.json"]), document
+    assert "every log in this folder was read" not in (results / "report.md").read_text()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_safetensors
 
 import data_utils
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, needs_shared_data
@@ -83,9 +85,72 @@ def test_packed_layout_drops_only_the_final_partial_block(corpus_text, tiny_toke
 
 def test_cache_returns_identical_data(corpus_text, tiny_tokenizer, tmp_path):
     first = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
     second = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
     assert torch.equal(first.tokens, second.tokens) and first.info == second.info
+
+
+def other_text(corpus_dir) -> data_utils.SplitText:
+    return load_split_text(str(corpus_dir / "valid.txt"))
+
+
+def test_a_cache_file_copied_under_another_splits_name_is_rebuilt(corpus_text, corpus_dir, tiny_tokenizer, tmp_path,
+                                                                   capsys):
+    fresh = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    [mine] = tmp_path.glob("*.safetensors")
+    tokenize_split(other_text(corpus_dir), tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    [theirs] = set(tmp_path.glob("*.safetensors")) - {mine}
+    mine.write_bytes(theirs.read_bytes())  # same shapes and token range, other text
+    capsys.readouterr()
+    again = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    assert torch.equal(again.tokens, fresh.tokens) and again.info == fresh.info
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: ignoring tokenized-data cache {mine}: source_sha256")
+
+
+class Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("content", ["pickle", "json list", "ids out of range", "truncated"])
+def test_hostile_cache_contents_are_rebuilt_in_one_line(corpus_text, tiny_tokenizer, tmp_path, capsys, content):
+    fresh = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path / "cache")
+    [path] = (tmp_path / "cache").glob("*.safetensors")
+    marker = tmp_path / "executed"
+    if content == "pickle":
+        torch.save({"tokens": fresh.tokens, "payload": Evil(marker)}, path)
+    elif content == "json list":
+        path.write_text("[1, 2, 3]")
+    elif content == "ids out of range":  # claims intact, one token id the vocabulary does not have
+        with safe_open(path, framework="pt") as f:
+            metadata, lengths = f.metadata(), f.get_tensor("lengths")
+        tokens = fresh.tokens.clone()
+        tokens[0, 0] = len(tiny_tokenizer) + 5
+        path.write_bytes(save_safetensors({"tokens": tokens, "lengths": lengths}, metadata=metadata))
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    capsys.readouterr()
+    again = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.tokens, fresh.tokens) and not marker.exists()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: ignoring tokenized-data cache {path}")
+    with safe_open(path, framework="pt") as f:  # and the rebuilt cache is good again
+        assert torch.equal(f.get_tensor("tokens"), fresh.tokens)
+
+
+def test_a_cache_on_a_full_disk_only_costs_time(corpus_text, tiny_tokenizer, tmp_path, tmpfs, capsys):
+    disk = tmpfs(256 * 1024)
+    disk.fill()
+    split = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=disk.folder / "cache")
+    expected = tokenize_split(corpus_text, tiny_tokenizer, "lines", 8, cache_dir=tmp_path)
+    assert torch.equal(split.tokens, expected.tokens) and split.info == expected.info
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: could not cache tokenized data: could not write")
+    assert "No space left on device" in line and not list((disk.folder / "cache").glob("*"))
 
 
 def test_missing_file_names_file_and_folder(tmp_path):

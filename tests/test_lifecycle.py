@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import filelock
 import pytest
 import torch
 
+import analyze_results
 import train_simple
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 
@@ -75,53 +77,71 @@ def test_logs_and_checkpoints_are_readable_by_others(tiny_argv, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
-@pytest.mark.parametrize("fault", ["disk full", "folder removed"])
-def test_a_failed_write_stops_the_run_in_one_line_and_loses_nothing(tiny_argv, tmp_path, monkeypatch, capsys, fault):
+SEED_SIZE = ("--d_model", "256", "--d_mlp", "1024", "--n_heads", "4", "--n_layers", "2")  # the study's model
+
+
+def seed_size_argv(tiny_argv, out: Path, *extra: str) -> list[str]:
+    argv = tiny_argv(out, *extra)
+    for flag, value in zip(SEED_SIZE[::2], SEED_SIZE[1::2]):
+        argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def checkpoint_size(tiny_argv, tmp_path) -> int:
+    assert train_simple.main(seed_size_argv(tiny_argv, tmp_path / "sizing", "--max_steps", "1")) == 0
+    return paths(tmp_path / "sizing")[1].stat().st_size
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_with_room(tiny_argv, tmp_path, tmpfs, capsys):
+    size = checkpoint_size(tiny_argv, tmp_path)
+    disk = tmpfs(int(1.5 * size) + 2_000_000)  # the first checkpoint and the logs fit, a second copy does not
+    log_path, ckpt_path = paths(disk.folder)
+    capsys.readouterr()
+    assert train_simple.main(seed_size_argv(tiny_argv, disk.folder)) == 1
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {RUN}: could not write {ckpt_path}: No space left on device (needs ")
+    assert f"needs {size / 1e6:.1f} MB," in line and " MB free)" in line
+    log = read_log(log_path)
+    assert log["status"] == f"failed: {line.split(': ', 2)[2]}"
+    assert torch.load(ckpt_path, weights_only=True)["progress"]["step"] == 3  # the previous one, intact
+    assert not list(disk.folder.rglob("*.tmp"))
+    disk.resize(4 * size + 2_000_000)
+    assert train_simple.main(seed_size_argv(tiny_argv, disk.folder, "--resume")) == 0
+    log = read_log(log_path)
+    assert log["status"] == "complete" and [r["at_step"] for r in log["run"]["resumed"]] == [3]
+
+
+def test_a_folder_removed_under_a_run_stops_it_in_one_line(tiny_argv, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     log_path, ckpt_path = paths(out)
-    real_save, calls = torch.save, []
+    real_save, calls = train_simple.save_checkpoint, []
 
-    def failing_save(obj, f, *args, **kwargs):
-        calls.append(f.name)
-        if len([name for name in calls if f".{RUN}.pt." in name]) == 2:  # the second checkpoint fails
-            if fault == "disk full":
-                f.write(b"part of a checkpoint")
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
-        return real_save(obj, f, *args, **kwargs)
+    def remove_folder_before_the_second(*args):  # the fault is real: the OS answers ENOENT
+        calls.append(1)
+        if len(calls) == 2:
+            shutil.rmtree(ckpt_path.parent)
+        return real_save(*args)
 
-    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(train_simple, "save_checkpoint", remove_folder_before_the_second)
     assert train_simple.main(tiny_argv()) == 1
     [line] = error_lines(capsys.readouterr().err)
-    reason = os.strerror(errno.ENOSPC if fault == "disk full" else errno.ENOENT)
-    assert line == f"error: {RUN}: could not write {ckpt_path}: {reason}"
-    log = read_log(log_path)
-    assert log["status"] == f"failed: could not write {ckpt_path}: {reason}"
-    assert torch.load(ckpt_path, weights_only=True)["progress"]["step"] == 3  # the previous one, intact
-    assert not list(out.rglob("*.tmp"))
+    assert line == f"error: {RUN}: could not write {ckpt_path}: No such file or directory"
+    assert read_log(log_path)["status"] == f"failed: could not write {ckpt_path}: No such file or directory"
 
 
-def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tiny_argv, tmp_path, monkeypatch, capsys):
-    log_path, ckpt_path = paths(tmp_path / "out")
-
-    real_save = torch.save
-
-    def full_disk(obj, f, *args, **kwargs):
-        if f".{RUN}.pt." in f.name:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    assert train_simple.main(tiny_argv()) == 1
-    monkeypatch.undo()
+def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tiny_argv, tmp_path, tmpfs, capsys):
+    size = checkpoint_size(tiny_argv, tmp_path)
+    disk = tmpfs(size // 2 + 2_000_000)  # the logs fit, no checkpoint does
+    log_path, ckpt_path = paths(disk.folder)
+    assert train_simple.main(seed_size_argv(tiny_argv, disk.folder)) == 1
     assert read_log(log_path)["status"].startswith("failed: could not write") and not ckpt_path.exists()
     err = capsys.readouterr().err
     assert "checkpoint" not in err.replace(str(ckpt_path), "")  # names no checkpoint that does not exist
-
-    assert train_simple.main(tiny_argv()) == 2  # unfinished: only with --resume
+    disk.resize(4 * size + 2_000_000)
+    assert train_simple.main(seed_size_argv(tiny_argv, disk.folder)) == 2  # unfinished: only with --resume
     [line] = error_lines(capsys.readouterr().err)
     assert "--resume" in line and "--overwrite" in line
-    assert train_simple.main(tiny_argv(None, "--resume")) == 0
+    assert train_simple.main(seed_size_argv(tiny_argv, disk.folder, "--resume")) == 0
     assert "starting again from step 0" in capsys.readouterr().err
     assert read_log(log_path)["status"] == "complete"
 
@@ -276,14 +296,6 @@ def test_packed_split_shorter_than_one_block_is_one_line_and_exit_2(tiny_argv, t
 
 
 @pytest.mark.slow
-def test_negative_seed_is_one_line_and_exit_2(tiny_argv):
-    argv = tiny_argv()
-    argv[argv.index("--seeds") + 1] = "-1"
-    result = run_cli(argv)
-    assert result.returncode == 2 and error_lines(result.stderr) == ["error: --seeds must be non-negative, got -1"]
-
-
-@pytest.mark.slow
 def test_two_runs_with_the_default_threads_give_identical_logs(tiny_argv, tmp_path):
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: PyTorch's default is one thread, which was always reproducible")
@@ -321,3 +333,176 @@ def test_every_flag_that_can_change_a_result_is_recorded_in_the_log(tiny_argv, t
                 assert action.dest in log[sections[group.title]], action.dest
             elif action.dest not in ("help", "activation", "seeds", "resume", "overwrite"):
                 assert action.dest in log["run"]["flags"], action.dest
+
+
+# ---------------------------------------------------------------------------------------------
+# A checkpoint is never deleted unasked: a lost or damaged log is rebuilt from it
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_lost_log_is_rebuilt_from_the_checkpoint_never_deleted(tiny_argv, tmp_path, capsys, damage):
+    out = tmp_path / "out"
+    log_path, ckpt_path = paths(out)
+    assert train_simple.main(tiny_argv(out, "--max_steps", "4")) == 0
+    if damage == "missing":
+        log_path.unlink()
+    else:
+        log_path.write_text(log_path.read_text()[:500])
+    checkpoint = ckpt_path.read_bytes()
+    capsys.readouterr()
+    for extra in ((), ("--overwrite", "--resume")):  # refused: nothing is touched
+        assert train_simple.main(tiny_argv(out, "--max_steps", "6", *extra)) == 2
+        assert ckpt_path.read_bytes() == checkpoint
+    [line, _] = error_lines(capsys.readouterr().err)
+    assert str(ckpt_path) in line and "--resume rebuilds the log" in line
+    assert train_simple.main(tiny_argv(out, "--max_steps", "6", "--resume")) == 0
+    assert [r["at_step"] for r in read_log(log_path)["run"]["resumed"]] == [4]  # from the checkpoint, not step 0
+    assert train_simple.main(tiny_argv(tmp_path / "whole", "--max_steps", "6")) == 0
+    assert_same_run(tmp_path / "whole", out)
+
+
+# ---------------------------------------------------------------------------------------------
+# --export_hf: the target is checked before any training, and the export after it
+
+
+def export_argv(tiny_argv, target: Path, *extra: str) -> list[str]:
+    argv = tiny_argv(None, "--preset", "gpt2", "--max_steps", "2", "--export_hf", str(target), *extra)
+    argv[argv.index("--seeds") + 1 : argv.index("--seeds") + 2] = ["3", "4"]
+    return argv
+
+
+@pytest.mark.parametrize("target", ["a file", "a file where the run's folder goes", "a read-only disk"])
+def test_an_unusable_export_target_is_refused_before_training(tiny_argv, tmp_path, tmpfs, capsys, target):
+    if target == "a file":
+        export = tmp_path / "hf"
+        export.write_text("not a folder")
+    elif target == "a file where the run's folder goes":
+        export = tmp_path / "hf"
+        export.mkdir()
+        (export / "relu_seed4").write_text("not a folder")
+    else:
+        disk = tmpfs(1_000_000)
+        disk.read_only()
+        export = disk.folder / "hf"
+    assert train_simple.main(export_argv(tiny_argv, export)) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith("error: --export_hf") and str(export) in line
+    assert not list((tmp_path / "out").glob("*.json"))  # nothing trained
+
+
+def test_a_failed_export_is_one_line_leaves_no_half_folder_and_the_other_runs_train(tiny_argv, tmp_path, tmpfs,
+                                                                                  capsys):
+    disk = tmpfs(1_000_000)
+    disk.fill(leave_bytes=64 * 1024)  # room for the small files, not for the weights
+    export = disk.folder / "hf"
+    assert train_simple.main(export_argv(tiny_argv, export)) == 1
+    lines = error_lines(capsys.readouterr().err)
+    assert [line.split(":")[1].strip() for line in lines] == ["relu_seed3", "relu_seed4"]
+    assert all(f"could not write {export}/relu_seed" in line and "No space left" in line for line in lines)
+    assert all(read_log(tmp_path / "out" / f"relu_seed{s}.json")["status"] == "complete" for s in (3, 4))
+    assert list(export.iterdir()) == []  # no folder that looks like an export and is not one
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits are the same when their contents are
+
+
+def test_a_test_split_that_is_the_training_file_under_another_name_is_skipped(tiny_argv, tmp_path, corpus_dir,
+                                                                           capsys):
+    copy = tmp_path / "train_copy.txt"
+    copy.write_bytes((corpus_dir / "train.txt").read_bytes())
+    argv = tiny_argv(None, "--max_steps", "2")
+    argv[argv.index("--test_split") + 1] = str(copy)
+    assert train_simple.main(argv) == 0
+    log = read_log(tmp_path / "out" / f"{RUN}.json")
+    assert "test" not in log["final"] and log["data"]["test"] is None
+    assert "same contents as the train split" in log["data"]["test_skipped"]
+    assert "same contents as the train split" in capsys.readouterr().err
+    assert analyze_results.main(["--results_dir", str(tmp_path / "out")]) == 0
+    for document in ("summary.md", "report.md"):
+        assert "(no test: test split" in (tmp_path / "out" / document).read_text()
+
+
+def test_a_validation_split_that_is_the_training_file_is_refused(tiny_argv, tmp_path, corpus_dir, capsys):
+    argv = tiny_argv(None, "--max_steps", "2")
+    argv[argv.index("--val_split") + 1] = str(corpus_dir / "train.txt")
+    assert train_simple.main(argv) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "same contents as train split" in line and "nothing would be held out" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, exit 2, before any data is loaded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags, message", [
+    (("--lr", "nan"), "--lr must be a finite number"),
+    (("--lr", "inf"), "--lr must be a finite number"),
+    (("--weight_decay", "nan"), "--weight_decay must be a finite number"),
+    (("--grad_clip", "nan"), "--grad_clip must be a finite number"),
+    (("--seeds", str(2**63)), "--seeds must be in 0..2^63-1"),
+    (("--seeds", "-1"), "--seeds must be in 0..2^63-1"),
+    (("--lr", "1e-3", "1.0000001e-3"), "would both be named 'relu_lr1e-3_seed3'"),
+    (("--run_name", "../escaped"), "--run_name must be a plain file name"),
+    (("--run_name", "sub/run"), "--run_name must be a plain file name"),
+    (("--run_name", ".."), "--run_name must be a plain file name"),
+])
+def test_bad_settings_are_one_line_and_exit_2_before_any_data_is_loaded(tiny_argv, tmp_path, flags, message):
+    argv = tiny_argv(None, "--data_dir", "/nonexistent", "--train_split", "train")  # data would fail to load
+    for flag in flags[:1]:
+        if flag in argv:
+            del argv[argv.index(flag) : argv.index(flag) + 2]
+    result = run_cli([*argv, *flags])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = error_lines(result.stderr)
+    assert message in line
+    assert not (tmp_path / "escaped.json").exists()
+
+
+def test_a_train_split_with_no_scored_tokens_is_refused(tiny_argv, tmp_path, capsys):
+    one_token = tmp_path / "one_token.txt"
+    one_token.write_text("x", encoding="utf-8")  # a single token: no next-token target
+    argv = tiny_argv()
+    argv[argv.index("--train_split") + 1] = str(one_token)
+    assert train_simple.main(argv) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert "the train split" in line and "no scored tokens" in line
+    assert not (tmp_path / "out" / f"{RUN}.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance
+
+
+def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"  # a copy of the code in a git repository of its own, so the test can dirty it
+    repo.mkdir()
+    for name in ("train_simple.py", "data_utils.py", "metrics.py", "run_log.py"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "transformer_from_scratch", repo / "transformer_from_scratch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    first = git("rev-parse", "HEAD")
+
+    def train(*extra: str) -> None:
+        result = subprocess.run([sys.executable, str(repo / "train_simple.py"), *tiny_argv(None, *extra)],
+                                capture_output=True, text=True, cwd=repo, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    train("--max_steps", "2")
+    (repo / "metrics.py").write_text((repo / "metrics.py").read_text() + "\n# an uncommitted edit\n")
+    train("--max_steps", "4", "--resume")
+    git("commit", "-qam", "second")
+    train("--max_steps", "6", "--resume")
+    log = read_log(tmp_path / "out" / f"{RUN}.json")
+    assert (log["run"]["git_commit"], log["run"]["git_dirty"]) == (first, False)
+    assert [(r["git_commit"], r["git_dirty"]) for r in log["run"]["resumed"]] == [(first, True),
+                                                                                 (git("rev-parse", "HEAD"), False)]

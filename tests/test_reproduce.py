@@ -70,6 +70,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_listed(tmp_path, corpus_di
     assert result.returncode == 1
     report = result.stderr[result.stderr.index("training command(s) failed"):]
     assert "1 training command(s) failed" in result.stderr and "--activation relu --lr 3e-4 --seeds 1 " in report
+    assert "[refused, see its error above: a rerun is refused again until that is fixed]" in report
     for name in ("relu_seed2", "swiglu_matched_seed1", "swiglu_matched_seed2"):  # the others still trained
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["status"] == "complete"
     assert "relu" in (tmp_path / "results" / "summary.md").read_text()  # and were analysed
@@ -98,3 +99,35 @@ def test_list_runs_under_xargs_and_trains_what_jobs_trains(tmp_path, corpus_dir,
     for name in names:
         assert without_timings(read_log(by_list / name)) == without_timings(read_log(by_jobs / name))
     assert "## Learning-rate sweep" in (by_jobs / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_diverged_run_is_listed_as_one_a_rerun_does_not_retry(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
+    args[args.index("--seeds") + 1] = "1"
+    args += ["--lrs", "1e30"]  # the first step's update overflows every weight
+    result = run_reproduce(args)
+    assert result.returncode == 1
+    report = result.stderr[result.stderr.index("training command(s) failed"):].splitlines()[1:]
+    assert len(report) == 2 and all(line.startswith("  [diverged (non-finite loss): a rerun keeps it failed")
+                                    for line in report)
+
+
+def test_listed_commands_work_from_any_folder_with_paths_as_the_caller_meant(tmp_path, corpus_dir,
+                                                                             tiny_tokenizer_dir):
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    args = tiny_study(tmp_path, corpus_dir, tiny_tokenizer_dir)
+    args[args.index("--output_dir") + 1] = "relative/out"  # relative to the caller's folder
+    listed = subprocess.run(["bash", str(ROOT / "reproduce.sh"), *args, "--ungated", "", "--seeds", "1", "--list"],
+                            capture_output=True, text=True, cwd=caller, env={**os.environ, "PYTHON": sys.executable})
+    [command] = listed.stdout.splitlines()
+    ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd="/", timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert read_log(caller / "relative" / "out" / "swiglu_matched_seed1.json")["status"] == "complete"
+
+
+def test_extra_flags_are_not_glob_expanded():
+    listed = run_reproduce(["--seeds", "1", "--ungated", "relu", "--gated", "", "--list", "--extra", "--run_name *"])
+    [command] = listed.stdout.splitlines()
+    assert command.endswith("--run_name \\* ") and "README.md" not in command
