@@ -85,6 +85,20 @@ def samples_section(runs: list) -> str:
     return "\n".join(parts)
 
 
+def architecture_options(cfg: dict) -> str:
+    """The options that set a model's ends, init and regularisation, in words (logs from before an
+    option existed had its default)."""
+    final_ln = cfg.get("final_ln", cfg["preset"] == "gpt2")
+    dropout = cfg.get("dropout", 0.0)
+    return ", ".join([
+        "tied embedding and unembedding" if cfg.get("tie_embeddings") else "untied embedding and unembedding",
+        "a final LayerNorm" if final_ln else "no final LayerNorm",
+        f"MLP init {cfg.get('mlp_init', 'standard')}" + (" (W_out scaled to relu's output variance)"
+                                                         if cfg.get("mlp_init") == "variance_matched" else ""),
+        f"dropout {dropout}" if dropout else "no dropout",
+    ])
+
+
 def model_card(runs: list) -> str:
     log = runs[0].log
     cfg, train = log["model_config"], log["train_config"]
@@ -96,7 +110,7 @@ def model_card(runs: list) -> str:
         f"- **Architecture**: decoder-only transformer, preset `{cfg['preset']}`: {cfg['n_layers']} pre-LayerNorm "
         f"blocks, d_model {cfg['d_model']}, {cfg['n_heads']} heads of {cfg['d_head']}, MLP width {cfg['d_mlp']} "
         f"(before parameter matching), context {cfg['n_ctx']} tokens, vocabulary {cfg['d_vocab']:,}, {positions} "
-        f"positions, untied embedding and unembedding, no dropout.",
+        f"positions, {architecture_options(cfg)}.",
         f"- **Training**: {train.get('optimizer', 'AdamW')}, lr {train['lr']} ({train.get('lr_schedule', 'constant')}), "
         f"weight decay {train.get('weight_decay')}, batch {train['batch_size']} sequences, gradient clip "
         f"{train.get('grad_clip')}, {log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps "

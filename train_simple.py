@@ -46,6 +46,7 @@ from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_V
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
     canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2, \
     training_flops_per_token
+from transformer_from_scratch.config import MLP_INITS
 from transformer_from_scratch.hf import check_gpt2_expressible
 
 # Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
@@ -62,6 +63,19 @@ OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
 # What to do with a requested run (see decide()).
 TRAIN, RESUME, SKIP, KEEP_FAILED, REFUSE = "train", "resume", "skip", "keep failed", "refuse"
 MAX_SEED = 2**63 - 1  # a seed is a JSON int64 everywhere it is recorded
+
+
+def warmup_setting(text: str) -> int | float:
+    """--warmup_steps: a whole number of steps, or a fraction of the run in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value.is_integer() and value >= 0:
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"give a whole number of steps or a fraction in (0, 1), not {text}")
 
 
 class UsageError(Exception):
@@ -90,10 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdamW peak learning rate(s); several make a sweep: every activation runs with every lr")
     g.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
                    help="constant, or cosine decay to --min_lr_ratio of the peak at the last step")
-    g.add_argument("--warmup_steps", type=int, default=0, help="linear warmup from 0 to the peak over N steps")
+    g.add_argument("--warmup_steps", "--warmup", type=warmup_setting, default=0, metavar="N_OR_FRACTION",
+                   help="linear warmup from 0 to the peak: over N steps, or over a fraction of the run (0.05: "
+                        "its first 5%%), so runs of other lengths keep the schedule's shape")
     g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine: the last step's lr as a fraction of the peak")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    g.add_argument("--weight_decay", nargs="+", type=float, default=[0.01],
+                   help="AdamW weight decay(s); several make a sweep, like --lr")
+    g.add_argument("--grad_clip", type=float, default=1.0,
+                   help="clip the global gradient norm to this (0: off); the log counts the steps clipped")
     g.add_argument("--probe_sequences", type=int, default=64,
                    help="validation sequences used to probe MLP unit activity each epoch")
     g.add_argument("--loss", choices=LOSSES, default=None,
@@ -110,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--match_params", action="store_true",
                    help="shrink gated (GLU) MLPs to 2/3 width so every MLP has the same parameter count")
     g.add_argument("--attn_impl", choices=("einsum", "sdpa"), default="einsum", help="attention kernel")
+    g.add_argument("--final_ln", action=argparse.BooleanOptionalAction, default=None,
+                   help="a LayerNorm before the unembedding (default: the preset's; gpt2 always has one)")
+    g.add_argument("--mlp_init", choices=MLP_INITS, default="standard",
+                   help="variance_matched: scale W_out's init so every activation starts with relu's MLP output "
+                        "variance")
+    g.add_argument("--dropout", type=float, default=0.0,
+                   help="embedding, attention and residual dropout probability (0: none, the study)")
+    g.add_argument("--tie_embeddings", action="store_true",
+                   help="the unembedding is the token embedding's transpose (halves the embedding parameters)")
     g = p.add_argument_group(DATA)
     g.add_argument("--layout", choices=LAYOUTS, default="lines",
                    help="lines: one sequence per line, padded (the study); packed: contiguous blocks")
@@ -195,20 +222,31 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
     """Every requested (activation, seed) run, activations in the order given."""
     training, model, data = (group_flags(parser, args, title) for title in (TRAINING, MODEL, DATA))
     fixed = {"optimizer": OPTIMIZER, "dynamic_padding": True}
-    lrs = list(dict.fromkeys(args.lr))
-    runs = [(a, lr, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for lr in lrs
-            for s in dict.fromkeys(args.seeds)]
+    lrs, decays = list(dict.fromkeys(args.lr)), list(dict.fromkeys(args.weight_decay))
+    runs = [(a, lr, wd, s) for a in dict.fromkeys(map(canonical_activation, args.activation)) for lr in lrs
+            for wd in decays for s in dict.fromkeys(args.seeds)]
     specs = []
-    for activation, lr, seed in runs:
-        model_flags = {**model, "act_fn": activation}
+    for activation, lr, weight_decay, seed in runs:
+        model_flags = resolved_model_flags({**model, "act_fn": activation})
         matched = "_matched" if ACTIVATIONS[activation].gated and args.match_params else ""
-        name = f"{activation}{matched}{f'_lr{short_float(lr)}' if len(lrs) > 1 else ''}_seed{seed}"
+        swept = (f"_lr{short_float(lr)}" if len(lrs) > 1 else "") + (f"_wd{short_float(weight_decay)}" if len(decays) > 1 else "")
+        name = f"{activation}{matched}{swept}_seed{seed}"
         if args.run_name:
             name = args.run_name if len(runs) == 1 else f"{args.run_name}_{name}"
-        train_config = {"activation": activation, "seed": seed, **training, "lr": lr, **fixed}
+        train_config = {"activation": activation, "seed": seed, **training, "lr": lr, "weight_decay": weight_decay, **fixed}
         specs.append(RunSpec(name, args.output_dir, train_config, model_flags, data))
     check_distinct_names(specs)
     return specs
+
+
+def resolved_model_flags(flags: dict) -> dict:
+    """The model flags as TransformerConfig resolves them (an alias to its activation, final_ln None to
+    the preset's choice): what the log's model_config records, so what a later request is compared with."""
+    try:
+        cfg = TransformerConfig(**flags)
+    except ValueError as err:
+        raise UsageError(f"invalid model: {err}") from None
+    return {key: getattr(cfg, key) for key in flags}
 
 
 def check_distinct_names(specs: list[RunSpec]) -> None:
@@ -237,7 +275,7 @@ def validate(args: argparse.Namespace) -> None:
     for flag in ("max_steps", "threads"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):  # nan passes every comparison below
+    for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "dropout"):  # nan passes every comparison below
         values = getattr(args, flag) if isinstance(getattr(args, flag), list) else [getattr(args, flag)]
         if not all(map(math.isfinite, values)):
             raise UsageError(f"--{flag} must be a finite number, got {' '.join(map(str, values))}")
@@ -248,9 +286,12 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--run_name must be a plain file name (no '/', not '.', '..' or hidden), got {args.run_name!r}")
     if min(args.lr) <= 0 or not 0 <= args.min_lr_ratio <= 1:
         raise UsageError(f"--lr must be positive and --min_lr_ratio in [0, 1], got {args.lr} and {args.min_lr_ratio}")
-    for flag in ("weight_decay", "grad_clip", "eval_every", "evals_per_epoch", "warmup_steps"):
-        if getattr(args, flag) < 0:
-            raise UsageError(f"--{flag} must be non-negative, got {getattr(args, flag)}")
+    for flag in ("weight_decay", "grad_clip", "eval_every", "evals_per_epoch", "warmup_steps", "dropout"):
+        value = min(getattr(args, flag)) if flag == "weight_decay" else getattr(args, flag)
+        if value < 0:
+            raise UsageError(f"--{flag} must be non-negative, got {value}")
+    if args.preset == "gpt2" and args.final_ln is False:
+        raise UsageError("--no-final_ln: the gpt2 preset has a final LayerNorm, as GPT-2 does")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues runs and --overwrite replaces them: choose one")
     check_writable(args.output_dir / "checkpoints", "output folder")
@@ -291,6 +332,13 @@ def at_least(requested: int | None, saved) -> bool:
     return (math.inf if requested is None else requested) >= (math.inf if saved is None else saved)
 
 
+def value_before_it_was_recorded(key: str, requested: dict):
+    """What a run logged before ``key`` was a setting did: such a log still matches a request for it."""
+    legacy = {"final_ln": requested.get("preset") == "gpt2", "mlp_init": "standard", "dropout": 0.0,
+              "tie_embeddings": False}
+    return legacy.get(key, "<missing>")
+
+
 def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str]:
     """'key saved (requested ...)' for every setting in which an existing log differs from the request.
 
@@ -301,7 +349,7 @@ def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str
     for section, requested in spec.settings().items():
         saved = log.get(section) or {}
         for key, value in requested.items():
-            old = saved.get(key, "<missing>")
+            old = saved.get(key, value_before_it_was_recorded(key, requested))
             if old == value or (allow_longer and key in LENGTH_SETTINGS and at_least(value, old)):
                 continue
             differ.append(f"{key} {old!r} (requested {value!r})")
@@ -593,6 +641,7 @@ class Progress:
     epoch: int = 1
     batch_in_epoch: int = 0
     epoch_nll: float = 0.0
+    epoch_clipped: int = 0  # steps of this epoch whose gradient norm was clipped
     epoch_tokens: int = 0
     epoch_wall: float = 0.0
     tokens_seen: int = 0  # scored training tokens since step 0
@@ -652,10 +701,26 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
 def save_checkpoint(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
     """Only tensors and plain values, so that resuming loads it with weights_only=True."""
     if rt.ddp.main:
-        progress = {**asdict(state.progress), "epoch_nll": float(state.progress.epoch_nll)}
+        progress = {**asdict(state.progress), "epoch_nll": float(state.progress.epoch_nll),
+                    "epoch_clipped": int(state.progress.epoch_clipped)}
         atomic_save({"format": CHECKPOINT_FORMAT, "settings": spec.settings(), "data": data.identity(),
                      "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                     "progress": progress, "history": asdict(state.history)}, spec.ckpt_path)
+                     "progress": progress, "history": asdict(state.history), "rng": rng_state(rt.device)},
+                    spec.ckpt_path)
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global generators' states: dropout draws from them, so a resumed run must continue them."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_state(states: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
@@ -679,6 +744,8 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.progress = Progress(**ckpt["progress"])
+    if "rng" in ckpt:  # checkpoints before dropout existed have none, and needed none
+        set_rng_state(ckpt["rng"], rt.device)
     state.history = History(**ckpt["history"])
     if not finished(spec, state.progress):
         # A run stopped mid-epoch by --max_steps evaluated that partial epoch; it goes on now, so the
@@ -735,9 +802,11 @@ def total_steps(spec: RunSpec, data: Data) -> int:
     return by_epochs if max_steps is None else min(by_epochs, max_steps)
 
 
-def learning_rate(step: int, peak: float, schedule: str, warmup_steps: int, total: int, min_ratio: float) -> float:
+def learning_rate(step: int, peak: float, schedule: str, warmup: int | float, total: int, min_ratio: float) -> float:
     """The learning rate of optimizer step ``step`` (1-based): linear warmup to ``peak`` over
-    ``warmup_steps``, then constant, or a cosine from the peak down to min_ratio * peak at ``total``."""
+    ``warmup`` steps (a float in (0, 1): that fraction of ``total``, rounded), then constant, or a
+    cosine from the peak down to min_ratio * peak at ``total``."""
+    warmup_steps = round(warmup * total) if isinstance(warmup, float) else warmup
     if step <= warmup_steps:
         return peak * step / warmup_steps
     if schedule == "constant":
@@ -819,6 +888,7 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     h.last_val = {"step": p.step, "metrics": val}
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
+        "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
         "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
         "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"], "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
@@ -891,6 +961,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
             nll, n_tokens, norm, group_norms = train_step(spec, state, data, rt, index, record)
             p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
             p.epoch_nll = p.epoch_nll + nll.double()  # stays on the device: no sync per step
+            p.epoch_clipped = p.epoch_clipped + (norm > cfg["grad_clip"] if cfg["grad_clip"] else 0)
             p.epoch_tokens += n_tokens
             p.tokens_seen += n_tokens
             p.epoch_wall += time.perf_counter() - started
@@ -933,6 +1004,7 @@ def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
             end_epoch(spec, state, data, rt, partial=stopped_by is not None)
         if stopped_by is None:
             p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens, p.epoch_wall = p.epoch + 1, 0, 0.0, 0, 0.0
+            p.epoch_clipped = 0
         save_checkpoint(spec, state, data, rt)
         if stopped_by is not None:
             break

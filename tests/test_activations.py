@@ -18,6 +18,7 @@ REFERENCE = {
     "gelu_tanh": lambda x: 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3))),
     "silu": lambda x: x * torch.sigmoid(x),
     "relu2": lambda x: torch.relu(x) ** 2,
+    "leaky_relu2": lambda x: torch.where(x > 0, x, 0.5 * x) ** 2,
     "glu": torch.sigmoid,
     "bilinear": lambda x: x,
     "reglu": torch.relu,

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from .config import TransformerConfig
+from .dropout import make_dropout
 
 
 class Attention(nn.Module):
@@ -35,6 +36,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(cfg.n_heads, cfg.d_head))
             self.b_O = nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_pattern = nn.Identity()  # attach a forward hook to see (batch, head, query_pos, key_pos)
+        self.pattern_dropout = make_dropout(cfg)
 
     def _project(self, x: Float[Tensor, "batch pos d_model"], name: str) -> Float[Tensor, "batch pos head d_head"]:
         out = einsum("batch pos d_model, head d_model d_head -> batch pos head d_head", x, getattr(self, f"W_{name}"))
@@ -44,7 +46,8 @@ class Attention(nn.Module):
         q, k, v = (self._project(x, name) for name in "QKV")
         if self.cfg.attn_impl == "sdpa" and not self.hook_pattern._forward_hooks:
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                dropout_p=self.cfg.dropout if self.training else 0.0,
             ).transpose(1, 2)
         else:
             z = self._einsum_attention(q, k, v)
@@ -63,6 +66,7 @@ class Attention(nn.Module):
         n_pos = q.shape[1]
         future = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).triu(1)
         pattern = self.hook_pattern(scores.masked_fill(future, float("-inf")).softmax(dim=-1))
+        pattern = self.pattern_dropout(pattern)
         return einsum(
             "batch head query_pos key_pos, batch key_pos head d_head -> batch query_pos head d_head", pattern, v
         )

@@ -8,6 +8,7 @@ from .activations import ACTIVATIONS, canonical_activation
 
 PRESETS = ("seed", "gpt2")
 ATTENTION_IMPLS = ("einsum", "sdpa")
+MLP_INITS = ("standard", "variance_matched")
 
 # Matched gated MLPs are 2/3 as wide, rounded to a multiple of this: a width that vectorises well
 # and, at the reference sizes (d_mlp 1024 -> 680), keeps the MLP parameter count within 1%.
@@ -25,6 +26,11 @@ class TransformerConfig:
     match_params: give gated (GLU) activations 2/3 of d_mlp so their MLP has, within 1%, the
         parameter count of an ungated one (three matrices instead of two).
     attn_impl: "einsum" (from scratch, the default) or "sdpa" (PyTorch's fused kernel, same maths).
+    final_ln: a LayerNorm before the unembedding in the seed preset (None: none); gpt2 always has one.
+    mlp_init: "standard" (the preset's scheme), or "variance_matched": W_out's init scaled per
+        activation so every MLP starts with relu's output variance (see transformer.init_std).
+    dropout: probability for embedding, attention-pattern and residual dropout (0: none, no module).
+    tie_embeddings: the unembedding is the token embedding's transpose (one tensor for both ends).
     """
 
     d_vocab: int = 50257
@@ -38,6 +44,10 @@ class TransformerConfig:
     match_params: bool = False
     attn_impl: str = "einsum"
     layer_norm_eps: float = 1e-5
+    final_ln: bool | None = None
+    mlp_init: str = "standard"
+    dropout: float = 0.0
+    tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
         for field in ("d_vocab", "n_ctx", "d_model", "n_heads", "d_mlp", "n_layers"):
@@ -61,6 +71,12 @@ class TransformerConfig:
             )
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if self.final_ln is None or self.preset == "gpt2":  # GPT-2 has one, always
+            object.__setattr__(self, "final_ln", self.preset == "gpt2" or bool(self.final_ln))
+        if self.mlp_init not in MLP_INITS:
+            raise ValueError(f"unknown mlp_init {self.mlp_init!r}; choose one of {list(MLP_INITS)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
     @property
     def d_head(self) -> int:  # derived, so it can never disagree with d_model and n_heads
@@ -84,10 +100,6 @@ class TransformerConfig:
 
     @property
     def attn_bias(self) -> bool:
-        return self.preset == "gpt2"
-
-    @property
-    def final_ln(self) -> bool:
         return self.preset == "gpt2"
 
     def to_dict(self) -> dict:

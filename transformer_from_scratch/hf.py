@@ -59,8 +59,8 @@ def hf_config_from(cfg: TransformerConfig):
     return GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
         n_layer=cfg.n_layers, activation_function=HF_ACTIVATION_NAMES.get(cfg.act_fn, cfg.act_fn),
-        layer_norm_epsilon=cfg.layer_norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        tie_word_embeddings=False, **dict.fromkeys(("bos_token_id", "eos_token_id"), GPT2_EOS if cfg.d_vocab == 50257 else None),
+        layer_norm_epsilon=cfg.layer_norm_eps, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        tie_word_embeddings=cfg.tie_embeddings, **dict.fromkeys(("bos_token_id", "eos_token_id"), GPT2_EOS if cfg.d_vocab == 50257 else None),
     )
 
 
@@ -101,7 +101,8 @@ def state_dict_to_hf(ours: dict[str, Tensor], cfg: TransformerConfig) -> dict[st
     """Our state dict -> Hugging Face GPT2LMHeadModel's (the inverse of state_dict_from_hf)."""
     d_model, n_heads, d_head = cfg.d_model, cfg.n_heads, cfg.d_head
     out = {name: ours[mine] for mine, name in same_layout_names(cfg).items()}
-    out["lm_head.weight"] = _checked(ours["unembed.W_U"], (d_model, cfg.d_vocab), "W_U").T
+    W_U = ours["embed.W_E"].T if cfg.tie_embeddings else ours["unembed.W_U"]  # tied: one tensor, HF ties it too
+    out["lm_head.weight"] = _checked(W_U, (d_model, cfg.d_vocab), "W_U").T
     for i in range(cfg.n_layers):
         hf_block, block = f"transformer.h.{i}.", f"blocks.{i}."
         per_head = [_checked(ours[block + f"attn.W_{n}"], (n_heads, d_model, d_head), f"{block}W_{n}") for n in "QKV"]

@@ -1,7 +1,9 @@
 """One pre-LayerNorm transformer block:
 
-    x = x + Attention(LN1(x))
-    x = x + MLP(LN2(x))
+    x = x + Dropout(Attention(LN1(x)))
+    x = x + Dropout(MLP(LN2(x)))
+
+(Dropout: none unless cfg.dropout > 0.)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from torch import Tensor, nn
 
 from .attention import Attention
 from .config import TransformerConfig
+from .dropout import make_dropout
 from .layer_norm import LayerNorm
 from .mlp import MLP
 
@@ -22,7 +25,8 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
+        self.resid_dropout = make_dropout(cfg)
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        resid = resid + self.attn(self.ln1(resid))
-        return resid + self.mlp(self.ln2(resid))
+        resid = resid + self.resid_dropout(self.attn(self.ln1(resid)))
+        return resid + self.resid_dropout(self.mlp(self.ln2(resid)))

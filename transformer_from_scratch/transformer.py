@@ -6,12 +6,17 @@ Initialisation (``init_weights``) is part of the experiment, so it is spelled ou
         W_V, W_O ~ N(0, 0.02); LayerNorm weight 1, bias 0.
     preset "gpt2": GPT-2's scheme: every matrix ~ N(0, 0.02), the two residual-writing projections
         (W_O, W_out) scaled by 1/sqrt(2 n_layers), biases zero, LayerNorm weight 1, bias 0.
+    mlp_init "variance_matched": W_out's std is scaled per activation so that the MLP's output
+        variance at init equals that of a relu MLP of width d_mlp under the preset's scheme. The
+        activation then changes the nonlinearity, not the size of the random signal the MLP adds to
+        the residual stream at step 0 (relu2's is 6x relu's under the standard scheme).
 Each parameter draws from its own generator seeded by (seed, parameter name), so for one seed two
 models that differ only in their MLP activation start with identical weights everywhere else.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 
@@ -20,13 +25,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from .activations import second_moment
 from .config import TransformerConfig
+from .dropout import make_dropout
 from .embed import Embed
 from .layer import TransformerBlock
 from .layer_norm import LayerNorm
 from .loss import Workspace, linear_cross_entropy
 from .pos_embed import make_pos_embed
-from .unembed import Unembed
+from .unembed import TiedUnembed, Unembed
 
 IGNORE_INDEX = -100  # target value of positions that carry no loss (padding)
 
@@ -40,19 +47,40 @@ def derived_generator(seed: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{purpose}".encode()))
 
 
+def preset_std(cfg: TransformerConfig, leaf: str, shape: tuple[int, ...]) -> float:
+    """The preset's init std of a weight matrix (``leaf``: its name, e.g. "W_out")."""
+    if cfg.preset == "gpt2":
+        scale = 1 / math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1.0
+        return 0.02 * scale
+    if leaf in ("W_in", "W_gate"):
+        return math.sqrt(2.0 / shape[0])  # Kaiming normal, fan_in = d_model, ReLU gain
+    if leaf == "W_out":
+        return math.sqrt(2.0 / (shape[0] + shape[1]))  # Xavier normal
+    return 0.02
+
+
+@functools.lru_cache(maxsize=None)
+def variance_matched_gain(cfg: TransformerConfig) -> float:
+    """The factor on W_out's std that gives this MLP relu's output variance at init (width d_mlp).
+
+    The MLP reads LayerNorm output (unit variance per token), so a hidden pre-activation is
+    N(0, d_model * std(W_in)^2) and the output variance is d_hidden * E[act(h)^2] * std(W_out)^2.
+    """
+    pre_var = cfg.d_model * preset_std(cfg, "W_in", (cfg.d_model, cfg.d_hidden)) ** 2
+    reference = cfg.d_mlp * second_moment("relu", pre_var) * preset_std(cfg, "W_out", (cfg.d_mlp, cfg.d_model)) ** 2
+    this = cfg.d_hidden * second_moment(cfg.act_fn, pre_var) * preset_std(cfg, "W_out", (cfg.d_hidden, cfg.d_model)) ** 2
+    return math.sqrt(reference / this)
+
+
 def init_std(cfg: TransformerConfig, name: str, param: Tensor) -> float | None:
     """Standard deviation of the normal a parameter is drawn from; None for constant init."""
     leaf = name.rsplit(".", 1)[-1]
     if leaf.startswith("b_") or leaf in ("w", "b"):
         return None  # biases zero, LayerNorm weight one (set by the constructors)
-    if cfg.preset == "gpt2":
-        scale = 1 / math.sqrt(2 * cfg.n_layers) if leaf in ("W_O", "W_out") else 1.0
-        return 0.02 * scale
-    if leaf in ("W_in", "W_gate"):
-        return math.sqrt(2.0 / param.shape[0])  # Kaiming normal, fan_in = d_model, ReLU gain
-    if leaf == "W_out":
-        return math.sqrt(2.0 / (param.shape[0] + param.shape[1]))  # Xavier normal
-    return 0.02
+    std = preset_std(cfg, leaf, tuple(param.shape))
+    if leaf == "W_out" and cfg.mlp_init == "variance_matched":
+        return std * variance_matched_gain(cfg)
+    return std
 
 
 class Transformer(nn.Module):
@@ -61,9 +89,10 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = Embed(cfg)
         self.pos_embed = make_pos_embed(cfg)
+        self.embed_dropout = make_dropout(cfg)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.final_ln else nn.Identity()
-        self.unembed = Unembed(cfg)
+        self.unembed = TiedUnembed(self.embed) if cfg.tie_embeddings else Unembed(cfg)
         self.loss_workspace = Workspace()  # the fused loss's tile buffer, reused from step to step
         self.init_weights(seed)
 
@@ -80,7 +109,7 @@ class Transformer(nn.Module):
         """The residual stream after the last block (and the final LayerNorm, where there is one)."""
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds n_ctx={self.cfg.n_ctx}")
-        resid = self.embed(tokens) + self.pos_embed(tokens)
+        resid = self.embed_dropout(self.embed(tokens) + self.pos_embed(tokens))
         for block in self.blocks:
             resid = block(resid)
         return self.ln_final(resid)
