@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -60,9 +61,11 @@ class SplitText:
     rows: list[str]
     source: str  # "hub:<dataset>/<config>" or the local file's path
     sha256: str
+    articles: str | None = None  # for a half of a split: which of its articles it holds
 
     def describe(self) -> dict:
-        return {"split": self.name, "source": self.source, "sha256": self.sha256, "rows": len(self.rows)}
+        described = {"split": self.name, "source": self.source, "sha256": self.sha256, "rows": len(self.rows)}
+        return {**described, "articles": self.articles} if self.articles else described
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -87,12 +90,36 @@ def checked_text(text: SplitText) -> SplitText:
     return text
 
 
+HALVES = ("A", "B")
+ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = "; sections are " = = Section = = "
+
+
+def article_half(text: SplitText, half: str) -> SplitText:
+    """Half of a split's articles: A the even-numbered ones (0, 2, 4, ...), B the odd ones, so both
+    halves span the whole split and neither shares an article with the other. An article runs from
+    its ``= Title =`` line to the next; rows before the first title belong to the first article."""
+    starts = [i for i, row in enumerate(text.rows) if ARTICLE_TITLE.match(row.rstrip("\n"))]
+    if len(starts) < 2:
+        raise DataError(f"split {text.name!r} has {len(starts)} article title line(s) (' = Title = '); "
+                        f"halving it needs at least two")
+    bounds = [0, *starts[1:], len(text.rows)]
+    articles = [text.rows[a:b] for a, b in zip(bounds, bounds[1:])]
+    parity = HALVES.index(half)
+    rows = [row for i, article in enumerate(articles) if i % 2 == parity for row in article]
+    which = f"{'even' if parity == 0 else 'odd'}-numbered {len(articles[parity::2])} of {len(articles)} articles"
+    return checked_text(SplitText(f"{text.name}:{half}", rows, text.source, sha256_bytes("".join(rows).encode()), which))
+
+
 def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:
-    """A WikiText-2 split by name ("train", "validation", "test") or a plain text file's path.
+    """A WikiText-2 split by name ("train", "validation", "test") or a plain text file's path;
+    ``<split>:A`` and ``<split>:B`` are its two halves by article (see article_half).
 
     data_dir (or $WIKITEXT2_DIR) holds the original wiki.*.raw files; without it the split comes
     from the Hugging Face hub.
     """
+    base, _, half = split.rpartition(":")
+    if base and half in HALVES:
+        return article_half(load_split_text(base, data_dir), half)
     data_dir = data_dir or (Path(os.environ[DATA_DIR_ENV]) if os.environ.get(DATA_DIR_ENV) else None)
     if split not in SPLIT_FILES:
         path = Path(split)

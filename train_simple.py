@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import json
 import math
 import os
 import platform
@@ -38,10 +39,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, load_split_text, load_tokenizer, \
-    token_byte_lengths, tokenize_split, tokenizer_fingerprint
+from baselines import BASELINES_VERSION, baseline_losses
+from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, default_cache_dir, load_split_text, load_tokenizer, \
+    sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from metrics import evaluate
-from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, \
+from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, atomic_write, \
     failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
     canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2, \
@@ -445,6 +447,7 @@ class Data:
     tokenizer: object  # a transformers tokenizer: decodes the text samples
     tokenizer_sha256: str
     test_skipped: str | None = None  # why no test split is evaluated, when one was asked for
+    baselines: dict = field(default_factory=dict)  # n-gram baselines on these splits (baselines.py)
 
     @property
     def vocab_size(self) -> int:
@@ -457,7 +460,7 @@ class Data:
     def describe(self, data_flags: dict) -> dict:
         return {**data_flags, "tokenizer": self.tokenizer.name_or_path, "tokenizer_sha256": self.tokenizer_sha256,
                 **{role: split.info if split is not None else None for role, split in self.roles.items()},
-                "test_skipped": self.test_skipped}
+                "test_skipped": self.test_skipped, "baselines": self.baselines}
 
     def identity(self) -> dict[str, str | None]:
         """What a checkpoint must have been trained on to be resumed with this data."""
@@ -494,7 +497,31 @@ def load_data(args: argparse.Namespace) -> Data:
         if split.info["tokens"] == 0:
             raise DataError(f"the {role} split {split.info['split']!r} has no scored tokens (every sequence is a "
                             f"single token)")
+    data.baselines = cached_baselines(data, args.cache_dir)
     return data
+
+
+def cached_baselines(data: Data, cache_dir: Path | None) -> dict:
+    """The n-gram baselines of these splits, computed once per data identity (seconds) and cached."""
+    evaluated = {role: split for role, split in (("val", data.val), ("test", data.test)) if split is not None}
+    identity = {"version": BASELINES_VERSION, "tokenizer": data.tokenizer_sha256, "vocab": data.vocab_size,
+                **{role: {k: split.info[k] for k in ("sha256", "layout", "max_length")}
+                   for role, split in (("train", data.train), *evaluated.items())}}
+    path = (cache_dir or default_cache_dir()) / f"baselines-{sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:32]}.json"
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("identity") == identity:
+            return cached["baselines"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    as_arrays = {role: (split.tokens.numpy(), split.lengths.numpy(), split.info["bytes"]) for role, split in evaluated.items()}
+    computed = baseline_losses((data.train.tokens.numpy(), data.train.lengths.numpy()), as_arrays, data.vocab_size, "val")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps({"identity": identity, "baselines": computed}).encode())
+    except (OSError, WriteError) as err:
+        print(f"warning: could not cache the n-gram baselines: {err}", file=sys.stderr)
+    return computed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -880,6 +907,15 @@ def validation_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runt
                     rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused")
 
 
+def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, keys: tuple[str, ...] | None = None) -> dict:
+    """The test (report) split's metrics as ``test_<metric>``, at an evaluation: so that the point
+    chosen on the validation (selection) split can be reported on a split nothing was chosen on."""
+    if data.test is None:
+        return {}
+    metrics = validation_metrics(spec, state, data, rt, data.test)
+    return {f"test_{k}": v for k, v in metrics.items() if keys is None or k in keys}
+
+
 def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, partial: bool) -> None:
     """Evaluate the epoch and record it with its dynamics."""
     p, h = state.progress, state.history
@@ -890,7 +926,8 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
         "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
-        "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"], "wall_s": p.epoch_wall,
+        "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"],
+        **report_metrics(spec, state, data, rt, ("loss", "ppl", "bpb")), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
@@ -980,7 +1017,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> s
             if evaluate_every and p.step % evaluate_every == 0 and p.batch_in_epoch < per_epoch:
                 val = validation_metrics(spec, state, data, rt, data.val)
                 h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
-                                **{f"val_{k}": v for k, v in val.items()}})
+                                **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
             if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
                 check_finite(p.step, nll, norm)
                 save_checkpoint(spec, state, data, rt)

@@ -478,8 +478,8 @@ def test_a_train_split_with_no_scored_tokens_is_refused(tiny_argv, tmp_path, cap
 def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, monkeypatch):
     repo = tmp_path / "repo"  # a copy of the code in a git repository of its own, so the test can dirty it
     repo.mkdir()
-    for name in ("train_simple.py", "data_utils.py", "metrics.py", "run_log.py"):
-        shutil.copy(ROOT / name, repo / name)
+    for path in ROOT.glob("*.py"):
+        shutil.copy(path, repo / path.name)
     shutil.copytree(ROOT / "transformer_from_scratch", repo / "transformer_from_scratch",
                     ignore=shutil.ignore_patterns("__pycache__"))
 
