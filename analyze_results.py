@@ -34,10 +34,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import report  # noqa: E402
+from study import StudyError, load_study  # noqa: E402
+from baselines import baselines_for  # noqa: E402
+from findings import markdown_baselines, markdown_verdicts  # noqa: E402
 from run_log import WriteError, atomic_write, is_finished, last_step, read_log  # noqa: E402
 from stats import holm, paired_t_test, summarize  # noqa: E402
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
+POINTS = ("final", "best_selection")
+KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
 # Settings that identify a variant or a repetition rather than a different experiment.
 NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
 FIGURE_GUIDE = {
@@ -65,9 +70,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results_dir", type=Path, default=Path("results"), help="folder of run logs")
     p.add_argument("--output_dir", type=Path, default=None, help="where outputs go (default: --results_dir)")
     p.add_argument("--baseline", default="relu", help="variant every other is compared with, paired by seed")
-    p.add_argument("--metric", default="val_loss", choices=METRICS, help="metric for ranking and paired tests")
+    p.add_argument("--metric", default=None, choices=METRICS,
+                   help="metric for ranking, verdicts and paired tests (default: test_loss, on the report split, "
+                        "when every run has one, else val_loss)")
     p.add_argument("--strict", action="store_true", help="a malformed or incomplete log is an error, not a warning")
-    return p.parse_args(argv)
+    p.add_argument("--point", choices=POINTS, default="final",
+                   help="where each run is read for the verdicts: its end, or its evaluation with the lowest "
+                        "selection (validation) loss")
+    p.add_argument("--margin", type=float, default=0.02, help="equivalence margin of the verdicts (metric units)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (Holm-adjusted)")
+    p.add_argument("--study", type=Path, default=None,
+                   help="a study file (TOML): its declared arms, comparisons, metric, point, margin and alpha "
+                        "replace the flags above, and its output folder --results_dir")
+    args = p.parse_args(argv)
+    args.comparisons, args.ignore_settings = None, set()
+    return args
+
+
+def apply_study(args: argparse.Namespace) -> None:
+    """A study file's declarations replace the flags: its folder, arms' comparisons, metric, point,
+    margin and alpha. Per-arm learning rates do not split its runs into groups."""
+    study = load_study(args.study)
+    args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
+    args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
+    if study.per_arm_lr:
+        args.ignore_settings = {"train.lr"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +114,17 @@ class Run:
         split, key = name.split("_", 1)
         values = self.log["final"].get(split)
         return float(values[key]) if values else math.nan
+
+    def metric_at(self, name: str, point: str) -> float:
+        """``name`` at the run's end, or at its evaluation with the lowest selection (val) loss: a
+        point chosen on the selection split, read (for a test_* metric) on the report split."""
+        if point == "final":
+            return self.metric(name)
+        entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
+        if not entries:
+            return math.nan
+        value = min(entries, key=lambda e: e["val_loss"]).get(name)
+        return float(value) if value is not None else math.nan
 
 
 def flatten(prefix: str, obj, out: dict) -> dict:
@@ -111,11 +149,12 @@ def variant_name(log: dict) -> str:
     return f"{cfg['act_fn']} (matched)" if matched else cfg["act_fn"]
 
 
-def load_run(path: Path) -> Run:
-    """The run in a log file; ValueError (one line) if it is not a readable train_simple.py log."""
+def load_run(path: Path, ignore: set[str] = frozenset()) -> Run:
+    """The run in a log file; ValueError (one line) if it is not a readable train_simple.py log.
+    ``ignore``: settings that do not split runs into groups here (a study's per-arm lr)."""
     log = read_log(path)
     try:
-        settings = grouping_settings(log)
+        settings = {k: v for k, v in grouping_settings(log).items() if k not in ignore}
         return Run(path, log, variant_name(log), int(log["train_config"]["seed"]), json.dumps(settings, sort_keys=True),
                    settings)
     except (KeyError, TypeError, ValueError) as err:
@@ -129,13 +168,13 @@ class Loaded:
     skipped: list[tuple[Path, str]]  # logs that could not be used, and why: listed too
 
 
-def load_runs(paths: list[Path], strict: bool) -> Loaded:
+def load_runs(paths: list[Path], strict: bool, ignore: set[str] = frozenset()) -> Loaded:
     loaded, seen = Loaded([], [], []), {}
     for path in paths:
         try:
             if not path.is_file():  # a FIFO would block the read forever; a folder is no log
                 raise ValueError("not a regular file")
-            run = load_run(path)
+            run = load_run(path, ignore)
         except ValueError as err:
             if strict:
                 raise AnalysisError(f"{path}: {err}") from None
@@ -163,7 +202,7 @@ def log_paths(args: argparse.Namespace) -> list[Path]:
         return args.logs
     if not args.results_dir.is_dir():
         raise AnalysisError(f"results folder {args.results_dir} does not exist")
-    return sorted(p for p in args.results_dir.glob("*.json"))
+    return sorted(p for p in args.results_dir.glob("*.json") if p.name != KEPT_BASELINES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,6 +734,17 @@ def describe_group(group: list[Run]) -> str:
             f"preset {log['model_config']['preset']}")
 
 
+def kept_baselines(folder: Path) -> list[dict]:
+    """The baselines kept beside logs that predate them (baselines.py writes baselines.json)."""
+    path = folder / KEPT_BASELINES
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring {path}: {err}", stacklevel=2)
+        return []
+    return [e for e in kept if isinstance(e, dict) and {"identity", "baselines"} <= set(e)] if isinstance(kept, list) else []
+
+
 def writable_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -706,26 +756,39 @@ def writable_folder(folder: Path) -> Path:
 
 
 def analyze(args: argparse.Namespace) -> str:
-    loaded = load_runs(log_paths(args), args.strict)
+    if args.study:
+        apply_study(args)
+    loaded = load_runs(log_paths(args), args.strict, args.ignore_settings)
     runs = loaded.finished
     if not runs:
         raise AnalysisError(f"no usable logs in {args.results_dir if not args.logs else 'the files given'}")
     out_dir = writable_folder(args.output_dir or (args.results_dir if not args.logs else args.logs[0].parent))
     groups = group_runs(runs)
     notes = differences(groups)
+    kept = kept_baselines(args.results_dir if not args.logs else args.logs[0].parent)
+    if args.metric is None:
+        args.metric = "test_loss" if all(r.log["final"].get("test") for r in runs) else "val_loss"
     md = ["# Activation comparison", "",
           f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
           f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", ""]
-    csv_tables, sections = [], []
+    csv_tables, sections, headline = [], [], []
     for i, (group, note) in enumerate(zip(groups, notes), start=1):
         table = group_table(group, args.metric)
         paired = paired_comparisons(group, args.baseline, args.metric)
-        parts = [markdown_table(table, args.metric), markdown_paired(paired, args.metric, int(table["seeds"].max()))]
+        against_baselines, _ = markdown_baselines(group, baselines_for(group[0].log, kept), args.metric, args.point)
+        comparisons = args.comparisons or [(v, args.baseline) for v in sorted({r.variant for r in group}) if v != args.baseline]
+        declared = [markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
+                    markdown_table(table, args.metric),
+                    "Per-pair view: " + markdown_paired(paired, args.metric, int(table["seeds"].max()))]
+        exploratory = []
         if all(len(evaluations(r)) > 1 for r in group):
-            parts.append(markdown_curves(group, args.metric))
+            exploratory.append(markdown_curves(group, args.metric))
         if has_attention(group):
-            parts.append(markdown_inside(group))
+            exploratory.append(markdown_inside(group))
+        parts = declared + ([f"### Exploratory\n\nNot declared before the runs: patterns to test in a new study, "
+                             f"not findings.\n\n" + "\n\n".join(exploratory)] if exploratory else [])
         tables = "\n\n".join(parts)
+        headline.append(f"**Group {i}** ({note})\n\n{against_baselines}")
         md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", tables, ""]
         suffix = "" if i == 1 else f"_group{i}"
         figures = {"training_curves": plot_curves, "training_dynamics": plot_dynamics}
@@ -747,12 +810,14 @@ def analyze(args: argparse.Namespace) -> str:
         plot_lr_sweep(family, args.metric, out_dir / name)
         sweeps.append((markdown_sweep(family, args.metric, args.baseline), [(name, FIGURE_GUIDE["lr_sweep"])]))
         md += [sweeps[-1][0], ""]
+    md[4:4] = ["## First: do the models beat the n-gram baselines?", "", "\n\n".join(headline), ""]
     not_analysed = markdown_not_analysed(loaded)
     if not_analysed:
         md += [f"## {NOT_ANALYSED}", "", not_analysed, ""]
     summary = printable("\n".join(md))
     atomic_write(out_dir / "summary.md", summary.encode())
-    atomic_write(out_dir / "report.md", printable(report.render(sections, NOT_ANALYSED, not_analysed, sweeps)).encode())
+    document = report.render(sections, NOT_ANALYSED, not_analysed, sweeps, headline="\n\n".join(headline))
+    atomic_write(out_dir / "report.md", printable(document).encode())
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", printable(csv).encode())
     return summary
@@ -771,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
             print(analyze(args))
-    except (AnalysisError, WriteError) as err:
+    except (AnalysisError, WriteError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -162,3 +162,59 @@ def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, t
                      for role, total in by_role.items()}
     out["unigram"]["add_k"] = k
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines for logs written before runs recorded them: computed once, kept beside the logs
+
+
+def data_identity(data: dict) -> dict:
+    """What a set of baselines depends on, read off a log's ``data`` section."""
+    return {"tokenizer_sha256": data.get("tokenizer_sha256"),
+            **{role: {k: info.get(k) for k in ("sha256", "layout", "max_length")} if info else None
+               for role, info in ((r, data.get(r)) for r in ("train", "val", "test"))}}
+
+
+def baselines_for(log: dict, kept: list[dict]) -> dict:
+    """The log's own baselines, else those of a kept entry ({identity, baselines}) for its data."""
+    if log["data"].get("baselines"):
+        return log["data"]["baselines"]
+    identity = data_identity(log["data"])
+    return next((entry["baselines"] for entry in kept if entry.get("identity") == identity), {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Compute the baselines of a run's data and add them to a folder's baselines.json."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    import train_simple  # the run's own data loading, so the tokens are exactly the run's
+
+    p = argparse.ArgumentParser(description="n-gram baselines for logs that predate them: written to "
+                                            "<folder>/baselines.json, which analyze_results.py reads.")
+    p.add_argument("log", type=Path, help="a log whose data section says which data (flags are read from it)")
+    args = p.parse_args(argv)
+    log = json.loads(args.log.read_text())
+    flags = {**log["run"]["flags"], **{k: log["data"][k] for k in ("layout", "max_length", "train_split",
+                                                                   "val_split", "test_split")}}
+    parsed = train_simple.build_parser().parse_args(
+        [f"--{k}={v}" for k, v in flags.items() if v is not None and k in ("layout", "max_length", "train_split",
+                                                                           "val_split", "test_split", "data_dir",
+                                                                           "tokenizer", "cache_dir")])
+    data = train_simple.load_data(parsed)
+    identity = data_identity(data.describe({}))
+    if identity != data_identity(log["data"]):
+        print(f"error: the data found now differs from {args.log}'s (sha256 or tokenizer)", file=sys.stderr)
+        return 2
+    path = args.log.parent / "baselines.json"
+    kept = json.loads(path.read_text()) if path.exists() else []
+    kept = [entry for entry in kept if entry["identity"] != identity] + [{"identity": identity, "baselines": data.baselines}]
+    path.write_text(json.dumps(kept, indent=1) + "\n")
+    print(f"{path}: {json.dumps(data.baselines)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

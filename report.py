@@ -170,7 +170,7 @@ def compute_spent(runs: list) -> str:
 
 
 def render(sections: list[Section], not_analysed_title: str, not_analysed: str | None,
-           sweeps: list[tuple[str, list]] = ()) -> str:
+           sweeps: list[tuple[str, list]] = (), headline: str = "") -> str:
     """The whole report; ``not_analysed``: the body of the section on failed runs and skipped logs
     (None: there are none); ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
     everything = [r for s in sections for r in s.runs]
@@ -178,6 +178,7 @@ def render(sections: list[Section], not_analysed_title: str, not_analysed: str |
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
           "Values are mean ± 95% confidence interval over seeds (t distribution); paired tests compare each "
           "activation with the baseline seed by seed, Holm-corrected.", "",
+          *(["## First: do the models beat the n-gram baselines?", "", headline, ""] if headline else []),
           "## What was run", "", what_was_run(everything), ""]
     for section in sections:
         md += [f"## Results: {section.title}", "", section.description, "", section.tables, ""]

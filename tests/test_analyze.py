@@ -339,3 +339,44 @@ def test_a_damaged_log_is_skipped_with_one_line_naming_its_field_and_listed_in_t
         section = text.split("Failed and unfinished runs")[1]
         assert all(name in section for name in [*names, "fifo.json", "broken.json", "running_\\udcff.json"]), document
     assert "every log in this folder was read" not in (results / "report.md").read_text()
+
+
+BASELINES = {"unigram": {"val": {"loss": 6.0, "bpb": 2.0}, "add_k": 0.3},
+             "bigram_kn": {"val": {"loss": 4.85, "bpb": 1.6}}, "trigram_kn": {"val": {"loss": 4.9, "bpb": 1.7}}}
+
+
+def test_baselines_lead_the_report_and_a_study_that_does_not_beat_them_is_warned(results):
+    for path in results.glob("*_seed*.json"):
+        log = json.loads(path.read_text())
+        log["data"]["baselines"] = BASELINES
+        path.write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    report_md = (results / "report.md").read_text()
+    first = report_md.split("## First: do the models beat the n-gram baselines?")[1].split("## What was run")[0]
+    assert "bigram_kn 4.8500" in first and "Warning" not in first  # swiglu (4.72) beats the bigram (4.85)
+    assert "- swiglu (matched): 4.7233, beats it by 0.1267" in first
+    assert "- relu: 5.0167, does **not** beat it (+0.1667)" in first
+    for path in results.glob("swiglu_seed*.json"):
+        path.unlink()
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert "Warning: no arm beats the bigram_kn baseline" in (results / "summary.md").read_text()
+
+
+def test_baselines_kept_beside_older_logs_are_matched_by_data_identity(results):
+    identity = {"tokenizer_sha256": None, "train": {"sha256": "a", "layout": "lines", "max_length": 16},
+                "val": {"sha256": "b", "layout": "lines", "max_length": 16}, "test": None}
+    (results / "baselines.json").write_text(json.dumps([{"identity": {**identity, "val": None}, "baselines": {}},
+                                                        {"identity": identity, "baselines": BASELINES}]))
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    summary = (results / "summary.md").read_text()
+    assert "bigram_kn 4.8500" in summary and "baselines.json" not in summary  # read as baselines, not as a log
+
+
+def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(results):
+    assert analyze_results.main(["--results_dir", str(results), "--margin", "0.05"]) == 0
+    summary = (results / "summary.md").read_text()
+    verdicts = summary.split("**Verdicts**")[1]
+    assert "Holm-adjusted over the 2 declared comparison(s)" in verdicts and "±0.05" in verdicts
+    assert "| gelu vs relu | 3 |" in verdicts and "| swiglu (matched) vs relu | 3 |" in verdicts
+    assert "**Power**: with 3 seeds" in verdicts
+    assert summary.index("**Verdicts**") < summary.index("### Exploratory") or "### Exploratory" not in summary

@@ -1,0 +1,101 @@
+"""What a study may claim, as markdown: the runs against the n-gram baselines, and one verdict per
+declared comparison with the design's power. Every sentence that states a result is generated
+here from a test's outcome, so the report never says more than its tests do.
+
+Runs are analyze_results.Run objects (``variant``, ``seed``, ``log``, ``metric_at``); no torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
+
+SPLIT_ROLES = {"val": "selection", "test": "report"}
+
+
+def split_label(runs: list, metric: str) -> str:
+    """"test_loss" -> "loss on the report split `validation:B`": every number says where it is from."""
+    role, key = metric.split("_", 1)
+    info = runs[0].log["data"].get(role) or {}
+    return f"{key} on the {SPLIT_ROLES.get(role, role)} split `{info.get('split', '?')}`"
+
+
+def baseline_value(baselines: dict, name: str, metric: str) -> float:
+    """A baseline's value of ``metric`` (loss, ppl or bpb on val or test), nan where not recorded."""
+    role, key = metric.split("_", 1)
+    scores = baselines.get(name, {}).get(role)
+    if not scores:
+        return math.nan
+    return math.exp(scores["loss"]) if key == "ppl" else float(scores.get(key, math.nan))
+
+
+def markdown_baselines(group: list, baselines: dict, metric: str, point: str) -> tuple[str, bool | None]:
+    """Each arm against the best n-gram baseline on the metric's split; (markdown, whether any arm
+    beats it), the second None when there are no baselines for this data."""
+    values = {name: baseline_value(baselines, name, metric) for name in sorted(baselines)}
+    values = {name: v for name, v in values.items() if math.isfinite(v)}
+    if not values:
+        return "These logs hold no n-gram baselines (written before they were recorded).", None
+    best_name = min(values, key=values.get)
+    best = values[best_name]
+    lines = [f"**Against the n-gram baselines** ({split_label(group, metric)}, trained on exactly the runs' "
+             f"training tokens, scored on the same targets): " + ", ".join(f"{n} {v:.4f}" for n, v in values.items())
+             + f". Each arm's mean at the {point} point minus the best baseline ({best_name}):", ""]
+    beaten = False
+    arms = sorted({r.variant for r in group})
+    for arm in arms:
+        mean = float(np.nanmean([r.metric_at(metric, point) for r in group if r.variant == arm]))
+        gap = mean - best
+        beaten |= gap < 0
+        verb = f"beats it by {-gap:.4f}" if gap < 0 else f"does **not** beat it (+{gap:.4f})"
+        lines.append(f"- {arm}: {mean:.4f}, {verb}")
+    if not beaten:
+        lines = [f"> **Warning: no arm beats the {best_name} baseline.** These models have learned no more than "
+                 f"counts of word pairs; their differences are not about what the MLP computes.", ""] + lines
+    return "\n".join(lines), beaten
+
+
+def verdict_sentence(v: Verdict, margin: float) -> str:
+    if v.verdict == NOT_TESTED:
+        return f"{v.arm} vs {v.against}: not tested ({v.pairs} shared seeds; a verdict needs 3)"
+    interval = f"difference {v.difference:+.4f}, CI [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+    meaning = {EQUIVALENT: f"equivalent within ±{margin}"}.get(v.verdict, v.verdict)
+    return f"{v.arm} vs {v.against}: **{meaning}** ({interval})"
+
+
+def markdown_verdicts(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
+                      alpha: float) -> str:
+    """The verdict table of the declared comparisons present in this group, and the power statement."""
+    arms = {r.variant for r in group}
+    declared = [(a, b) for a, b in comparisons if a in arms and b in arms]
+    if not declared:
+        return "No declared comparison has both its arms in this group."
+    values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group}
+    verdicts = judge(values, declared, margin, alpha)
+    lines = [f"**Verdicts** on the {split_label(group, metric)} at the {point} point (lower is better). Model: "
+             f"{metric} ~ arm + seed, OLS with pooled error; difference test and two one-sided tests (TOST) against "
+             f"±{margin}, both Holm-adjusted over the {len(declared)} declared comparison(s), alpha {alpha}; "
+             f"CI: {100 * (1 - alpha):.0f}%, unadjusted.", "",
+             "| comparison | seeds | difference | CI | p difference (Holm) | p equivalence (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        cells = ([f"{v.difference:+.4f}", f"[{v.ci_low:+.4f}, {v.ci_high:+.4f}]", f"{v.p_difference:.4f}",
+                  f"{v.p_equivalence:.4f}"] if v.verdict != NOT_TESTED else ["n/a"] * 4)
+        lines.append(f"| {v.arm} vs {v.against} | {v.pairs} | " + " | ".join(cells) + f" | {v.verdict} |")
+    lines += ["", *(f"- {verdict_sentence(v, margin)}" for v in verdicts), "", power_statement(
+        power(values, len(declared), margin, alpha), len(declared), margin, alpha)]
+    return "\n".join(lines)
+
+
+def power_statement(p: Power | None, n_comparisons: int, margin: float, alpha: float) -> str:
+    if p is None:
+        return ("**Power**: fewer than 3 seeds (or no residual degrees of freedom): no p-values mean anything here, "
+                "and no difference can be established or excluded.")
+    seeds = "more than 100,000" if math.isinf(p.seeds_for_margin) else f"{p.seeds_for_margin:.0f}"
+    return (f"**Power**: with {p.seeds} seeds and an observed paired SD of {p.paired_sd:.4f}, the smallest difference "
+            f"this design detects with 80% power at alpha {alpha}/{n_comparisons} is {p.detectable:.4f}; detecting "
+            f"{margin} would need {seeds} seeds. A difference smaller than {p.detectable:.4f} that is not declared "
+            f"equivalent is unresolved, not absent.")

@@ -1,0 +1,98 @@
+"""A study file drives its runs and its analysis; only declared comparisons get verdicts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import analyze_results
+import train_simple
+from conftest import ROOT
+from study import StudyError, load_study
+
+TINY_TRAIN = """
+[train]
+d_model = 32
+d_mlp = 48
+n_heads = 2
+n_layers = 1
+max_length = 16
+max_steps = 3
+test_split = "none"
+log_every = 1
+probe_sequences = 4
+evals_per_epoch = 2
+"""
+
+
+def write_study(folder, corpus_dir, tokenizer_dir, cache, body: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = (f'train_split = "{corpus_dir / "train.txt"}"\nval_split = "{corpus_dir / "valid.txt"}"\n'
+            f'tokenizer = "{tokenizer_dir}"\ncache_dir = "{cache}"\n')
+    (folder / "study.toml").write_text(body + TINY_TRAIN + data)
+
+
+DECLARED = """
+name = "tiny"
+baseline = "relu"
+seeds = [1, 2, 3]
+lrs = [1e-3]
+comparisons = [["gelu", "relu"]]
+metric = "val_loss"
+point = "best_selection"
+[[arms]]
+activation = "relu"
+[[arms]]
+activation = "gelu"
+"""
+
+
+@pytest.mark.slow
+def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdict(tmp_path, corpus_dir,
+                                                                                 tiny_tokenizer_dir):
+    folder = tmp_path / "study"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED)
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--jobs", "2"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in folder.glob("*.json")) == [f"{a}_seed{s}.json" for a in ("gelu", "relu") for s in (1, 2, 3)]
+    # an arm trained into the folder after the fact, with the same settings
+    listed = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--list"],
+                            capture_output=True, text=True, timeout=60).stdout.splitlines()
+    argv = listed[0].split()[2:]  # relu, seed 1: the study's own flags
+    argv[argv.index("relu")] = "silu"
+    argv[argv.index("--run_name") + 1] = "silu_seed1"
+    assert train_simple.main(argv) == 0
+    assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
+    summary = (folder / "summary.md").read_text()
+    verdicts = summary.split("**Verdicts**")[1].split("**Power**")[0]
+    assert "gelu vs relu" in verdicts and "silu" not in verdicts and "at the best_selection point" in verdicts
+    assert "| silu |" in summary  # described, never judged
+
+
+@pytest.mark.parametrize("body, message", [
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\nbogus = 1\n[[arms]]\nactivation = "relu"\n', "unknown key"),
+    ('name = "x"\nbaseline = "gelu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n', "not one of the arms"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\n[[arms]]\nactivation = "relu"\n', "give lrs"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\ncomparisons = [["relu", "silu"]]\n'
+     '[[arms]]\nactivation = "relu"\n', "must name two different arms"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[train]\nseeds = 3\n',
+     "may not set seeds"),
+])
+def test_a_bad_study_file_is_one_line(tmp_path, body, message):
+    path = tmp_path / "study.toml"
+    path.write_text(body)
+    with pytest.raises(StudyError, match=message):
+        load_study(path)
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), "--list"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
+
+
+def test_the_study_runner_knows_the_registrys_gated_activations():
+    from study import GATED
+    from transformer_from_scratch import ACTIVATIONS
+
+    assert GATED == {name for name, act in ACTIVATIONS.items() if act.gated}
