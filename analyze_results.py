@@ -18,6 +18,7 @@ run_log.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -38,7 +39,7 @@ from study import StudyError, load_study  # noqa: E402
 from baselines import baselines_for  # noqa: E402
 from findings import markdown_baselines, markdown_verdicts  # noqa: E402
 from run_log import WriteError, atomic_write, is_finished, last_step, read_log  # noqa: E402
-from stats import holm, paired_t_test, summarize  # noqa: E402
+from stats import holm, paired_t_test, summarize, t_half_width  # noqa: E402
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
 POINTS = ("final", "best_selection")
@@ -46,8 +47,10 @@ KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept b
 # Settings that identify a variant or a repetition rather than a different experiment.
 NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
 FIGURE_GUIDE = {
-    "training_curves": "Training loss per logged step (top left) and validation loss, perplexity and exact bits per "
-                       "byte at each evaluation; lower is better, bands are ± 1 std over seeds.",
+    "training_curves": "Training loss per logged step (top left); validation loss (dotted: the n-gram baselines), "
+                       "perplexity and exact bits per byte at each evaluation; and each activation's validation loss "
+                       "minus the baseline arm's, paired by seed (bottom middle: what the comparison is about). "
+                       "Lower is better; bands are 95% confidence intervals over seeds, as in the tables.",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
                          "and the mean fraction firing per token: how each activation uses its units.",
     "attention": "Entropy of each head's attention on the probe set (nats; dotted: spreading evenly over all visible "
@@ -393,14 +396,29 @@ def markdown_inside(group: list[Run]) -> str:
 # Figures
 
 
+# The activation registry's order (transformer_from_scratch.ACTIVATIONS; a test keeps the two equal),
+# so that an activation has the same colour in every figure of every study.
+ACTIVATION_ORDER = ("relu", "gelu", "gelu_tanh", "silu", "relu2", "leaky_relu2", "glu", "bilinear", "reglu",
+                    "geglu", "swiglu")
+PALETTE = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0)]
+
+
 def variant_colors(variants: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(sorted(variants))}
+    """One colour per activation, fixed by its place in the registry ("(matched)" keeps its colour)."""
+    def index(variant: str) -> int:
+        name = variant.split(" ")[0]
+        return ACTIVATION_ORDER.index(name) if name in ACTIVATION_ORDER else len(ACTIVATION_ORDER)
+    return {v: PALETTE[index(v) % len(PALETTE)] for v in variants}
 
 
 def mean_band(series: list[pd.Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, half-width of the 95% t confidence interval over the series; 0 for one series): the
+    same quantity as the tables' ±."""
     frame = pd.concat(series, axis=1)
-    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), frame.std(axis=1, ddof=1).fillna(0).to_numpy()
+    n = frame.notna().sum(axis=1).to_numpy()
+    std = frame.std(axis=1, ddof=1).fillna(0).to_numpy()
+    half = np.array([t_half_width(s, k) if k > 1 else 0.0 for s, k in zip(std, n)])
+    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), half
 
 
 def plot_band(ax, runs: list[Run], extract, color, label: str, marker: str | None = None, linestyle: str = "-") -> None:
@@ -512,17 +530,31 @@ def plot_per_epoch(ax, variants: dict[str, list[Run]], colors: dict, series_of, 
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
-def plot_curves(group: list[Run], path: Path) -> None:
+def fixed_settings(group: list[Run]) -> str:
+    """The settings every run of a figure shares, for its title."""
+    log = group[0].log
+    cfg, train = log["model_config"], log["train_config"]
+    return (f"lr {train['lr']:g}, preset {cfg['preset']}, d_model {cfg['d_model']}, d_mlp {cfg['d_mlp']}, "
+            f"{cfg['n_layers']} layers, {log['data']['train']['layout']}, batch {train['batch_size']}")
+
+
+def paired_difference(runs: list[Run], baseline_runs: list[Run], key: str) -> list[pd.Series]:
+    """Per seed both arms have: the arm's validation curve minus the baseline arm's."""
+    base = {r.seed: validation_curve(r, key) for r in baseline_runs}
+    return [validation_curve(r, key) - base[r.seed] for r in runs if r.seed in base]
+
+
+def plot_curves(group: list[Run], path: Path, baselines: dict | None = None, baseline_arm: str = "relu") -> None:
     variants = by_variant(group)
     colors = variant_colors(list(variants))
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
-    panels = [("val_loss", "validation loss (nats/token)"), ("val_ppl", "validation perplexity"),
-              ("val_bpb", "validation bits per byte (exact)")]
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5), constrained_layout=True)
+    panels = [("val_loss", "validation loss (nats/token; dotted: n-gram baselines)"),
+              ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte (exact)")]
     for variant, runs in variants.items():
         plot_band(axes[0, 0], runs, step_loss, colors[variant], variant)
     axes[0, 0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
     axes[0, 0].legend(fontsize=9)
-    for ax, (key, title) in zip(list(axes.flat)[1:], panels):
+    for ax, (key, title) in zip([axes[0, 1], axes[0, 2], axes[1, 0]], panels):
         if has_evals(group):  # evaluations within epochs: real curves
             for variant, runs in variants.items():
                 plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
@@ -530,10 +562,30 @@ def plot_curves(group: list[Run], path: Path) -> None:
         else:
             plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
         ax.set_title(title)
+    for name, scores in sorted((baselines or {}).items()):
+        if "val" in scores:  # the n-gram baselines on the same targets: the line a model must get under
+            axes[0, 1].axhline(scores["val"]["loss"], color="gray", linestyle=":", linewidth=1)
+            axes[0, 1].annotate(name, (1, scores["val"]["loss"]), xycoords=("axes fraction", "data"), ha="right",
+                                va="bottom", fontsize=8, color="gray")
+    ax = axes[1, 1]
+    if has_evals(group) and baseline_arm in variants:
+        for variant, runs in variants.items():
+            if variant != baseline_arm:
+                diffs = paired_difference(runs, variants[baseline_arm], "val_loss")
+                if diffs:
+                    x, mean, half = mean_band(diffs)
+                    ax.plot(x, mean, color=colors[variant], marker="o", markersize=3, label=variant)
+                    ax.fill_between(x, mean - half, mean + half, color=colors[variant], alpha=0.2, linewidth=0)
+        ax.axhline(0, color=colors[baseline_arm], linewidth=1)
+        ax.set(title=f"validation loss minus {baseline_arm}, paired by seed", xlabel="epoch")
+    else:
+        ax.set_axis_off()
+    axes[1, 2].set_axis_off()
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     n_seeds = max(len(r) for r in variants.values())
-    fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; band: ± 1 std)")
+    band = "band: 95% CI over seeds" if n_seeds > 1 else "one seed: no band"
+    fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; {band})\n{fixed_settings(group)}")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -796,6 +848,8 @@ def analyze(args: argparse.Namespace) -> str:
             figures["attention"] = plot_attention
         if has_compute(group):
             figures["training_compute"] = plot_compute
+        figures["training_curves"] = functools.partial(plot_curves, baselines=baselines_for(group[0].log, kept),
+                                                       baseline_arm=args.baseline)
         for name, plot in figures.items():
             plot(group, out_dir / f"{name}{suffix}.png")
         sections.append(report.Section(f"group {i} ({note})", describe_group(group) + ".", group, tables,

@@ -11,6 +11,7 @@ import threading
 import time
 
 import matplotlib.image as mpimg
+import pandas as pd
 import pytest
 
 import analyze_results
@@ -380,3 +381,18 @@ def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(resul
     assert "| gelu vs relu | 3 |" in verdicts and "| swiglu (matched) vs relu | 3 |" in verdicts
     assert "**Power**: with 3 seeds" in verdicts
     assert summary.index("**Verdicts**") < summary.index("### Exploratory") or "### Exploratory" not in summary
+
+
+def test_colours_follow_the_activation_registry():
+    from transformer_from_scratch import ACTIVATIONS
+
+    assert analyze_results.ACTIVATION_ORDER == tuple(ACTIVATIONS)
+    one, other = analyze_results.variant_colors(["relu", "swiglu (matched)"]), analyze_results.variant_colors(["relu"])
+    assert one["relu"] == other["relu"] and one["swiglu (matched)"] != one["relu"]
+
+
+def test_bands_are_95_percent_confidence_intervals_and_one_seed_has_none():
+    series = [pd.Series({1: v}) for v in (1.0, 2.0, 3.0)]
+    _, mean, half = analyze_results.mean_band(series)
+    assert mean[0] == 2.0 and half[0] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert analyze_results.mean_band(series[:1])[2][0] == 0.0
