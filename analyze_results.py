@@ -53,10 +53,12 @@ FIGURE_GUIDE = {
                        "Lower is better; bands are 95% confidence intervals over seeds, as in the tables.",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
                          "and the mean fraction firing per token: how each activation uses its units.",
-    "attention": "Entropy of each head's attention on the probe set (nats; dotted: spreading evenly over all visible "
-                 "keys). Lower means more focused heads; lines that part show an activation changing attention.",
-    "training_compute": "Validation loss against training FLOPs and seconds: an activation that wins only because it "
-                        "spends more compute (an unmatched gated MLP costs 1.5x the MLP FLOPs) loses its lead here.",
+    "attention": "Entropy of attention on the probe set (nats; dotted: spreading evenly over all visible keys): the "
+                 "mean over heads, then the heads ranked by entropy within each run (head indices mean nothing "
+                 "across seeds). Lower means more focused; lines that part show an activation changing attention.",
+    "training_compute": "Validation loss against training FLOPs (and machine seconds, drawn only when every run had "
+                        "one machine to itself): an activation that wins only because it spends more compute (an "
+                        "unmatched gated MLP costs 1.5x the MLP FLOPs) loses its lead here.",
     "lr_sweep": "Final validation metric against the learning rate: where each activation's curve bottoms out is its "
                 "best lr, and a flat bottom means the comparison does not hinge on the lr chosen.",
 }
@@ -472,13 +474,23 @@ def has_compute(group: list[Run]) -> bool:
     return all("train_flops" in e for r in group for e in evaluations(r))
 
 
+def one_machine_alone(group: list[Run]) -> bool:
+    """Whether every run ran on the same machine, alone on it (all its cores): only then do seconds compare."""
+    facts = {(r.log["run"].get("cpu"), r.log["run"].get("device"), r.log["run"].get("threads"),
+              r.log["run"].get("cpu_count")) for r in group}
+    return len(facts) == 1 and next(iter(facts))[2] == next(iter(facts))[3]
+
+
 def plot_compute(group: list[Run], path: Path) -> None:
-    """Validation loss against cumulative training FLOPs and seconds: activations at equal compute."""
+    """Validation loss against cumulative training FLOPs, and against machine seconds when those compare."""
     variants = by_variant(group)
     colors = variant_colors(list(variants))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
-    for ax, (x_key, label) in zip(axes, (("train_flops", "training FLOPs (matmul, forward + backward)"),
-                                         ("train_seconds", "training seconds (this machine, evaluations excluded)"))):
+    panels = [("train_flops", "training FLOPs (matmul, forward + backward)")]
+    if one_machine_alone(group):
+        panels.append(("train_seconds", "machine seconds of training (one machine, alone; evaluations excluded)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False, constrained_layout=True)
+    axes = axes[0]
+    for ax, (x_key, label) in zip(axes, panels):
         for variant, runs in variants.items():
             curves = [compute_curve(r, x_key) for r in runs]
             x = pd.concat([c[0] for c in curves], axis=1).mean(axis=1)
@@ -590,12 +602,14 @@ def plot_curves(group: list[Run], path: Path, baselines: dict | None = None, bas
     plt.close(fig)
 
 
-def attention_entropy(run: Run, layer: int, head: int | None) -> pd.Series:
-    """Per epoch: one head's mean attention entropy, or the mean over the layer's heads (head None)."""
+def attention_entropy(run: Run, layer: int, rank: int | None) -> pd.Series:
+    """Per epoch: the attention entropy of the layer's head ranked ``rank`` by entropy within this run
+    (0: the most focused), or the mean over its heads (rank None). Ranks, not head indices: head 2 of
+    one seed has nothing to do with head 2 of another, so only a within-run statistic can be averaged."""
     values = {}
     for d in run.log["dynamics"]:
-        heads = d["attention"][layer]["heads"]
-        values[d["epoch"]] = heads[head]["entropy"] if head is not None else float(np.mean([h["entropy"] for h in heads]))
+        entropies = sorted(h["entropy"] for h in d["attention"][layer]["heads"])
+        values[d["epoch"]] = entropies[rank] if rank is not None else float(np.mean(entropies))
     return pd.Series(values, dtype=float)
 
 
@@ -616,7 +630,8 @@ def plot_attention(group: list[Run], path: Path) -> None:
             ax = axes[layer, col]
             plot_per_epoch(ax, variants, colors, lambda r, l=layer, h=head: attention_entropy(r, l, h), group)
             ax.axhline(layers[layer]["heads"][0]["max_entropy"], color="gray", linestyle=":", linewidth=1)
-            ax.set_title(f"layer {layer}, {'mean over heads' if head is None else f'head {head}'}", fontsize=10)
+            ax.set_title(f"layer {layer}, {'mean over heads' if head is None else f'head ranked {head} by entropy'}",
+                         fontsize=10)
             ax.grid(alpha=0.3)
         axes[layer, 0].set_ylabel("attention entropy (nats)")
     axes[0, 0].legend(fontsize=8)

@@ -180,19 +180,20 @@ def render(sections: list[Section], not_analysed_title: str, not_analysed: str |
           "activation with the baseline seed by seed, Holm-corrected.", "",
           *(["## First: do the models beat the n-gram baselines?", "", headline, ""] if headline else []),
           "## What was run", "", what_was_run(everything), ""]
-    for section in sections:
+    for sweep, figures in sweeps:  # a sweep reads as one document: its table first
+        md += [sweep, ""]
+        for name, how_to_read in figures:
+            md += [f"![{name}]({name})", "", how_to_read, ""]
+    for i, section in enumerate(sections):
         md += [f"## Results: {section.title}", "", section.description, "", section.tables, ""]
         if section.figures:
             md += ["### Figures", ""]
             for name, how_to_read in section.figures:
                 md += [f"![{name}]({name})", "", how_to_read, ""]
-        md += ["### Text samples", "", samples_section(section.runs), "",
-               "### Model card", "", model_card(section.runs), "",
-               "### Data card", "", data_card(section.runs), ""]
-    for sweep, figures in sweeps:
-        md += [sweep, ""]
-        for name, how_to_read in figures:
-            md += [f"![{name}]({name})", "", how_to_read, ""]
+        if i == 0 or not sweeps:  # a sweep's groups share their model and data: cards and samples once
+            md += ["### Text samples", "", samples_section(section.runs), "",
+                   "### Model card", "", model_card(section.runs), "",
+                   "### Data card", "", data_card(section.runs), ""]
     md += [f"## {not_analysed_title}", "", not_analysed or "None: every log in this folder was read, and every run finished.", "",
            "## Compute", "", compute_spent(everything), ""]
     return "\n".join(md)

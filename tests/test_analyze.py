@@ -396,3 +396,20 @@ def test_bands_are_95_percent_confidence_intervals_and_one_seed_has_none():
     _, mean, half = analyze_results.mean_band(series)
     assert mean[0] == 2.0 and half[0] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
     assert analyze_results.mean_band(series[:1])[2][0] == 0.0
+
+
+def test_attention_heads_are_ranked_within_each_run_never_matched_by_index(results):
+    run = analyze_results.load_run(results / "relu_seed1.json")
+    for d in run.log["dynamics"]:  # head 0 of this seed is the diffuse one, head 1 the focused one
+        d["attention"][0]["heads"][0]["entropy"], d["attention"][0]["heads"][1]["entropy"] = 1.9, 0.4
+    assert analyze_results.attention_entropy(run, 0, 0).tolist() == [0.4, 0.4]
+    assert analyze_results.attention_entropy(run, 0, 1).tolist() == [1.9, 1.9]
+
+
+def test_machine_seconds_are_drawn_only_for_one_machine_alone(results):
+    runs = [analyze_results.load_run(p) for p in sorted(results.glob("relu_seed*.json"))]
+    for run in runs:
+        run.log["run"].update(cpu="AMD EPYC", device="cpu", threads=2, cpu_count=2)
+    assert analyze_results.one_machine_alone(runs)
+    runs[0].log["run"]["threads"] = 1  # two single-thread runs side by side share the machine
+    assert not analyze_results.one_machine_alone(runs)
