@@ -84,11 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "selection (validation) loss")
     p.add_argument("--margin", type=float, default=0.02, help="equivalence margin of the verdicts (metric units)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (Holm-adjusted)")
+    p.add_argument("--pool_precisions", action="store_true",
+                   help="pool runs that differ only in precision (--bf16); by default they are never compared")
     p.add_argument("--study", type=Path, default=None,
                    help="a study file (TOML): its declared arms, comparisons, metric, point, margin and alpha "
                         "replace the flags above, and its output folder --results_dir")
     args = p.parse_args(argv)
-    args.comparisons, args.ignore_settings = None, set()
+    args.comparisons, args.ignore_settings = None, {"train.bf16"} if args.pool_precisions else set()
     return args
 
 
@@ -99,7 +101,7 @@ def apply_study(args: argparse.Namespace) -> None:
     args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
     if study.per_arm_lr:
-        args.ignore_settings = {"train.lr"}
+        args.ignore_settings = args.ignore_settings | {"train.lr"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fused: vocabulary-tiled linear + cross-entropy (fast on CPU); textbook: logits then "
                         "F.cross_entropy (fast on GPUs). Default: fused on CPU, textbook on CUDA/MPS")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (for GPUs; little gain on CPU)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (for GPUs; far slower on most CPUs)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast, the fused loss's matmuls included: for GPUs, and CPUs with native bf16 "
+                        "(AVX512-BF16 or AMX: AMD Zen 4, Intel Sapphire Rapids); far slower on CPUs without it "
+                        "(AVX2, or AVX-512 without BF16). Runs of different precision are never pooled")
     g = p.add_argument_group(MODEL, "architecture (each flag is the TransformerConfig field of its name)")
     g.add_argument("--preset", choices=PRESETS, default="seed", help="architecture: the study's (seed) or GPT-2's")
     g.add_argument("--d_model", type=int, default=256, help="residual stream width")
@@ -1138,6 +1141,16 @@ def check_models(specs: list[RunSpec], export_hf: bool) -> None:
             raise UsageError(f"invalid model for {spec.name}{' (--export_hf)' if export_hf else ''}: {err}") from None
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls run about
+    twice as fast as fp32; without it they are emulated and far slower."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def cpu_model() -> str:
     """The processor's name (e.g. "AMD EPYC ..."): speed figures mean nothing without it."""
     try:
@@ -1217,6 +1230,9 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             check_export_targets(specs, args)
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.bf16 and device.type == "cpu" and not native_bf16():
+            print("note: --bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): expect it to be much "
+                  "slower than fp32", file=sys.stderr)
         ddp = setup_distributed(device)
         if args.batch_size % ddp.world:
             raise UsageError(f"--batch_size {args.batch_size} is not divisible by {ddp.world} processes")

@@ -1,6 +1,6 @@
 """Training and evaluation throughput of our model against Hugging Face GPT-2, side by side.
 
-    python benchmarks/throughput.py [--rounds 5] [--json]
+    python benchmarks/throughput.py [--rounds 5] [--precisions fp32 bf16] [--json]
 
 Both models have the study's sizes (d_model 256, 4 heads, 2 layers, d_mlp 1024, vocab 50,257) and
 train with AdamW and gradient clipping on the same batches. Rounds alternate A/B in one process, and
@@ -8,6 +8,11 @@ medians are reported, because this class of machine drifts by 15% between runs. 
 fp32 matmul ceiling on the unembedding's shape (the fraction of it a training step achieves), peak
 memory of a training step (each model in a fresh subprocess), and the `lines` layout on real
 WikiText-2 batches, where our model skips padding and HF, as in the study, pads to 128.
+
+Precisions: fp32, and bf16 autocast for both models alike (HF too, so the ratio stays fair), with the
+bf16 matmul speed at the model's shapes against fp32: the figure that says whether --bf16 pays on
+this CPU. bf16 is measured by default only where the CPU has native bf16 (AVX512-BF16 or AMX): on
+others a bf16 training step is tens of times slower.
 
 glibc's allocator settings change both models' speed a lot (HF's most: its three fresh
 tokens x d_vocab tensors per step are page-faulted in anew), so they are recorded with the results:
@@ -32,22 +37,23 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from train_simple import native_bf16  # noqa: E402
 from transformer_from_scratch import IGNORE_INDEX, Transformer, TransformerConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 BATCH, SEQ = 8, 128
 
 
-def build(which: str, cfg: TransformerConfig):
-    """(model, optimizer) for "ours" or "hf", the study's optimizer settings."""
+def build(which: str, cfg: TransformerConfig, device: str = "cpu"):
+    """(model, optimizer) for "ours" or "hf" on ``device``, the study's optimizer settings."""
     if which == "ours":
-        model = Transformer(cfg, seed=0)
+        model = Transformer(cfg, seed=0).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01, fused=True)
     else:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         model = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
-                                           n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp))
+                                           n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp)).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)  # library defaults
     return model, opt
 
@@ -62,16 +68,19 @@ def loss_of(which: str, model, tokens: torch.Tensor, labels: torch.Tensor) -> to
     return model.nll_sum(tokens[:, : targets.shape[1]], targets) / (targets != IGNORE_INDEX).sum()
 
 
-def train_step(which: str, model, opt, tokens, labels) -> None:
+def train_step(which: str, model, opt, tokens, labels, bf16: bool = False) -> None:
     opt.zero_grad(set_to_none=True)
-    loss_of(which, model, tokens, labels).backward()
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = loss_of(which, model, tokens, labels)
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
 
 
 @torch.no_grad()
-def eval_step(which: str, model, tokens, labels) -> None:
-    loss_of(which, model, tokens, labels)
+def eval_step(which: str, model, tokens, labels, bf16: bool = False) -> None:
+    with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss_of(which, model, tokens, labels)
 
 
 def interleaved(fns: dict, rounds: int) -> dict[str, float]:
@@ -79,17 +88,27 @@ def interleaved(fns: dict, rounds: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(rounds + 1):
         for name, fn in fns.items():
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             if r:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_ceiling(n_rows: int, cfg: TransformerConfig, rounds: int) -> float:
-    """Best fp32 GFLOP/s over the unembedding's three GEMM shapes and both operand layouts."""
-    h, W = torch.randn(n_rows, cfg.d_model), torch.randn(cfg.d_model, cfg.d_vocab)
-    W_t, G = W.t().contiguous(), torch.randn(n_rows, cfg.d_vocab)
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timing covers it (a no-op on CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(n_rows: int, cfg: TransformerConfig, rounds: int, dtype: torch.dtype = torch.float32,
+                   device: str = "cpu") -> float:
+    """Best GFLOP/s in ``dtype`` over the unembedding's three GEMM shapes and both operand layouts."""
+    h = torch.randn(n_rows, cfg.d_model, dtype=dtype, device=device)
+    W = torch.randn(cfg.d_model, cfg.d_vocab, dtype=dtype, device=device)
+    W_t, G = W.t().contiguous(), torch.randn(n_rows, cfg.d_vocab, dtype=dtype, device=device)
     cases = {"h W": lambda: h @ W, "h W^T^T": lambda: h @ W_t.t(), "G W^T": lambda: G @ W.t(),
              "G W_t": lambda: G @ W_t, "G^T h": lambda: G.t() @ h, "h^T G": lambda: h.t() @ G}
     seconds = interleaved(cases, rounds)
@@ -148,28 +167,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", type=Path, default=SHARED / "wikitext-2-raw-v1", help="WikiText-2 raw files")
     p.add_argument("--tokenizer", type=Path, default=SHARED / "gpt2-tokenizer", help="GPT-2 tokenizer folder")
     p.add_argument("--skip_memory", action="store_true", help="do not measure peak memory")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both models run")
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None,
+                   help="default: fp32, and bf16 where the CPU has native bf16")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = TransformerConfig()
-    models = {which: build(which, cfg) for which in ("ours", "hf")}
-    tokens = torch.randint(0, cfg.d_vocab, (BATCH, SEQ))
+    models = {which: build(which, cfg, args.device) for which in ("ours", "hf")}
+    tokens = torch.randint(0, cfg.d_vocab, (BATCH, SEQ)).to(args.device)
     dense_tokens = BATCH * (SEQ - 1)  # scored targets per dense batch
 
-    train = interleaved({w: (lambda w=w: train_step(w, *models[w], tokens, tokens)) for w in models}, args.rounds)
-    evaluate = interleaved({w: (lambda w=w: eval_step(w, models[w][0], tokens, tokens)) for w in models}, args.rounds)
-    ceiling = matmul_ceiling(dense_tokens, cfg, args.rounds)
-    result = {
-        "train_tokens_per_s": dense_tokens / train["ours"], "hf_train_tokens_per_s": dense_tokens / train["hf"],
-        "eval_tokens_per_s": dense_tokens / evaluate["ours"], "hf_eval_tokens_per_s": dense_tokens / evaluate["hf"],
-        "matmul_gflops": ceiling, "threads": torch.get_num_threads(),
-        "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")},
-    }
-    result["train_ratio"] = result["train_tokens_per_s"] / result["hf_train_tokens_per_s"]
-    result["eval_ratio"] = result["eval_tokens_per_s"] / result["hf_eval_tokens_per_s"]
-    result["train_ceiling_fraction"] = result["train_tokens_per_s"] * train_flops_per_token(cfg, SEQ) / (ceiling * 1e9)
+    precisions = args.precisions or ["fp32", *(["bf16"] if native_bf16() or args.device == "cuda" else [])]
+    # Every (precision, model) pair alternates with the others in one loop: no figure comes from
+    # another minute of this drifting machine than its peers.
+    train = interleaved({(p, w): (lambda p=p, w=w: train_step(w, *models[w], tokens, tokens, p == "bf16"))
+                         for p in precisions for w in models}, args.rounds)
+    evaluate = interleaved({(p, w): (lambda p=p, w=w: eval_step(w, models[w][0], tokens, tokens, p == "bf16"))
+                            for p in precisions for w in models}, args.rounds)
+    ceiling = matmul_ceiling(dense_tokens, cfg, args.rounds, device=args.device)
+    result = {"matmul_gflops": ceiling, "threads": torch.get_num_threads(), "native_bf16": native_bf16(),
+              "device": args.device,
+              "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}}
+    for precision in precisions:  # fp32 figures keep their plain names; bf16 ones are prefixed
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        for phase, seconds in (("train", train), ("eval", evaluate)):
+            ours, hf = dense_tokens / seconds[precision, "ours"], dense_tokens / seconds[precision, "hf"]
+            result.update({f"{prefix}{phase}_tokens_per_s": ours, f"{prefix}hf_{phase}_tokens_per_s": hf,
+                           f"{prefix}{phase}_ratio": ours / hf})
+    if "fp32" in precisions:
+        result["train_ceiling_fraction"] = result["train_tokens_per_s"] * train_flops_per_token(cfg, SEQ) / (ceiling * 1e9)
+    if "bf16" in precisions:
+        result["bf16_matmul_gflops"] = matmul_ceiling(dense_tokens, cfg, args.rounds, torch.bfloat16, args.device)
+        result["bf16_matmul_speedup"] = result["bf16_matmul_gflops"] / ceiling
+        if "fp32" in precisions:
+            result["bf16_train_speedup"] = result["bf16_train_tokens_per_s"] / result["train_tokens_per_s"]
     if args.data_dir.is_dir() and args.tokenizer.is_dir():
         batches = lines_batches(args.data_dir, args.tokenizer, args.rounds + 1)
         scored = sum(n for _, _, n in batches[1:])
@@ -177,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         for i, (x, labels, _) in enumerate(batches):
             for w in models:
                 start = time.perf_counter()
-                train_step(w, *models[w], x, labels)
+                train_step(w, *models[w], x.to(args.device), labels.to(args.device))
+                synchronize()
                 if i:
                     per_batch[w].append(time.perf_counter() - start)
         result["lines_train_tokens_per_s"] = scored / sum(per_batch["ours"])
         result["hf_lines_train_tokens_per_s"] = scored / sum(per_batch["hf"])
         result["lines_train_ratio"] = result["lines_train_tokens_per_s"] / result["hf_lines_train_tokens_per_s"]
-    if not args.skip_memory:
+    if not args.skip_memory and args.device == "cpu":  # resident memory: what a CPU run costs
         result["peak_memory_mb"] = peak_memory_mb("ours")
         result["hf_peak_memory_mb"] = peak_memory_mb("hf")
     if args.json:
@@ -192,15 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     allocator = " ".join(f"{name}={value}" for name, value in result["malloc_env"].items()) or "default"
     print(f"threads {result['threads']}, {args.rounds} interleaved rounds, medians; batch {BATCH} x {SEQ} tokens; "
           f"glibc allocator {allocator}")
-    print(f"train  ours {result['train_tokens_per_s']:7.0f} tok/s   HF {result['hf_train_tokens_per_s']:7.0f} tok/s   "
-          f"ratio {result['train_ratio']:.2f}x")
-    print(f"eval   ours {result['eval_tokens_per_s']:7.0f} tok/s   HF {result['hf_eval_tokens_per_s']:7.0f} tok/s   "
-          f"ratio {result['eval_ratio']:.2f}x")
+    for precision in precisions:
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        for phase in ("train", "eval"):
+            print(f"{phase:5s} {precision}  ours {result[f'{prefix}{phase}_tokens_per_s']:7.0f} tok/s   HF "
+                  f"{result[f'{prefix}hf_{phase}_tokens_per_s']:7.0f} tok/s   ratio {result[f'{prefix}{phase}_ratio']:.2f}x")
+    if "bf16_matmul_gflops" in result:
+        verdict = "pays" if result["bf16_matmul_speedup"] > 1.1 else "does not pay"
+        print(f"bf16 matmul {result['bf16_matmul_gflops']:.0f} GFLOP/s, {result['bf16_matmul_speedup']:.2f}x fp32 on this "
+              f"CPU (native bf16: {'yes' if result['native_bf16'] else 'no'}): --bf16 {verdict} here"
+              + (f"; our bf16 training is {result['bf16_train_speedup']:.2f}x our fp32" if "bf16_train_speedup" in result else ""))
     if "lines_train_ratio" in result:
         print(f"lines  ours {result['lines_train_tokens_per_s']:7.0f} tok/s   HF {result['hf_lines_train_tokens_per_s']:7.0f}"
               f" tok/s   ratio {result['lines_train_ratio']:.2f}x   (real WikiText-2 batches, scored tokens)")
-    print(f"matmul ceiling {ceiling:.0f} GFLOP/s on the unembedding's shape; a training step reaches "
-          f"{100 * result['train_ceiling_fraction']:.0f}% of it")
+    if "train_ceiling_fraction" in result:
+        print(f"matmul ceiling {ceiling:.0f} GFLOP/s (fp32) on the unembedding's shape; an fp32 training step reaches "
+              f"{100 * result['train_ceiling_fraction']:.0f}% of it")
     if "peak_memory_mb" in result:
         print(f"peak memory growth of a training step: ours {result['peak_memory_mb']:.0f} MB, "
               f"HF {result['hf_peak_memory_mb']:.0f} MB")

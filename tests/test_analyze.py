@@ -413,3 +413,13 @@ def test_machine_seconds_are_drawn_only_for_one_machine_alone(results):
     assert analyze_results.one_machine_alone(runs)
     runs[0].log["run"]["threads"] = 1  # two single-thread runs side by side share the machine
     assert not analyze_results.one_machine_alone(runs)
+
+
+def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):
+    for seed, bf16 in ((1, False), (2, False), (3, True)):
+        (tmp_path / f"relu_{seed}.json").write_text(json.dumps(synthetic_log("relu", seed, 5.0, bf16=bf16)))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    headings = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("## Group")]
+    assert headings == ["## Group 1: train.bf16=False", "## Group 2: train.bf16=True"]
+    assert analyze_results.main(["--results_dir", str(tmp_path), "--pool_precisions"]) == 0
+    assert "3 runs in 1 group(s)" in (tmp_path / "summary.md").read_text()

@@ -255,3 +255,29 @@ def test_training_flops_per_token_by_hand_and_by_counting():
         with FlopCounterMode(display=False) as counter:
             model.nll_sum(tokens, tokens, fused=False).backward()
         assert counter.get_total_flops() == tokens.numel() * training_flops_per_token(model.cfg)
+
+
+def test_bf16_fused_loss_rounds_like_bf16_autocast_and_stays_close_to_fp32():
+    # Logits spread over +-30: bf16 keeps 8 bits, so a logit is rounded by up to ~0.06 and the loss
+    # moves visibly off fp32. The fused path must round as autocast's textbook path does (the same
+    # bf16 products), not more: its distance to that path is a small fraction of its distance to fp32.
+    torch.manual_seed(0)
+    h = (torch.randn(96, 64) * 3).requires_grad_()
+    W = torch.randn(64, 700).requires_grad_()
+    t = torch.randint(0, 700, (96,))
+
+    def loss_and_grads(fused: bool, bf16: bool):
+        h.grad = W.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = linear_cross_entropy(h, W, t, vocab_tile=128) if fused else F.cross_entropy(
+                (h @ W).float(), t, reduction="sum")
+        loss.backward()
+        return loss.detach(), h.grad.clone(), W.grad.clone()
+
+    exact, ours, textbook = loss_and_grads(True, False), loss_and_grads(True, True), loss_and_grads(False, True)
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == ours[2].dtype == torch.float32
+    off_fp32 = [float((a - b).abs().max()) for a, b in zip(ours, exact)]
+    off_textbook = [float((a - b).abs().max()) for a, b in zip(ours, textbook)]
+    assert all(o > 0 for o in off_fp32)  # the bf16 path really ran
+    assert all(t <= 0.25 * o for t, o in zip(off_textbook, off_fp32)), (off_textbook, off_fp32)
+    torch.testing.assert_close(ours[0], exact[0], rtol=2e-3, atol=0)  # the summed loss: within 0.2% of fp32

@@ -234,3 +234,17 @@ def test_several_learning_rates_make_one_run_each_named_by_lr(tiny_argv, tmp_pat
     assert log["train_config"]["lr"] == 3e-4 and log["steps"][0]["lr"] == 3e-4
     entry = log["steps"][-1]
     assert entry["train_flops"] == entry["train_tokens_seen"] * log["model_config"]["training_flops_per_token"]
+
+
+@pytest.mark.slow
+def test_a_bf16_run_with_the_fused_loss_stays_within_half_a_percent_of_fp32(tiny_argv, tmp_path):
+    steps = ("--max_steps", "300", "--num_epochs", "100", "--log_every", "10", "--checkpoint_every", "1000",
+             "--evals_per_epoch", "0")
+    assert train_simple.main(tiny_argv(tmp_path / "fp32", *steps)) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "bf16", *steps, "--bf16", "--loss", "fused")) == 0
+    fp32, bf16 = (read_log(tmp_path / p / "relu_seed3.json") for p in ("fp32", "bf16"))
+    assert bf16["train_config"]["bf16"] and not fp32["train_config"]["bf16"]  # the log records the precision
+    losses = [(a["loss"], b["loss"]) for a, b in zip(fp32["steps"], bf16["steps"])]
+    assert len(losses) == 30 and losses[-1][0] < 0.5 * losses[0][0]  # it learned, over 300 steps
+    assert all(a != b for a, b in losses[1:])  # bf16 really ran
+    assert max(abs(b - a) / a for a, b in losses) < 0.005
