@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import report  # noqa: E402
+from cli import Parser  # noqa: E402
 from study import StudyError, load_study  # noqa: E402
 from baselines import baselines_for  # noqa: E402
 from findings import markdown_baselines, markdown_verdicts  # noqa: E402
@@ -69,8 +70,7 @@ class AnalysisError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Compare activations from train_simple.py JSON logs.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description="Compare activations from train_simple.py JSON logs.")
     p.add_argument("logs", nargs="*", type=Path, help="log files (default: every *.json in --results_dir)")
     p.add_argument("--results_dir", type=Path, default=Path("results"), help="folder of run logs")
     p.add_argument("--output_dir", type=Path, default=None, help="where outputs go (default: --results_dir)")

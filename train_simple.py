@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from baselines import BASELINES_VERSION, baseline_losses
+from cli import Parser
 from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, default_cache_dir, load_split_text, load_tokenizer, \
     sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from metrics import evaluate
@@ -89,10 +90,7 @@ class NonFiniteLoss(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Train one model per MLP activation, learning rate and seed; write one JSON log per run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = Parser(description="Train one model per MLP activation, learning rate and seed; write one JSON log per run.")
     g = p.add_argument_group("runs", "one run per activation and seed (and learning rate, see --lr)")
     g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
                    help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
@@ -160,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run_name", default=None,
                    help="log name (<output_dir>/<run_name>.json); default <activation>[_matched]_seed<seed>; "
                         "with several runs it is used as a prefix")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="where to train (auto: a GPU if there is one, else the CPU)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
-    g.add_argument("--log_every", type=int, default=10, help="record a step entry every N steps")
+    g.add_argument("--log_every", type=int, default=10,
+                   help="record a step entry every N steps (and rewrite the log: it always shows where the run is)")
+    g.add_argument("--status_every", type=float, default=60.0,
+                   help="without a terminal, print a status line to stderr at most every N seconds")
     g.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at epoch ends only)")
     g.add_argument("--evals_per_epoch", type=int, default=0,
                    help="also evaluate N - 1 times within each epoch, evenly spaced (when --eval_every is 0)")
@@ -979,63 +981,97 @@ def stop_requested(rt: Runtime) -> bool:
     return bool(rt.ddp.all_sum(torch.tensor([float(asked)])) > 0) if rt.ddp.world > 1 else asked
 
 
-def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str | None:
+class Watch:
+    """What a person watching a run sees: in a terminal one progress bar to the run's real end (steps,
+    ETA, loss, tokens/s, achieved TFLOP/s); without one, a status line on stderr every ``every`` seconds."""
+
+    def __init__(self, spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
+        self.spec, self.total, self.every = spec, total_steps(spec, data), rt.flags["status_every"]
+        self.flops_per_token = training_flops_per_token(state.model.cfg)
+        self.bar = tqdm(total=self.total, initial=state.progress.step, desc=spec.name, dynamic_ncols=True,
+                        disable=None if rt.ddp.main else True)
+        self.lines = rt.ddp.main and self.bar.disable
+        self.last_line = time.monotonic()
+
+    def step(self, progress: Progress, entry: dict | None) -> None:
+        self.bar.update(1)
+        if entry is None:
+            return
+        tflops = entry["tokens_per_s"] * self.flops_per_token / 1e12
+        self.bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}", TFLOPs=f"{tflops:.2f}")
+        if self.lines and time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            remaining = (self.total - progress.step) * progress.train_seconds / max(progress.step, 1)
+            print(f"{self.spec.name}: step {progress.step}/{self.total} (epoch {progress.epoch}), loss {entry['loss']:.3f}, "
+                  f"{entry['tokens_per_s']:,.0f} tokens/s, {tflops:.2f} TFLOP/s, about {remaining / 60:.0f} min of "
+                  f"training left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watch: Watch) -> str | None:
     """Train through the rest of the current epoch; returns why it stopped early ("max_steps" or
-    "signal"), or None at the epoch's end."""
+    "signal"), or None at the epoch's end. The log is rewritten at every logged step, so a reader
+    (the analysis, a person) always sees where the run is."""
     p, h, cfg = state.progress, state.history, spec.train_config
     per_epoch, batch_size = steps_per_epoch(spec, data), cfg["batch_size"]
     evaluate_every = eval_interval(rt, per_epoch)
     order = epoch_order(spec.seed, p.epoch, len(data.train))
-    bar = tqdm(total=per_epoch, initial=p.batch_in_epoch, desc=f"{spec.name} epoch {p.epoch}",
-               disable=None if rt.ddp.main else True, leave=False, dynamic_ncols=True)
     interval_start, interval_tokens = time.perf_counter(), 0
-    try:
-        while p.batch_in_epoch < per_epoch:
-            if cfg["max_steps"] is not None and p.step >= cfg["max_steps"]:
-                return "max_steps"
-            if stop_requested(rt):
-                return "signal"
-            started = time.perf_counter()
-            record = (p.step + 1) % rt.flags["log_every"] == 0
-            index = order[p.batch_in_epoch * batch_size : (p.batch_in_epoch + 1) * batch_size]
-            nll, n_tokens, norm, group_norms = train_step(spec, state, data, rt, index, record)
-            p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
-            p.epoch_nll = p.epoch_nll + nll.double()  # stays on the device: no sync per step
-            p.epoch_clipped = p.epoch_clipped + (norm > cfg["grad_clip"] if cfg["grad_clip"] else 0)
-            p.epoch_tokens += n_tokens
-            p.tokens_seen += n_tokens
-            p.epoch_wall += time.perf_counter() - started
-            p.train_seconds += time.perf_counter() - started
-            interval_tokens += n_tokens
-            bar.update(1)
-            if record:
-                loss = nll / max(n_tokens, 1)
-                check_finite(p.step, loss, norm)
-                elapsed = time.perf_counter() - interval_start
-                h.steps.append({"step": p.step, "epoch": p.epoch, "loss": loss.item(), "grad_norm": norm.item(),
-                                "lr": state.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
-                                **compute_so_far(spec, state), "layer_grad_norms": group_norms})
-                bar.set_postfix(loss=f"{h.steps[-1]['loss']:.3f}", tok_s=f"{h.steps[-1]['tokens_per_s']:.0f}")
-                interval_start, interval_tokens = time.perf_counter(), 0
-            if evaluate_every and p.step % evaluate_every == 0 and p.batch_in_epoch < per_epoch:
-                val = validation_metrics(spec, state, data, rt, data.val)
-                h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
-                                **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
-            if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
-                check_finite(p.step, nll, norm)
-                save_checkpoint(spec, state, data, rt)
-                save_log(spec, state, data, rt, RUNNING)
-        return None
-    finally:
-        bar.close()
+    while p.batch_in_epoch < per_epoch:
+        if cfg["max_steps"] is not None and p.step >= cfg["max_steps"]:
+            return "max_steps"
+        if stop_requested(rt):
+            return "signal"
+        started = time.perf_counter()
+        record = (p.step + 1) % rt.flags["log_every"] == 0
+        index = order[p.batch_in_epoch * batch_size : (p.batch_in_epoch + 1) * batch_size]
+        nll, n_tokens, norm, group_norms = train_step(spec, state, data, rt, index, record)
+        p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
+        p.epoch_nll = p.epoch_nll + nll.double()  # stays on the device: no sync per step
+        p.epoch_clipped = p.epoch_clipped + (norm > cfg["grad_clip"] if cfg["grad_clip"] else 0)
+        p.epoch_tokens += n_tokens
+        p.tokens_seen += n_tokens
+        p.epoch_wall += time.perf_counter() - started
+        p.train_seconds += time.perf_counter() - started
+        interval_tokens += n_tokens
+        if record:
+            loss = nll / max(n_tokens, 1)
+            check_finite(p.step, loss, norm)
+            elapsed = time.perf_counter() - interval_start
+            h.steps.append({"step": p.step, "epoch": p.epoch, "loss": loss.item(), "grad_norm": norm.item(),
+                            "lr": state.optimizer.param_groups[0]["lr"], "tokens_per_s": interval_tokens / elapsed,
+                            **compute_so_far(spec, state), "layer_grad_norms": group_norms})
+            interval_start, interval_tokens = time.perf_counter(), 0
+        watch.step(p, h.steps[-1] if record else None)
+        if evaluate_every and p.step % evaluate_every == 0 and p.batch_in_epoch < per_epoch:
+            val = validation_metrics(spec, state, data, rt, data.val)
+            h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
+                            **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
+        if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
+            check_finite(p.step, nll, norm)
+            save_checkpoint(spec, state, data, rt)
+        if record or p.step % rt.flags["checkpoint_every"] == 0:
+            save_log(spec, state, data, rt, RUNNING)
+    return None
 
 
 def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
     """Train to the run's length, or until a signal; returns COMPLETE or INTERRUPTED."""
     p = state.progress
     save_log(spec, state, data, rt, RUNNING)
+    watch = Watch(spec, state, data, rt)
+    try:
+        return train_epochs(spec, state, data, rt, watch)
+    finally:
+        watch.close()
+
+
+def train_epochs(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watch: Watch) -> str:
+    p = state.progress
     while p.epoch <= spec.train_config["num_epochs"]:
-        stopped_by = run_epoch(spec, state, data, rt)
+        stopped_by = run_epoch(spec, state, data, rt, watch)
         if stopped_by == "signal":
             save_checkpoint(spec, state, data, rt)
             save_log(spec, state, data, rt, INTERRUPTED)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import analyze_results
+import run_log
 import train_simple
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 
@@ -506,3 +507,17 @@ def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, m
     assert (log["run"]["git_commit"], log["run"]["git_dirty"]) == (first, False)
     assert [(r["git_commit"], r["git_dirty"]) for r in log["run"]["resumed"]] == [(first, True),
                                                                                  (git("rev-parse", "HEAD"), False)]
+
+
+@pytest.mark.slow
+def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_without_a_terminal(tiny_argv, tmp_path):
+    log_path, ckpt_path = paths(tmp_path / "out")
+    proc = start_training(tiny_argv(None, "--num_epochs", "30", "--checkpoint_every", "100000", "--status_every", "0"))
+    wait_for(lambda: log_step(log_path) >= 5)  # long before any checkpoint: the log follows the logged steps
+    log = run_log.read_log(log_path)  # a complete, schema-valid log, not half of one
+    assert log["status"] == "running" and log["steps"][-1]["step"] == log["progress"]["step"] >= 5
+    assert not ckpt_path.exists()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    status = [line for line in stderr.splitlines() if line.startswith(f"{RUN}: step ")]
+    assert len(status) >= 5 and "tokens/s" in status[0] and "TFLOP/s" in status[0] and "/ 20" not in status[0]

@@ -147,9 +147,31 @@ def test_bad_input_is_one_line_and_exit_2(tiny_argv, change, message):
 @pytest.mark.slow
 def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     argv = tiny_argv()
-    argv[argv.index("relu")] = "tanhh"
+    argv[argv.index("relu")] = "xyzzy"  # close to nothing: every choice is listed
     result = run_cli(argv)
     assert result.returncode == 2 and "swiglu" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("typo, line", [
+    (("--activation", "rleu"), "error: argument --activation: invalid choice 'rleu'; did you mean 'relu'?"),
+    (("--layout", "pakced"), "error: argument --layout: invalid choice 'pakced'; did you mean 'packed'?"),
+    (("--lrr", "1e-3"), "error: unrecognized arguments: --lrr (did you mean --lr?) 1e-3"),
+])
+def test_a_mistyped_flag_or_choice_is_one_line_with_a_suggestion(capsys, typo, line):
+    with pytest.raises(SystemExit) as stop:
+        train_simple.main(list(typo))
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines() == [line]
+
+
+def test_help_states_each_default_once_and_every_flag_has_help():
+    parser = train_simple.build_parser()
+    text = parser.format_help()
+    assert all(action.help for action in parser._actions), [a.dest for a in parser._actions if not a.help]
+    options = text[text.index("\ntraining:"):]  # past the usage lines
+    loss_help = options[options.index("  --loss {"):options.index("  --compile")]
+    assert loss_help.lower().count("default") == 1  # its own sentence, not argparse's "(default: None)" besides
+    assert "(default: 3)" in options[options.index("  --num_epochs"):]  # a plain default is still stated
 
 
 @pytest.mark.slow

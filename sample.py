@@ -1,0 +1,69 @@
+"""Continue prompts with a trained run: its log says which model, weights and tokenizer.
+
+    python sample.py results/relu_seed42.json --prompt "The history of" --max_new_tokens 40
+    python sample.py results/relu_seed42.json --prompt "The" --temperature 0.8 --top_k 50 --seed 1
+
+The weights are the run's last checkpoint (<log folder>/checkpoints/<run name>.pt), loaded without
+unpickling code; the tokenizer is the one the log names. Greedy at temperature 0 (the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from data_utils import DataError, load_tokenizer
+from run_log import is_finished, read_log
+from transformer_from_scratch import Transformer, TransformerConfig
+
+DERIVED = ("d_head", "d_hidden", "training_flops_per_token")  # recorded in the log, not config fields
+
+
+def load_run_model(log_path: Path) -> tuple[Transformer, object]:
+    """(model in eval mode, tokenizer) of a complete run; ValueError with a one-line reason."""
+    log = read_log(log_path)
+    if not is_finished(log):
+        raise ValueError(f"{log_path} is not a complete run (status {log['status']!r})")
+    checkpoint = log_path.parent / "checkpoints" / f"{log['run']['name']}.pt"
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    except Exception as err:  # missing, damaged, or carrying code
+        raise ValueError(f"cannot load the weights {checkpoint} ({type(err).__name__})") from None
+    model = Transformer(TransformerConfig(**{k: v for k, v in log["model_config"].items() if k not in DERIVED}))
+    model.load_state_dict(state)
+    try:
+        tokenizer = load_tokenizer(log["data"]["tokenizer"])
+    except DataError as err:
+        raise ValueError(str(err)) from None
+    return model.eval(), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Continue prompts with a complete run's final weights.")
+    p.add_argument("log", type=Path, help="the run's JSON log")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    p.add_argument("--max_new_tokens", type=int, default=40, help="tokens to add to each prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sample from softmax(logits / T)")
+    p.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    args = p.parse_args(argv)
+    try:
+        if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
+            raise ValueError("--max_new_tokens and --top_k must be positive, --temperature non-negative")
+        model, tokenizer = load_run_model(args.log)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    generator = torch.Generator().manual_seed(args.seed)
+    for prompt in args.prompt:
+        tokens = torch.tensor([tokenizer.encode(prompt)[-model.cfg.n_ctx :] or [tokenizer.eos_token_id]])
+        out = model.generate(tokens, args.max_new_tokens, args.temperature, args.top_k, generator)
+        print(prompt + tokenizer.decode(out[0, tokens.shape[1] :].tolist()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
