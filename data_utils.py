@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import socket
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -150,6 +151,43 @@ def load_hub_split(split: str) -> SplitText:
             f"pass --data_dir or set ${DATA_DIR_ENV} to a folder with the wiki.*.raw files"
         ) from None
     return SplitText(split, rows, "hub:" + "/".join(HUB_DATASET), sha256_bytes("".join(rows).encode()))
+
+
+HUB_HOST = ("huggingface.co", 443)
+LOCAL_COMMAND = ("python train_simple.py --data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer "
+                 "--train_split test --val_split validation:A --test_split validation:B")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached: False at once under HF_HUB_OFFLINE=1, else one
+    short connection attempt (the hub's own clients retry for about a minute before failing)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def needs_the_hub(splits: list[str], data_dir: Path | None, tokenizer: str | None) -> list[str]:
+    """What would come from the hub: "the tokenizer" and/or "the data" (splits by name, no local folder)."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    tokenizer = tokenizer or os.environ.get(TOKENIZER_ENV) or HUB_TOKENIZER
+    missing = [] if Path(tokenizer).is_dir() else [f"the tokenizer ({tokenizer!r}: --tokenizer DIR or ${TOKENIZER_ENV})"]
+    by_name = [s for s in splits if (s.rpartition(":")[0] or s) in SPLIT_FILES]
+    if by_name and not data_dir:
+        missing.append(f"the data (splits {', '.join(sorted(set(by_name)))}: --data_dir DIR or ${DATA_DIR_ENV})")
+    return missing
+
+
+def check_offline_inputs(splits: list[str], data_dir: Path | None, tokenizer: str | None) -> None:
+    """Fail in seconds, naming everything missing and the local command, when the hub is needed and
+    cannot be reached (rather than after a minute of the hub clients' retries)."""
+    missing = needs_the_hub(splits, data_dir, tokenizer)
+    if missing and not hub_reachable():
+        raise DataError(f"the Hugging Face hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and no local copy was "
+                        f"given of {' and '.join(missing)}; with local files, for example: {LOCAL_COMMAND}")
 
 
 def load_tokenizer(name_or_dir: str | None = None):

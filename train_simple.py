@@ -42,7 +42,7 @@ from tqdm import tqdm
 from baselines import BASELINES_VERSION, baseline_losses
 from cli import Parser
 from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, default_cache_dir, load_split_text, load_tokenizer, \
-    sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
+    check_offline_inputs, sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from metrics import evaluate
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, atomic_write, \
     failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
@@ -1274,6 +1274,9 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             raise UsageError(f"--batch_size {args.batch_size} is not divisible by {ddp.world} processes")
         if device.type == "cuda" and ddp.world > 1:
             device = torch.device("cuda", torch.cuda.current_device())
+        if any(d.action in (TRAIN, RESUME) for d in (decide(spec, args.resume, args.overwrite) for spec in specs)):
+            check_offline_inputs([args.train_split, args.val_split, *([args.test_split] if args.test_split.lower() != "none"
+                                                                       else [])], args.data_dir, args.tokenizer)
         for spec in specs:  # a run another process is training is refused now, not after loading data
             with RunLock(spec, enabled=ddp.main):
                 pass

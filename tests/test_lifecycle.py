@@ -521,3 +521,16 @@ def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_
     _, stderr = proc.communicate(timeout=120)
     status = [line for line in stderr.splitlines() if line.startswith(f"{RUN}: step ")]
     assert len(status) >= 5 and "tokens/s" in status[0] and "TFLOP/s" in status[0] and "/ 20" not in status[0]
+
+
+@pytest.mark.slow
+def test_offline_without_local_files_is_one_line_naming_both_and_leaves_no_lock(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("WIKITEXT2_DIR", None), env.pop("GPT2_TOKENIZER", None)
+    result = subprocess.run([sys.executable, str(ROOT / "train_simple.py"), "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = error_lines(result.stderr)
+    assert "cannot be reached" in line and "the tokenizer ('gpt2'" in line and "the data (splits" in line
+    assert "--data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer" in line
+    assert not list((tmp_path / "out").rglob("*.lock"))
