@@ -847,11 +847,17 @@ def learning_rate(step: int, peak: float, schedule: str, warmup: int | float, to
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def eval_interval(rt: Runtime, per_epoch: int) -> int:
-    """Steps between evaluations within an epoch (0: epoch ends only)."""
-    if rt.flags["eval_every"] or not rt.flags["evals_per_epoch"]:
-        return rt.flags["eval_every"]
-    return math.ceil(per_epoch / rt.flags["evals_per_epoch"])
+def evaluation_due(rt: Runtime, progress: Progress, per_epoch: int) -> bool:
+    """Whether to evaluate after this step, within an epoch (its end is evaluated anyway):
+    --eval_every counts steps since step 0; --evals_per_epoch spaces evaluations evenly within each
+    epoch, counted from the epoch's start, so none falls just after an epoch's end."""
+    if progress.batch_in_epoch >= per_epoch:
+        return False
+    if rt.flags["eval_every"]:
+        return progress.step % rt.flags["eval_every"] == 0
+    if rt.flags["evals_per_epoch"]:
+        return progress.batch_in_epoch % math.ceil(per_epoch / rt.flags["evals_per_epoch"]) == 0
+    return False
 
 
 def compute_so_far(spec: RunSpec, state: TrainingState) -> dict:
@@ -1016,7 +1022,6 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
     (the analysis, a person) always sees where the run is."""
     p, h, cfg = state.progress, state.history, spec.train_config
     per_epoch, batch_size = steps_per_epoch(spec, data), cfg["batch_size"]
-    evaluate_every = eval_interval(rt, per_epoch)
     order = epoch_order(spec.seed, p.epoch, len(data.train))
     interval_start, interval_tokens = time.perf_counter(), 0
     while p.batch_in_epoch < per_epoch:
@@ -1045,7 +1050,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
                             **compute_so_far(spec, state), "layer_grad_norms": group_norms})
             interval_start, interval_tokens = time.perf_counter(), 0
         watch.step(p, h.steps[-1] if record else None)
-        if evaluate_every and p.step % evaluate_every == 0 and p.batch_in_epoch < per_epoch:
+        if evaluation_due(rt, p, per_epoch):
             val = validation_metrics(spec, state, data, rt, data.val)
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
                             **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})

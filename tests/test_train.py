@@ -270,3 +270,13 @@ def test_a_bf16_run_with_the_fused_loss_stays_within_half_a_percent_of_fp32(tiny
     assert len(losses) == 30 and losses[-1][0] < 0.5 * losses[0][0]  # it learned, over 300 steps
     assert all(a != b for a, b in losses[1:])  # bf16 really ran
     assert max(abs(b - a) / a for a, b in losses) < 0.005
+
+
+def test_evals_per_epoch_are_spaced_within_each_epoch_never_just_after_its_end(tiny_argv, tmp_path):
+    # 30 sequences in batches of 4: 8 steps per epoch; 3 evaluations per epoch -> every 3 steps of an
+    # epoch (its end is evaluated anyway). Counted from step 0 instead, the third falls on step 9, the
+    # first step of epoch 2, one step after that epoch-end evaluation.
+    assert train_simple.main(tiny_argv(None, "--evals_per_epoch", "3")) == 0
+    log = read_log(tmp_path / "out" / "relu_seed3.json")
+    assert [e["steps"] for e in log["epochs"]] == [8, 16]
+    assert [e["step"] for e in log["evals"]] == [3, 6, 11, 14]
