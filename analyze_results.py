@@ -845,7 +845,8 @@ def analyze(args: argparse.Namespace) -> str:
         table = group_table(group, args.metric)
         paired = paired_comparisons(group, args.baseline, args.metric)
         against_baselines, _ = markdown_baselines(group, baselines_for(group[0].log, kept), args.metric, args.point)
-        comparisons = args.comparisons or [(v, args.baseline) for v in sorted({r.variant for r in group}) if v != args.baseline]
+        arms = sorted({r.variant for r in group})
+        comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
         declared = [markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
                     markdown_table(table, args.metric),
                     "Per-pair view: " + markdown_paired(paired, args.metric, int(table["seeds"].max()))]

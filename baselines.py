@@ -132,8 +132,9 @@ class KneserNey:
         """Summed NLL (nats) over every scored target of these sequences."""
         if self.order == 2:
             return float(-np.log(self.prob(grams(tokens, lengths, 1))).sum())
-        first = first_targets(tokens, lengths)
-        return float(-np.log(self.prob(grams(tokens, lengths, 2))).sum() - np.log(self.p_mid(*first.contexts, first.targets)).sum())
+        first = first_targets(tokens, lengths)  # one token of context: the bigram level
+        later = -np.log(self.prob(grams(tokens, lengths, 2))).sum()
+        return float(later - np.log(self.p_mid(*first.contexts, first.targets)).sum())
 
 
 def unigram_nll_sum(counts: np.ndarray, k: float, targets: np.ndarray) -> float:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 WIKITEXT_LICENCE = "CC BY-SA 3.0 (WikiText-2, Merity et al. 2016, arXiv:1609.07843)"
+# The code's own licence is MIT (LICENSE); the data and the tokenizer keep theirs, named in the data card.
 
 
 @dataclass
@@ -130,6 +131,10 @@ def licence(info: dict) -> str:
     return WIKITEXT_LICENCE if wikitext else "unknown (user-supplied text)"
 
 
+def tokenizer_licence(name: str) -> str:
+    return "GPT-2 byte-level BPE, MIT licence (OpenAI)" if "gpt2" in str(name).lower() else "licence unknown"
+
+
 def data_card(runs: list) -> str:
     data = runs[0].log["data"]
     def count(info: dict, key: str) -> str:
@@ -145,7 +150,8 @@ def data_card(runs: list) -> str:
     train = data["train"]
     return "\n".join([
         f"- **Tokenizer**: `{data.get('tokenizer', '?')}` (sha256 `{str(data.get('tokenizer_sha256', 'not recorded'))[:16]}`"
-        f"{'…' if data.get('tokenizer_sha256') else ''}); layout `{train['layout']}`, sequences of at most "
+        f"{'…' if data.get('tokenizer_sha256') else ''}; {tokenizer_licence(data.get('tokenizer', ''))}); "
+        f"layout `{train['layout']}`, sequences of at most "
         f"{train['max_length']} tokens. Scored tokens are next-token targets (padding excluded); bytes are their UTF-8 "
         f"bytes, the denominator of bits per byte.",
         "", table(["role", "split", "source", "sha256", "rows", "sequences", "scored tokens", "bytes", "licence"], rows),

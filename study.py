@@ -104,7 +104,8 @@ def load_study(path: Path) -> Study:
         raise StudyError(f"{path}: an arm is declared twice ({names})")
     if raw["baseline"] not in names:
         raise StudyError(f"{path}: baseline {raw['baseline']!r} is not one of the arms {names}")
-    comparisons = [tuple(pair) for pair in raw.get("comparisons", [[n, raw["baseline"]] for n in names if n != raw["baseline"]])]
+    default = [[name, raw["baseline"]] for name in names if name != raw["baseline"]]
+    comparisons = [tuple(pair) for pair in raw.get("comparisons", default)]
     for pair in comparisons:
         if len(pair) != 2 or not set(pair) <= set(names) or pair[0] == pair[1]:
             raise StudyError(f"{path}: comparison {list(pair)} must name two different arms of {names}")

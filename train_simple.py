@@ -236,7 +236,8 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
     for activation, lr, weight_decay, seed in runs:
         model_flags = resolved_model_flags({**model, "act_fn": activation})
         matched = "_matched" if ACTIVATIONS[activation].gated and args.match_params else ""
-        swept = (f"_lr{short_float(lr)}" if len(lrs) > 1 else "") + (f"_wd{short_float(weight_decay)}" if len(decays) > 1 else "")
+        swept = (f"_lr{short_float(lr)}" if len(lrs) > 1 else "") + (
+            f"_wd{short_float(weight_decay)}" if len(decays) > 1 else "")
         name = f"{activation}{matched}{swept}_seed{seed}"
         if args.run_name:
             name = args.run_name if len(runs) == 1 else f"{args.run_name}_{name}"
@@ -486,7 +487,8 @@ def load_data(args: argparse.Namespace) -> Data:
     test_text, test_skipped = None, None
     if args.test_split.lower() != "none":
         test_text = load_split_text(args.test_split, args.data_dir)
-        same_as = [role for role, text in (("train", train_text), ("validation", val_text)) if text.sha256 == test_text.sha256]
+        same_as = [role for role, text in (("train", train_text), ("validation", val_text))
+                   if text.sha256 == test_text.sha256]
         if same_as:
             test_skipped = (f"test split {args.test_split!r} has the same contents as the {same_as[0]} split "
                             f"(sha256 {test_text.sha256[:12]}), so it is not evaluated")
@@ -512,14 +514,16 @@ def cached_baselines(data: Data, cache_dir: Path | None) -> dict:
     identity = {"version": BASELINES_VERSION, "tokenizer": data.tokenizer_sha256, "vocab": data.vocab_size,
                 **{role: {k: split.info[k] for k in ("sha256", "layout", "max_length")}
                    for role, split in (("train", data.train), *evaluated.items())}}
-    path = (cache_dir or default_cache_dir()) / f"baselines-{sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:32]}.json"
+    key = sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:32]
+    path = (cache_dir or default_cache_dir()) / f"baselines-{key}.json"
     try:
         cached = json.loads(path.read_text())
         if isinstance(cached, dict) and cached.get("identity") == identity:
             return cached["baselines"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    as_arrays = {role: (split.tokens.numpy(), split.lengths.numpy(), split.info["bytes"]) for role, split in evaluated.items()}
+    as_arrays = {role: (split.tokens.numpy(), split.lengths.numpy(), split.info["bytes"])
+                 for role, split in evaluated.items()}
     computed = baseline_losses((data.train.tokens.numpy(), data.train.lengths.numpy()), as_arrays, data.vocab_size, "val")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -918,7 +922,8 @@ def validation_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runt
                     rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused")
 
 
-def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, keys: tuple[str, ...] | None = None) -> dict:
+def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime,
+                   keys: tuple[str, ...] | None = None) -> dict:
     """The test (report) split's metrics as ``test_<metric>``, at an evaluation: so that the point
     chosen on the validation (selection) split can be reported on a split nothing was chosen on."""
     if data.test is None:
