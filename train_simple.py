@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AdamW weight decay(s); several make a sweep, like --lr")
     g.add_argument("--grad_clip", type=float, default=1.0,
                    help="clip the global gradient norm to this (0: off); the log counts the steps clipped")
+    g.add_argument("--eval_tokens", type=int, default=None, metavar="N",
+                   help="evaluate during training on a fixed subset of about N scored tokens of each evaluated "
+                        "split (the same for every run); the final numbers always use the whole splits. Default: "
+                        "whole splits")
     g.add_argument("--probe_sequences", type=int, default=64,
                    help="validation sequences used to probe MLP unit activity each epoch")
     g.add_argument("--loss", choices=LOSSES, default=None,
@@ -280,7 +284,7 @@ def validate(args: argparse.Namespace) -> None:
                  "probe_sequences"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("max_steps", "threads"):
+    for flag in ("max_steps", "threads", "eval_tokens"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
     for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "dropout"):  # nan passes every comparison below
@@ -453,6 +457,7 @@ class Data:
     tokenizer: object  # a transformers tokenizer: decodes the text samples
     tokenizer_sha256: str
     test_skipped: str | None = None  # why no test split is evaluated, when one was asked for
+    during_training: dict = field(default_factory=dict)  # role -> the (sub)split evaluated during training
     baselines: dict = field(default_factory=dict)  # n-gram baselines on these splits (baselines.py)
 
     @property
@@ -466,7 +471,9 @@ class Data:
     def describe(self, data_flags: dict) -> dict:
         return {**data_flags, "tokenizer": self.tokenizer.name_or_path, "tokenizer_sha256": self.tokenizer_sha256,
                 **{role: split.info if split is not None else None for role, split in self.roles.items()},
-                "test_skipped": self.test_skipped, "baselines": self.baselines}
+                "test_skipped": self.test_skipped, "baselines": self.baselines,
+                "evaluated_during_training": {role: {k: split.info[k] for k in ("sequences", "tokens")}
+                                              for role, split in self.during_training.items()}}
 
     def identity(self) -> dict[str, str | None]:
         """What a checkpoint must have been trained on to be resumed with this data."""
@@ -505,7 +512,23 @@ def load_data(args: argparse.Namespace) -> Data:
             raise DataError(f"the {role} split {split.info['split']!r} has no scored tokens (every sequence is a "
                             f"single token)")
     data.baselines = cached_baselines(data, args.cache_dir)
+    data.during_training = {role: evaluation_subset(split, args.eval_tokens) for role, split in
+                            (("val", data.val), ("test", data.test)) if split is not None}
     return data
+
+
+def evaluation_subset(split: TokenizedSplit, n_tokens: int | None) -> TokenizedSplit:
+    """The split, or a fixed subset of its sequences with about ``n_tokens`` scored tokens: a prefix
+    of one permutation that depends on nothing but the split's size, so every run evaluates the same
+    sequences, spread over the whole split."""
+    if n_tokens is None:
+        return split
+    order = torch.randperm(len(split), generator=derived_generator(0, "evaluation subset"))
+    scored = torch.clamp(split.lengths[order] - 1, min=0).cumsum(0)
+    chosen = order[: int(torch.searchsorted(scored, n_tokens)) + 1].sort().values
+    subset = TokenizedSplit(split.tokens[chosen], split.lengths[chosen])
+    subset.info = {**split.info, "sequences": len(subset), "tokens": int(scored[len(chosen) - 1])}
+    return subset
 
 
 def cached_baselines(data: Data, cache_dir: Path | None) -> dict:
@@ -928,7 +951,7 @@ def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime,
     chosen on the validation (selection) split can be reported on a split nothing was chosen on."""
     if data.test is None:
         return {}
-    metrics = validation_metrics(spec, state, data, rt, data.test)
+    metrics = validation_metrics(spec, state, data, rt, data.during_training["test"])
     return {f"test_{k}": v for k, v in metrics.items() if keys is None or k in keys}
 
 
@@ -936,8 +959,9 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     """Evaluate the epoch and record it with its dynamics."""
     p, h = state.progress, state.history
     check_finite(p.step, p.epoch_nll)
-    val = validation_metrics(spec, state, data, rt, data.val)
-    h.last_val = {"step": p.step, "metrics": val}
+    val = validation_metrics(spec, state, data, rt, data.during_training["val"])
+    if data.during_training["val"] is data.val:  # the whole split: the final numbers may reuse it
+        h.last_val = {"step": p.step, "metrics": val}
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
@@ -1056,7 +1080,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
             interval_start, interval_tokens = time.perf_counter(), 0
         watch.step(p, h.steps[-1] if record else None)
         if evaluation_due(rt, p, per_epoch):
-            val = validation_metrics(spec, state, data, rt, data.val)
+            val = validation_metrics(spec, state, data, rt, data.during_training["val"])
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
                             **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
         if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:

@@ -280,3 +280,15 @@ def test_evals_per_epoch_are_spaced_within_each_epoch_never_just_after_its_end(t
     log = read_log(tmp_path / "out" / "relu_seed3.json")
     assert [e["steps"] for e in log["epochs"]] == [8, 16]
     assert [e["step"] for e in log["evals"]] == [3, 6, 11, 14]
+
+
+def test_eval_tokens_evaluates_a_fixed_subset_during_training_and_the_whole_split_at_the_end(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(tmp_path / "whole", "--evals_per_epoch", "2")) == 0
+    for name in ("subset", "again"):
+        assert train_simple.main(tiny_argv(tmp_path / name, "--evals_per_epoch", "2", "--eval_tokens", "40")) == 0
+    whole, subset, again = (read_log(tmp_path / n / "relu_seed3.json") for n in ("whole", "subset", "again"))
+    during = subset["data"]["evaluated_during_training"]["val"]
+    assert 40 <= during["tokens"] < whole["data"]["val"]["tokens"] and subset["train_config"]["eval_tokens"] == 40
+    assert subset["final"] == whole["final"]  # the same training; the final numbers on the whole split
+    assert [e["val_loss"] for e in subset["epochs"]] != [e["val_loss"] for e in whole["epochs"]]
+    assert [e["val_loss"] for e in subset["evals"]] == [e["val_loss"] for e in again["evals"]]  # a fixed subset
