@@ -54,7 +54,8 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
         lines.append(f"- {arm}: {mean:.4f}, {verb}")
     if not beaten:
         lines = [f"> **Warning: no arm beats the {best_name} baseline.** These models have learned no more than "
-                 f"counts of word pairs; their differences are not about what the MLP computes.", ""] + lines
+                 f"what counts of short word sequences capture; their differences are not about what the MLP "
+                 f"computes.", ""] + lines
     return "\n".join(lines), beaten
 
 

@@ -512,7 +512,9 @@ def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, m
 @pytest.mark.slow
 def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_without_a_terminal(tiny_argv, tmp_path):
     log_path, ckpt_path = paths(tmp_path / "out")
-    proc = start_training(tiny_argv(None, "--num_epochs", "30", "--checkpoint_every", "100000", "--status_every", "0"))
+    argv = tiny_argv(None, "--num_epochs", "30", "--checkpoint_every", "100000", "--status_every", "0")
+    argv[argv.index("--batch_size") + 1] = "1"  # 30 steps to the first epoch end, its first checkpoint
+    proc = start_training(argv)
     wait_for(lambda: log_step(log_path) >= 5)  # long before any checkpoint: the log follows the logged steps
     log = run_log.read_log(log_path)  # a complete, schema-valid log, not half of one
     assert log["status"] == "running" and log["steps"][-1]["step"] == log["progress"]["step"] >= 5
@@ -520,7 +522,8 @@ def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     status = [line for line in stderr.splitlines() if line.startswith(f"{RUN}: step ")]
-    assert len(status) >= 5 and "tokens/s" in status[0] and "TFLOP/s" in status[0] and "/ 20" not in status[0]
+    assert len(status) >= 5 and "tokens/s" in status[0] and "TFLOP/s" in status[0]
+    assert "/900 (epoch 1)" in status[0]  # steps to the run's real end: 30 epochs of 30
 
 
 @pytest.mark.slow
