@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--log_every", type=int, default=10,
                    help="record a step entry every N steps (and rewrite the log: it always shows where the run is)")
+    g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also write the logged scalars for TensorBoard to DIR/<run_name> (needs tensorboard)")
     g.add_argument("--status_every", type=float, default=60.0,
                    help="without a terminal, print a status line to stderr at most every N seconds")
     g.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at epoch ends only)")
@@ -1016,11 +1019,26 @@ def stop_requested(rt: Runtime) -> bool:
     return bool(rt.ddp.all_sum(torch.tensor([float(asked)])) > 0) if rt.ddp.world > 1 else asked
 
 
+def tensorboard_writer(folder: Path | None):
+    """A TensorBoard SummaryWriter for ``folder``, or None (run_all checked that tensorboard is there)."""
+    if folder is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder))
+
+
 class Watch:
     """What a person watching a run sees: in a terminal one progress bar to the run's real end (steps,
-    ETA, loss, tokens/s, achieved TFLOP/s); without one, a status line on stderr every ``every`` seconds."""
+    ETA, loss, tokens/s, achieved TFLOP/s); without one, a status line on stderr every ``every`` seconds;
+    with --tensorboard, the log's scalars as TensorBoard events."""
+
+    SCALARS = {"loss": "train/loss", "grad_norm": "train/grad_norm", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
+               "val_loss": "val/loss", "val_bpb": "val/bits_per_byte", "test_loss": "test/loss", "test_bpb": "test/bits_per_byte"}
 
     def __init__(self, spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
+        folder = rt.flags["tensorboard"]
+        self.writer = tensorboard_writer(Path(folder) / spec.name if folder and rt.ddp.main else None)
         self.spec, self.total, self.every = spec, total_steps(spec, data), rt.flags["status_every"]
         self.flops_per_token = training_flops_per_token(state.model.cfg)
         self.bar = tqdm(total=self.total, initial=state.progress.step, desc=spec.name, dynamic_ncols=True,
@@ -1028,10 +1046,17 @@ class Watch:
         self.lines = rt.ddp.main and self.bar.disable
         self.last_line = time.monotonic()
 
+    def scalars(self, entry: dict, step: int) -> None:
+        if self.writer is not None:
+            for key, tag in self.SCALARS.items():
+                if isinstance(entry.get(key), (int, float)):
+                    self.writer.add_scalar(tag, entry[key], step)
+
     def step(self, progress: Progress, entry: dict | None) -> None:
         self.bar.update(1)
         if entry is None:
             return
+        self.scalars(entry, progress.step)
         tflops = entry["tokens_per_s"] * self.flops_per_token / 1e12
         self.bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:.0f}", TFLOPs=f"{tflops:.2f}")
         if self.lines and time.monotonic() - self.last_line >= self.every:
@@ -1043,6 +1068,8 @@ class Watch:
 
     def close(self) -> None:
         self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watch: Watch) -> str | None:
@@ -1083,6 +1110,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
             val = validation_metrics(spec, state, data, rt, data.during_training["val"])
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
                             **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
+            watch.scalars(h.evals[-1], p.step)
         if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
             check_finite(p.step, nll, norm)
             save_checkpoint(spec, state, data, rt)
@@ -1112,6 +1140,7 @@ def train_epochs(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, w
             return INTERRUPTED
         if p.epoch_tokens and not epoch_recorded(state):  # a resumed stop point may owe its evaluation
             end_epoch(spec, state, data, rt, partial=stopped_by is not None)
+            watch.scalars(state.history.epochs[-1], p.step)
         if stopped_by is None:
             p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens, p.epoch_wall = p.epoch + 1, 0, 0.0, 0, 0.0
             p.epoch_clipped = 0
@@ -1300,6 +1329,8 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             check_export_targets(specs, args)
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard")
         if args.bf16 and device.type == "cpu" and not native_bf16():
             print("note: --bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): expect it to be much "
                   "slower than fp32", file=sys.stderr)

@@ -292,3 +292,16 @@ def test_eval_tokens_evaluates_a_fixed_subset_during_training_and_the_whole_spli
     assert subset["final"] == whole["final"]  # the same training; the final numbers on the whole split
     assert [e["val_loss"] for e in subset["epochs"]] != [e["val_loss"] for e in whole["epochs"]]
     assert [e["val_loss"] for e in subset["evals"]] == [e["val_loss"] for e in again["evals"]]  # a fixed subset
+
+
+def test_tensorboard_gets_the_logs_scalars(tiny_argv, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is an optional dependency")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train_simple.main(tiny_argv(None, "--max_steps", "5", "--eval_every", "3", "--tensorboard",
+                                       str(tmp_path / "tb"))) == 0
+    log = read_log(tmp_path / "out" / "relu_seed3.json")
+    events = EventAccumulator(str(tmp_path / "tb" / "relu_seed3")).Reload()
+    losses = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert losses == pytest.approx({s["step"]: s["loss"] for s in log["steps"]}, rel=1e-6)
+    assert [e.step for e in events.Scalars("val/loss")] == [3, 5]  # the evaluation at 3 and the (partial) epoch end
