@@ -722,7 +722,7 @@ class History:
     epochs: list = field(default_factory=list)
     dynamics: list = field(default_factory=list)
     samples: list = field(default_factory=list)
-    last_val: dict | None = None  # {"step", "metrics"} of the latest validation pass at an epoch end
+    last_val: dict | None = None  # {"step", "metrics", "test"} of the latest whole-split evaluation at an epoch end
 
 
 @dataclass
@@ -948,14 +948,17 @@ def validation_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runt
                     rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused")
 
 
-def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime,
-                   keys: tuple[str, ...] | None = None) -> dict:
-    """The test (report) split's metrics as ``test_<metric>``, at an evaluation: so that the point
-    chosen on the validation (selection) split can be reported on a split nothing was chosen on."""
+def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> dict:
+    """The test (report) split's metrics at an evaluation, {} without one: so that the point chosen
+    on the validation (selection) split can be reported on a split nothing was chosen on."""
     if data.test is None:
         return {}
-    metrics = validation_metrics(spec, state, data, rt, data.during_training["test"])
-    return {f"test_{k}": v for k, v in metrics.items() if keys is None or k in keys}
+    return validation_metrics(spec, state, data, rt, data.during_training["test"])
+
+
+def prefixed(prefix: str, metrics: dict, keys: tuple[str, ...] | None = None) -> dict:
+    """``metrics`` under the log's names for its split: {"val_loss": ...}."""
+    return {f"{prefix}_{k}": v for k, v in metrics.items() if keys is None or k in keys}
 
 
 def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, partial: bool) -> None:
@@ -963,14 +966,15 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     p, h = state.progress, state.history
     check_finite(p.step, p.epoch_nll)
     val = validation_metrics(spec, state, data, rt, data.during_training["val"])
-    if data.during_training["val"] is data.val:  # the whole split: the final numbers may reuse it
-        h.last_val = {"step": p.step, "metrics": val}
+    test = report_metrics(spec, state, data, rt)
+    if data.during_training["val"] is data.val:  # the whole splits: the final numbers may reuse them
+        h.last_val = {"step": p.step, "metrics": val, "test": test}
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
         "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
         "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"],
-        **report_metrics(spec, state, data, rt, ("loss", "ppl", "bpb")), "wall_s": p.epoch_wall,
+        **prefixed("test", test, ("loss", "ppl", "bpb")), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
@@ -1109,19 +1113,19 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
         if evaluation_due(rt, p, per_epoch):
             val = validation_metrics(spec, state, data, rt, data.during_training["val"])
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
-                            **{f"val_{k}": v for k, v in val.items()}, **report_metrics(spec, state, data, rt)})
+                            **prefixed("val", val), **prefixed("test", report_metrics(spec, state, data, rt))})
             watch.scalars(h.evals[-1], p.step)
-        if p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch:
+        checkpoint = p.step % rt.flags["checkpoint_every"] == 0 and p.batch_in_epoch < per_epoch
+        if checkpoint:
             check_finite(p.step, nll, norm)
             save_checkpoint(spec, state, data, rt)
-        if record or p.step % rt.flags["checkpoint_every"] == 0:
+        if record or checkpoint:
             save_log(spec, state, data, rt, RUNNING)
     return None
 
 
 def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
     """Train to the run's length, or until a signal; returns COMPLETE or INTERRUPTED."""
-    p = state.progress
     save_log(spec, state, data, rt, RUNNING)
     watch = Watch(spec, state, data, rt)
     try:
@@ -1148,12 +1152,14 @@ def train_epochs(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, w
         if stopped_by is not None:
             break
         save_log(spec, state, data, rt, RUNNING)
-    last_val = state.history.last_val
-    final = {"step": p.step, "val": last_val["metrics"] if last_val and last_val["step"] == p.step
-             else validation_metrics(spec, state, data, rt, data.val)}
+    last = state.history.last_val
+    just_evaluated = last is not None and last["step"] == p.step  # the whole splits, at this very step
+    final = {"step": p.step,
+             "val": last["metrics"] if just_evaluated else validation_metrics(spec, state, data, rt, data.val)}
     if data.test is not None:
-        final["test"] = validation_metrics(spec, state, data, rt, data.test)
-    state.history.last_val = {"step": p.step, "metrics": final["val"]}
+        final["test"] = last["test"] if just_evaluated and last.get("test") else \
+            validation_metrics(spec, state, data, rt, data.test)
+    state.history.last_val = {"step": p.step, "metrics": final["val"], "test": final.get("test", {})}
     save_log(spec, state, data, rt, COMPLETE, final)
     return COMPLETE
 
@@ -1240,25 +1246,26 @@ def check_models(specs: list[RunSpec], export_hf: bool) -> None:
             raise UsageError(f"invalid model for {spec.name}{' (--export_hf)' if export_hf else ''}: {err}") from None
 
 
+def cpuinfo(field: str) -> str | None:
+    """The first value of ``field`` in /proc/cpuinfo, or None (not Linux, or no such field)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls run about
     twice as fast as fp32; without it they are emulated and far slower."""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+    return bool({"avx512_bf16", "amx_bf16"} & set((cpuinfo("flags") or "").split()))
 
 
 def cpu_model() -> str:
     """The processor's name (e.g. "AMD EPYC ..."): speed figures mean nothing without it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def run_facts(command: list[str], device: torch.device, ddp: Distributed) -> dict:
@@ -1339,13 +1346,13 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             raise UsageError(f"--batch_size {args.batch_size} is not divisible by {ddp.world} processes")
         if device.type == "cuda" and ddp.world > 1:
             device = torch.device("cuda", torch.cuda.current_device())
-        if any(d.action in (TRAIN, RESUME) for d in (decide(spec, args.resume, args.overwrite) for spec in specs)):
+        plan = [(spec, decide(spec, args.resume, args.overwrite)) for spec in specs]
+        if any(d.action in (TRAIN, RESUME) for _, d in plan):  # before any lock file exists
             check_offline_inputs([args.train_split, args.val_split, *([args.test_split] if args.test_split.lower() != "none"
                                                                        else [])], args.data_dir, args.tokenizer)
         for spec in specs:  # a run another process is training is refused now, not after loading data
             with RunLock(spec, enabled=ddp.main):
                 pass
-        plan = [(spec, decide(spec, args.resume, args.overwrite)) for spec in specs]
         refusals = [d for _, d in plan if d.action == REFUSE]
         for decision in refusals:
             report(decision, ddp)
