@@ -831,20 +831,20 @@ def analyze(args: argparse.Namespace) -> str:
     runs = loaded.finished
     if not runs:
         raise AnalysisError(f"no usable logs in {args.results_dir if not args.logs else 'the files given'}")
-    out_dir = writable_folder(args.output_dir or (args.results_dir if not args.logs else args.logs[0].parent))
+    logs_folder = args.results_dir if not args.logs else args.logs[0].parent
+    out_dir = writable_folder(args.output_dir or logs_folder)
     groups = group_runs(runs)
     notes = differences(groups)
-    kept = kept_baselines(args.results_dir if not args.logs else args.logs[0].parent)
+    kept = kept_baselines(logs_folder)
     if args.metric is None:
         args.metric = "test_loss" if all(r.log["final"].get("test") for r in runs) else "val_loss"
-    md = ["# Activation comparison", "",
-          f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
-          f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", ""]
+    md = []  # the groups' and sweeps' sections; the summary's opening is added at the end
     csv_tables, sections, headline = [], [], []
     for i, (group, note) in enumerate(zip(groups, notes), start=1):
         table = group_table(group, args.metric)
         paired = paired_comparisons(group, args.baseline, args.metric)
-        against_baselines, _ = markdown_baselines(group, baselines_for(group[0].log, kept), args.metric, args.point)
+        baselines = baselines_for(group[0].log, kept)
+        against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
         arms = sorted({r.variant for r in group})
         comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
         declared = [markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
@@ -861,13 +861,12 @@ def analyze(args: argparse.Namespace) -> str:
         headline.append(f"**Group {i}** ({note})\n\n{against_baselines}")
         md += [f"## Group {i}: {note}", "", describe_group(group) + ".", "", tables, ""]
         suffix = "" if i == 1 else f"_group{i}"
-        figures = {"training_curves": plot_curves, "training_dynamics": plot_dynamics}
+        figures = {"training_curves": functools.partial(plot_curves, baselines=baselines, baseline_arm=args.baseline),
+                   "training_dynamics": plot_dynamics}
         if has_attention(group):
             figures["attention"] = plot_attention
         if has_compute(group):
             figures["training_compute"] = plot_compute
-        figures["training_curves"] = functools.partial(plot_curves, baselines=baselines_for(group[0].log, kept),
-                                                       baseline_arm=args.baseline)
         for name, plot in figures.items():
             plot(group, out_dir / f"{name}{suffix}.png")
         sections.append(report.Section(f"group {i} ({note})", describe_group(group) + ".", group, tables,
@@ -882,13 +881,16 @@ def analyze(args: argparse.Namespace) -> str:
         plot_lr_sweep(family, args.metric, out_dir / name)
         sweeps.append((markdown_sweep(family, args.metric, args.baseline), [(name, FIGURE_GUIDE["lr_sweep"])]))
         md += [sweeps[-1][0], ""]
-    md[4:4] = ["## First: do the models beat the n-gram baselines?", "", "\n\n".join(headline), ""]
+    headline = "\n\n".join(headline)
     not_analysed = markdown_not_analysed(loaded)
-    if not_analysed:
-        md += [f"## {NOT_ANALYSED}", "", not_analysed, ""]
+    md = ["# Activation comparison", "",
+          f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
+          f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", "",
+          f"## {report.HEADLINE}", "", headline, "", *md,
+          *([f"## {NOT_ANALYSED}", "", not_analysed, ""] if not_analysed else [])]
     summary = printable("\n".join(md))
     atomic_write(out_dir / "summary.md", summary.encode())
-    document = report.render(sections, NOT_ANALYSED, not_analysed, sweeps, headline="\n\n".join(headline))
+    document = report.render(sections, NOT_ANALYSED, not_analysed, sweeps, headline=headline)
     atomic_write(out_dir / "report.md", printable(document).encode())
     csv = pd.concat(csv_tables).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", printable(csv).encode())

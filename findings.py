@@ -32,13 +32,12 @@ def baseline_value(baselines: dict, name: str, metric: str) -> float:
     return math.exp(scores["loss"]) if key == "ppl" else float(scores.get(key, math.nan))
 
 
-def markdown_baselines(group: list, baselines: dict, metric: str, point: str) -> tuple[str, bool | None]:
-    """Each arm against the best n-gram baseline on the metric's split; (markdown, whether any arm
-    beats it), the second None when there are no baselines for this data."""
+def markdown_baselines(group: list, baselines: dict, metric: str, point: str) -> str:
+    """Each arm against the best n-gram baseline on the metric's split, with a warning when none beats it."""
     values = {name: baseline_value(baselines, name, metric) for name in sorted(baselines)}
     values = {name: v for name, v in values.items() if math.isfinite(v)}
     if not values:
-        return "These logs hold no n-gram baselines (written before they were recorded).", None
+        return "These logs hold no n-gram baselines (written before they were recorded)."
     best_name = min(values, key=values.get)
     best = values[best_name]
     lines = [f"**Against the n-gram baselines** ({split_label(group, metric)}, trained on exactly the runs' "
@@ -56,7 +55,7 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
         lines = [f"> **Warning: no arm beats the {best_name} baseline.** These models have learned no more than "
                  f"what counts of short word sequences capture; their differences are not about what the MLP "
                  f"computes.", ""] + lines
-    return "\n".join(lines), beaten
+    return "\n".join(lines)
 
 
 def verdict_sentence(v: Verdict, margin: float) -> str:

@@ -13,6 +13,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from run_log import recorded
+
+HEADLINE = "First: do the models beat the n-gram baselines?"  # the section every report opens with
 WIKITEXT_LICENCE = "CC BY-SA 3.0 (WikiText-2, Merity et al. 2016, arXiv:1609.07843)"
 # The code's own licence is MIT (LICENSE); the data and the tokenizer keep theirs, named in the data card.
 
@@ -89,13 +92,11 @@ def samples_section(runs: list) -> str:
 def architecture_options(cfg: dict) -> str:
     """The options that set a model's ends, init and regularisation, in words (logs from before an
     option existed had its default)."""
-    final_ln = cfg.get("final_ln", cfg["preset"] == "gpt2")
-    dropout = cfg.get("dropout", 0.0)
+    mlp_init, dropout = recorded(cfg, "mlp_init"), recorded(cfg, "dropout")
     return ", ".join([
-        "tied embedding and unembedding" if cfg.get("tie_embeddings") else "untied embedding and unembedding",
-        "a final LayerNorm" if final_ln else "no final LayerNorm",
-        f"MLP init {cfg.get('mlp_init', 'standard')}" + (" (W_out scaled to relu's output variance)"
-                                                         if cfg.get("mlp_init") == "variance_matched" else ""),
+        "tied embedding and unembedding" if recorded(cfg, "tie_embeddings") else "untied embedding and unembedding",
+        "a final LayerNorm" if recorded(cfg, "final_ln") else "no final LayerNorm",
+        f"MLP init {mlp_init}" + (" (W_out scaled to relu's output variance)" if mlp_init == "variance_matched" else ""),
         f"dropout {dropout}" if dropout else "no dropout",
     ])
 
@@ -184,7 +185,7 @@ def render(sections: list[Section], not_analysed_title: str, not_analysed: str |
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
           "Values are mean ± 95% confidence interval over seeds (t distribution); paired tests compare each "
           "activation with the baseline seed by seed, Holm-corrected.", "",
-          *(["## First: do the models beat the n-gram baselines?", "", headline, ""] if headline else []),
+          *([f"## {HEADLINE}", "", headline, ""] if headline else []),
           "## What was run", "", what_was_run(everything), ""]
     for sweep, figures in sweeps:  # a sweep reads as one document: its table first
         md += [sweep, ""]

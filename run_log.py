@@ -85,6 +85,20 @@ COMPLETE_SCHEMA = _object({
 }) | {"required": ["steps", "epochs", "dynamics", "final"]}  # version 1 has no evals or samples
 
 
+def value_before_it_was_recorded(key: str, section: dict):
+    """What a run whose log predates setting ``key`` did (``section``: the rest of that log section,
+    or of the request): the default it ran with, so such a log still matches, and is described, as
+    what it was. "<missing>" for a key that has no such default."""
+    legacy = {"final_ln": section.get("preset") == "gpt2", "mlp_init": "standard", "dropout": 0.0,
+              "tie_embeddings": False}
+    return legacy.get(key, "<missing>")
+
+
+def recorded(section: dict, key: str):
+    """``section[key]``, or what a log from before ``key`` existed ran with."""
+    return section[key] if key in section else value_before_it_was_recorded(key, section)
+
+
 def schema_problem(log: dict, schema: dict) -> str | None:
     """The first place where ``log`` breaks ``schema``, as "field $.a.b: reason", or None."""
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(log))

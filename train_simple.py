@@ -46,7 +46,7 @@ from data_utils import LAYOUTS, DataError, TokenizedSplit, atomic_save, default_
     check_offline_inputs, sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from metrics import evaluate
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, atomic_write, \
-    failed_non_finite, last_step, read_log, remove_stale_temporaries, write_log
+    failed_non_finite, last_step, read_log, remove_stale_temporaries, value_before_it_was_recorded, write_log
 from transformer_from_scratch import ACTIVATIONS, IGNORE_INDEX, PRESETS, Transformer, TransformerConfig, activation_names, \
     canonical_activation, derived_generator, parameter_counts, parameter_groups, probe, to_hf_gpt2, \
     training_flops_per_token
@@ -345,13 +345,6 @@ def at_least(requested: int | None, saved) -> bool:
     if not (saved is None or isinstance(saved, int)):
         return False
     return (math.inf if requested is None else requested) >= (math.inf if saved is None else saved)
-
-
-def value_before_it_was_recorded(key: str, requested: dict):
-    """What a run logged before ``key`` was a setting did: such a log still matches a request for it."""
-    legacy = {"final_ln": requested.get("preset") == "gpt2", "mlp_init": "standard", "dropout": 0.0,
-              "tie_embeddings": False}
-    return legacy.get(key, "<missing>")
 
 
 def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str]:
