@@ -31,6 +31,7 @@ from stats import holm
 
 MIN_PAIRS = 3
 MAX_SEEDS = 10_000  # "needs more than this many seeds" is said as infinity
+MAX_NONCENTRALITY = 1e4
 POWER = 0.8
 BETTER, WORSE, EQUIVALENT, INCONCLUSIVE, NOT_TESTED = "better", "worse", "equivalent", "inconclusive", "not tested"
 
@@ -121,9 +122,10 @@ def contrast_power(difference: float, sd: float, arms: int, seeds: int, level: f
     """Power of the two-way model's two-sided test of one contrast, balanced design: the contrast's
     t has (arms - 1)(seeds - 1) degrees of freedom and noncentrality difference / (sd sqrt(2 / seeds))."""
     df = (arms - 1) * (seeds - 1)
-    noncentrality = difference / (sd * math.sqrt(2 / seeds))
+    # Capped where the power is 1 to double precision already: scipy's nct returns nan far beyond it.
+    noncentrality = min(abs(difference) / (sd * math.sqrt(2 / seeds)), MAX_NONCENTRALITY)
     critical = stats.t.ppf(1 - level / 2, df)
-    near, far = stats.nct.sf(critical, df, abs(noncentrality)), stats.nct.cdf(-critical, df, abs(noncentrality))
+    near, far = stats.nct.sf(critical, df, noncentrality), stats.nct.cdf(-critical, df, noncentrality)
     return float(near + (0.0 if math.isnan(far) else far))  # far: the other tail, which underflows (scipy: nan)
 
 
@@ -140,6 +142,6 @@ def power(values: dict[tuple[str, int], float], n_comparisons: int, margin: floa
     if sd == 0:
         return Power(seeds, 0.0, 0.0, float(MIN_PAIRS))
     top = 20 * sd * math.sqrt(2 / seeds)  # noncentrality 20: power 1 to many digits
-    detectable = optimize.brentq(lambda d: contrast_power(d, sd, arms, seeds, level) - POWER, 1e-12, top)
+    detectable = optimize.brentq(lambda d: contrast_power(d, sd, arms, seeds, level) - POWER, 0.0, top)
     enough = next((n for n in range(2, MAX_SEEDS) if contrast_power(margin, sd, arms, n, level) >= POWER), math.inf)
     return Power(seeds, math.sqrt(2) * sd, detectable, float(enough))

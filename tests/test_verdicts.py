@@ -72,3 +72,10 @@ def test_the_power_statement_is_the_power_of_the_test_used():
     assert rejected / 400 == pytest.approx(0.8, abs=0.06)
     more = power(observed, 1, margin=statement.detectable, alpha=0.05)
     assert more.seeds_for_margin == seeds  # the margin it detects at these seeds needs exactly these seeds
+
+
+def test_power_with_almost_no_noise_is_a_tiny_detectable_difference_not_a_crash():
+    values = {(arm, s): shift + 1e-9 * ((s * 7 + len(arm)) % 3) for arm, shift in (("base", 1.0), ("b", 1.5), ("c", 2.0))
+              for s in range(4)}
+    p = power(values, n_comparisons=2, margin=0.02, alpha=0.05)
+    assert 0 < p.detectable < 1e-6 and p.seeds_for_margin == 2
