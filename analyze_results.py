@@ -283,11 +283,12 @@ def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     return table
 
 
-def paired_comparisons(group: list[Run], baseline: str, metric: str) -> pd.DataFrame:
-    """Each variant minus the baseline, paired by seed; Holm-corrected across variants."""
+def paired_comparisons(group: list[Run], baseline: str, metric: str, point: str = "final") -> pd.DataFrame:
+    """Each variant minus the baseline, paired by seed, each run read at ``point`` (as the verdicts
+    read it); Holm-corrected across variants."""
     by_variant: dict[str, dict[int, float]] = defaultdict(dict)
     for run in group:
-        by_variant[run.variant][run.seed] = run.metric(metric)
+        by_variant[run.variant][run.seed] = run.metric_at(metric, point)
     if baseline not in by_variant:
         return pd.DataFrame()
     rows = []
@@ -325,10 +326,11 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines)
 
 
-def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int) -> str:
+def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int, point: str = "final") -> str:
     if table.empty:
         return "No paired comparison: the baseline is not among these runs."
-    lines = [f"Paired by seed against **{table['baseline'].iloc[0]}** ({metric}, variant minus baseline; "
+    where = "" if point == "final" else f" at the {point} point"
+    lines = [f"Paired by seed against **{table['baseline'].iloc[0]}** ({metric}{where}, variant minus baseline; "
              f"negative = better than baseline):", "",
              "| variant | pairs | mean difference ± 95% CI | t | p | p (Holm) |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
@@ -842,14 +844,14 @@ def analyze(args: argparse.Namespace) -> str:
     csv_tables, sections, headline = [], [], []
     for i, (group, note) in enumerate(zip(groups, notes), start=1):
         table = group_table(group, args.metric)
-        paired = paired_comparisons(group, args.baseline, args.metric)
+        paired = paired_comparisons(group, args.baseline, args.metric, args.point)
         baselines = baselines_for(group[0].log, kept)
         against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
         arms = sorted({r.variant for r in group})
         comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
         declared = [markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
                     markdown_table(table, args.metric),
-                    "Per-pair view: " + markdown_paired(paired, args.metric, int(table["seeds"].max()))]
+                    "Per-pair view: " + markdown_paired(paired, args.metric, int(table["seeds"].max()), args.point)]
         exploratory = []
         if all(len(evaluations(r)) > 1 for r in group):
             exploratory.append(markdown_curves(group, args.metric))

@@ -423,3 +423,16 @@ def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):
     assert headings == ["## Group 1: train.bf16=False", "## Group 2: train.bf16=True"]
     assert analyze_results.main(["--results_dir", str(tmp_path), "--pool_precisions"]) == 0
     assert "3 runs in 1 group(s)" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_per_pair_view_reads_the_point_the_verdicts_read(results):
+    # The first epoch is each run's best on selection: relu at 1.0, gelu at 1.5, whatever their ends.
+    for path in results.glob("*_seed*.json"):
+        log = json.loads(path.read_text())
+        log["epochs"][0]["val_loss"] = {"relu": 1.0, "gelu": 1.5}.get(log["model_config"]["act_fn"], 2.0)
+        path.write_text(json.dumps(log))
+    argv = ["--results_dir", str(results), "--metric", "val_loss", "--point", "best_selection"]
+    assert analyze_results.main(argv) == 0
+    table = __import__("pandas").read_csv(results / "summary.csv").set_index("variant")
+    assert table.loc["gelu", "val_loss_diff_vs_relu"] == pytest.approx(0.5)
+    assert "(val_loss at the best_selection point, variant minus baseline" in (results / "summary.md").read_text()
