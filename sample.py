@@ -19,7 +19,6 @@ from data_utils import DataError, load_tokenizer
 from run_log import is_finished, read_log
 from transformer_from_scratch import Transformer, TransformerConfig
 
-DERIVED = ("d_head", "d_hidden", "training_flops_per_token")  # recorded in the log, not config fields
 
 
 def load_run_model(log_path: Path) -> tuple[Transformer, object]:
@@ -32,7 +31,7 @@ def load_run_model(log_path: Path) -> tuple[Transformer, object]:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     except Exception as err:  # missing, damaged, or carrying code
         raise ValueError(f"cannot load the weights {checkpoint} ({type(err).__name__})") from None
-    model = Transformer(TransformerConfig(**{k: v for k, v in log["model_config"].items() if k not in DERIVED}))
+    model = Transformer(TransformerConfig.from_dict(log["model_config"]))
     model.load_state_dict(state)
     try:
         tokenizer = load_tokenizer(log["data"]["tokenizer"])

@@ -114,8 +114,7 @@ def test_a_tied_run_exports_to_hugging_face_with_the_same_logits(tiny_argv, tmp_
     assert train_simple.main(argv) == 0
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "gelu_tanh_seed3").eval()
     log = read_log(tmp_path / "out" / "gelu_tanh_seed3.json")
-    cfg = TransformerConfig(**{k: v for k, v in log["model_config"].items()
-                               if k not in ("d_head", "d_hidden", "training_flops_per_token")})
+    cfg = TransformerConfig.from_dict(log["model_config"])
     ours = Transformer(cfg)
     ours.load_state_dict(torch.load(tmp_path / "out" / "checkpoints" / "gelu_tanh_seed3.pt", weights_only=True)["model"])
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()

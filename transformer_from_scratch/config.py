@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .activations import ACTIVATIONS, canonical_activation
 
@@ -105,3 +105,9 @@ class TransformerConfig:
     def to_dict(self) -> dict:
         """The fields plus the derived facts a reader of a log needs (d_head, d_hidden)."""
         return {**asdict(self), "d_head": self.d_head, "d_hidden": self.d_hidden}
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> TransformerConfig:
+        """The config a log's model_config records: its fields, the derived facts beside them ignored
+        (a field an older log lacks takes its default)."""
+        return cls(**{f.name: recorded[f.name] for f in fields(cls) if f.name in recorded})
