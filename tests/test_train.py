@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_simple
-from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
+from conftest import CORPUS_LINES, ROOT, assert_same_run, read_log, run_cli, without_timings
 from run_log import SCHEMA_VERSION
 
 
@@ -304,3 +304,18 @@ def test_tensorboard_gets_the_logs_scalars(tiny_argv, tmp_path):
     losses = {e.step: e.value for e in events.Scalars("train/loss")}
     assert losses == pytest.approx({s["step"]: s["loss"] for s in log["steps"]}, rel=1e-6)
     assert [e.step for e in events.Scalars("val/loss")] == [3, 5]  # the evaluation at 3 and the (partial) epoch end
+
+
+def test_the_final_report_numbers_are_the_report_splits_whether_or_not_the_last_pass_is_reused(tiny_argv, tmp_path):
+    # The run's end reuses its epoch-end pass over the whole splits; with an --eval_tokens subset the
+    # epoch-end pass covers part of each split, and the end must evaluate the whole splits anew.
+    argv = tiny_argv(None, "--max_steps", "5")
+    test_file = tmp_path / "test.txt"
+    test_file.write_text("".join(CORPUS_LINES[2:5] * 4), encoding="utf-8")
+    argv[argv.index("--test_split") + 1] = str(test_file)
+    assert train_simple.main(argv) == 0
+    argv[argv.index("--output_dir") + 1] = str(tmp_path / "recomputed")
+    assert train_simple.main([*argv, "--eval_tokens", "20"]) == 0
+    reused, recomputed = (read_log(tmp_path / d / "relu_seed3.json")["final"] for d in ("out", "recomputed"))
+    assert reused == recomputed and reused["test"] != reused["val"]
+    assert reused["test"]["tokens"] < reused["val"]["tokens"]  # the test file's own count, not validation's
