@@ -671,7 +671,7 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
     layer_keys = [i for i, label in enumerate(labels) if label.startswith(labels[0].split(",")[0] + ",")]
     axes[1].legend([handles[i] for i in layer_keys], [labels[i].split(", ")[1] for i in layer_keys],
                    fontsize=9, title="marker")
-    fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see README)")
+    fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see docs/model.md)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -15,7 +15,6 @@ load checks that the file holds what its name claims, and rebuilds it otherwise.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -303,13 +302,6 @@ def layout_sequences(
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "activation-study")
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically; serialised in memory first, so a full disk is a plain OSError."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue())
 
 
 def warn(message: str) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 from jaxtyping import Int
@@ -85,17 +86,19 @@ def evaluate(
     world: int = 1,
     all_sum: Callable[[Tensor], Tensor] = no_reduction,
     fused: bool = True,
+    shown: Callable[[Iterable], Iterable] = iter,
 ) -> dict[str, float]:
     """One full pass in order: summed NLL, scored tokens and their bytes over the whole split.
 
     Under DDP each of ``world`` processes takes every world-th batch and ``all_sum`` adds their
     sums. Sums are float64 and taken in a fixed order, so the result is the same on every run.
-    ``fused`` chooses the model's loss path (Transformer.nll_sum).
+    ``fused`` chooses the model's loss path (Transformer.nll_sum); ``shown`` wraps the batches (a
+    progress bar).
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
-    for b, start in enumerate(range(0, len(split), batch_size)):
+    for b, start in enumerate(shown(range(0, len(split), batch_size))):
         if b % world != rank:
             continue
         inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))

@@ -1,7 +1,7 @@
 """The run log: one JSON file per training run, written by train_simple.py, read by analyze_results.py.
 
 This module is the contract between the two scripts and imports nothing heavier than jsonschema, so
-the analysis runs without torch. The README documents every key; LOG_SCHEMA checks the type of every
+the analysis runs without torch. docs/cli_and_log.md documents every key; LOG_SCHEMA checks the type of every
 key the analysis reads, so a damaged or hand-edited log is skipped with one line naming its field
 instead of crashing a whole analysis.
 """

@@ -3,8 +3,9 @@
     python sample.py results/relu_seed42.json --prompt "The history of" --max_new_tokens 40
     python sample.py results/relu_seed42.json --prompt "The" --temperature 0.8 --top_k 50 --seed 1
 
-The weights are the run's last checkpoint (<log folder>/checkpoints/<run name>.pt), loaded without
-unpickling code; the tokenizer is the one the log names. Greedy at temperature 0 (the default).
+The weights are the run's final weights (<log folder>/checkpoints/<run name>.safetensors, or the
+full checkpoint of a run completed before those existed), loaded without unpickling code; the
+tokenizer is the one the log names. Greedy at temperature 0 (the default).
 """
 
 from __future__ import annotations
@@ -17,8 +18,25 @@ import torch
 
 from data_utils import DataError, load_tokenizer
 from run_log import is_finished, read_log
+from training.checkpoint import read_final_weights
 from transformer_from_scratch import Transformer, TransformerConfig
 
+
+def run_log_path(log_or_dir: Path) -> Path:
+    """The log itself, or the one complete run's log in a folder; ValueError naming the choices."""
+    if not log_or_dir.is_dir():
+        return log_or_dir
+    complete = []
+    for path in sorted(log_or_dir.glob("*.json")):
+        try:
+            if is_finished(read_log(path)):
+                complete.append(path)
+        except ValueError:
+            continue  # not a run log (a summary, a baselines file)
+    if len(complete) != 1:
+        names = ", ".join(p.name for p in complete) or "none"
+        raise ValueError(f"{log_or_dir} holds {len(complete)} complete runs ({names}): name one log")
+    return complete[0]
 
 
 def load_run_model(log_path: Path) -> tuple[Transformer, object]:
@@ -26,11 +44,7 @@ def load_run_model(log_path: Path) -> tuple[Transformer, object]:
     log = read_log(log_path)
     if not is_finished(log):
         raise ValueError(f"{log_path} is not a complete run (status {log['status']!r})")
-    checkpoint = log_path.parent / "checkpoints" / f"{log['run']['name']}.pt"
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    except Exception as err:  # missing, damaged, or carrying code
-        raise ValueError(f"cannot load the weights {checkpoint} ({type(err).__name__})") from None
+    state = read_final_weights(log_path.parent / "checkpoints", log["run"]["name"])
     model = Transformer(TransformerConfig.from_dict(log["model_config"]))
     model.load_state_dict(state)
     try:
@@ -42,7 +56,7 @@ def load_run_model(log_path: Path) -> tuple[Transformer, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Continue prompts with a complete run's final weights.")
-    p.add_argument("log", type=Path, help="the run's JSON log")
+    p.add_argument("log", type=Path, metavar="LOG_OR_DIR", help="the run's JSON log, or a folder with one complete run")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
     p.add_argument("--max_new_tokens", type=int, default=40, help="tokens to add to each prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sample from softmax(logits / T)")
@@ -52,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
             raise ValueError("--max_new_tokens and --top_k must be positive, --temperature non-negative")
-        model, tokenizer = load_run_model(args.log)
+        model, tokenizer = load_run_model(run_log_path(args.log))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from train_simple import native_bf16  # noqa: E402
+from training.machine import native_bf16  # noqa: E402
 from transformer_from_scratch import IGNORE_INDEX, Transformer, TransformerConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

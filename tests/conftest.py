@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from training.checkpoint import read_final_weights  # noqa: E402
 from transformer_from_scratch import TransformerConfig  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -163,8 +164,9 @@ def without_timings(obj):
     return obj
 
 
-def final_state(out: Path) -> dict:
-    return torch.load(out / "checkpoints" / "relu_seed3.pt", weights_only=True)["model"]
+def final_weights(out: Path, name: str = "relu_seed3") -> dict:
+    """A complete run's final weights, as sample.py and --export_hf read them."""
+    return read_final_weights(out / "checkpoints", name)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -172,7 +174,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert without_timings(log_a["steps"]) == without_timings(log_b["steps"])
     assert without_timings(log_a["epochs"]) == without_timings(log_b["epochs"])
     assert log_a["final"] == log_b["final"] and log_b["status"] == "complete"
-    state_a, state_b = final_state(a), final_state(b)
+    state_a, state_b = final_weights(a), final_weights(b)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 

@@ -37,7 +37,7 @@ def test_throughput_json_has_the_documented_figures(tmp_path, capsys, monkeypatc
 
 @pytest.mark.slow
 def test_bf16_is_measured_for_both_models_with_the_matmul_speedup(tmp_path, capsys):
-    from train_simple import native_bf16
+    from training.machine import native_bf16
 
     if not native_bf16():
         pytest.skip("no native bf16 on this CPU: a bf16 training step would take minutes")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_simple
-from conftest import assert_same_run, read_log
+from conftest import assert_same_run, final_weights, read_log
 from transformer_from_scratch import ACTIVATIONS, Transformer, TransformerConfig, parameter_counts
 
 RUN = "relu_seed3"
@@ -82,7 +82,7 @@ def test_dropout_acts_in_training_only(tiny_cfg, attn_impl):
 
 def test_a_resumed_run_with_dropout_equals_an_uninterrupted_one(tiny_argv, tmp_path):
     dropout = ("--dropout", "0.3")
-    assert train_simple.main(tiny_argv(tmp_path / "stopped", *dropout, "--max_steps", "4")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "stopped", *dropout, "--max_steps", "4", "--keep_optimizer")) == 0
     assert train_simple.main(tiny_argv(tmp_path / "stopped", *dropout, "--max_steps", "7", "--resume")) == 0
     assert train_simple.main(tiny_argv(tmp_path / "whole", *dropout, "--max_steps", "7")) == 0
     assert_same_run(tmp_path / "whole", tmp_path / "stopped")
@@ -116,7 +116,7 @@ def test_a_tied_run_exports_to_hugging_face_with_the_same_logits(tiny_argv, tmp_
     log = read_log(tmp_path / "out" / "gelu_tanh_seed3.json")
     cfg = TransformerConfig.from_dict(log["model_config"])
     ours = Transformer(cfg)
-    ours.load_state_dict(torch.load(tmp_path / "out" / "checkpoints" / "gelu_tanh_seed3.pt", weights_only=True)["model"])
+    ours.load_state_dict(final_weights(tmp_path / "out", "gelu_tanh_seed3"))
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
     tokens = torch.randint(0, cfg.d_vocab, (2, 12))
     with torch.no_grad():
@@ -128,7 +128,7 @@ def test_several_weight_decays_make_one_run_each_named_by_weight_decay(tiny_argv
     logs = {p.stem: read_log(p) for p in (tmp_path / "out").glob("*.json")}
     assert sorted(logs) == ["relu_wd0e0_seed3", "relu_wd1e-1_seed3"]
     assert [logs[n]["train_config"]["weight_decay"] for n in sorted(logs)] == [0.0, 0.1]
-    states = [torch.load(tmp_path / "out" / "checkpoints" / f"{n}.pt", weights_only=True)["model"] for n in sorted(logs)]
+    states = [final_weights(tmp_path / "out", n) for n in sorted(logs)]
     assert not torch.equal(states[0]["embed.W_E"], states[1]["embed.W_E"])  # the decay reached the optimizer
 
 
@@ -147,7 +147,6 @@ def test_clipped_steps_are_counted_and_grad_clip_0_means_off(tiny_argv, tmp_path
     fractions = {name: [e["clipped_fraction"] for e in read_log(tmp_path / name / f"{RUN}.json")["epochs"]]
                  for name in runs}
     assert fractions == {"off": [0.0], "never reached": [0.0], "always": [1.0]}
-    states = {name: torch.load(tmp_path / name / "checkpoints" / f"{RUN}.pt", weights_only=True)["model"]
-              for name in runs}
+    states = {name: final_weights(tmp_path / name, RUN) for name in runs}
     assert all(torch.equal(states["off"][k], states["never reached"][k]) for k in states["off"])
     assert not torch.equal(states["off"]["embed.W_E"], states["always"]["embed.W_E"])

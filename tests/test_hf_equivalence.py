@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import final_weights
 from transformer_from_scratch import Transformer, TransformerConfig, from_hf_gpt2, to_hf_gpt2
 from transformer_from_scratch.hf import HF_ACTIVATION_NAMES
 
@@ -138,9 +139,9 @@ def test_a_trained_gpt2_run_exports_and_loads_with_auto_classes(tiny_argv, tmp_p
     folder = export / "gelu_tanh_seed3"
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    ckpt = torch.load(tmp_path / "out" / "checkpoints" / "gelu_tanh_seed3.pt", weights_only=True)
+    trained = final_weights(tmp_path / "out", "gelu_tanh_seed3")
     ours = from_hf_gpt2(hf)
-    assert all(torch.equal(ckpt["model"][k], v) for k, v in ours.state_dict().items())  # the trained weights
+    assert all(torch.equal(trained[k], v) for k, v in ours.state_dict().items())  # the trained weights
     tokens = torch.tensor([tokenizer.encode(" The café")])
     with torch.no_grad():
         torch.testing.assert_close(hf(tokens).logits, ours.eval()(tokens), atol=ATOL, rtol=0)

@@ -3,7 +3,6 @@ failures, checkpoints that carry code, bad data, and reproducibility with the de
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -19,7 +18,10 @@ import torch
 
 import analyze_results
 import run_log
+import sample
 import train_simple
+from metrics import evaluate
+from training import settings
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 
 RUN = "relu_seed3"
@@ -40,7 +42,7 @@ def test_the_default_output_folder_holds_no_committed_logs():
 
 def test_complete_runs_are_skipped_only_with_the_same_settings(tiny_argv, tmp_path, capsys):
     log_path, _ = paths(tmp_path / "out")
-    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2", "--keep_optimizer")) == 0
     before = log_path.read_text()
     capsys.readouterr()
 
@@ -68,13 +70,41 @@ def test_complete_runs_are_skipped_only_with_the_same_settings(tiny_argv, tmp_pa
     assert log["progress"]["step"] == 3 and log["run"]["resumed"] == [] and log["status"] == "complete"
 
 
+def test_a_complete_run_keeps_its_final_weights_only_unless_asked_to_keep_the_optimizer(tiny_argv, tmp_path, capsys):
+    log_path, ckpt_path = paths(tmp_path / "out")
+    weights_path = ckpt_path.with_suffix(".safetensors")
+    assert train_simple.main(tiny_argv(None, "--max_steps", "3")) == 0
+    assert weights_path.exists() and not ckpt_path.exists()
+    model, _ = sample.load_run_model(log_path)  # the final weights reproduce the log's final numbers
+    data = train_simple.load_data(settings.build_parser().parse_args(tiny_argv(None, "--max_steps", "3")))
+    assert evaluate(model, data.val, data.byte_lengths, 8, torch.device("cpu")) == read_log(log_path)["final"]["val"]
+    before = log_path.read_text()
+    capsys.readouterr()
+    assert train_simple.main(tiny_argv(None, "--max_steps", "5", "--resume")) == 2  # nothing to train further from
+    [line] = error_lines(capsys.readouterr().err)
+    assert "without its optimizer state" in line and "--keep_optimizer" in line and log_path.read_text() == before
+
+    kept = tmp_path / "kept"
+    assert train_simple.main(tiny_argv(kept, "--max_steps", "3", "--keep_optimizer")) == 0
+    kept_ckpt = paths(kept)[1]
+    assert kept_ckpt.stat().st_size > 2.5 * weights_path.stat().st_size  # weights + two AdamW moments
+    assert train_simple.main(tiny_argv(kept, "--max_steps", "5", "--resume")) == 0
+    assert read_log(paths(kept)[0])["progress"]["step"] == 5 and not kept_ckpt.exists()  # not kept this time
+
+    weights = weights_path.read_bytes()
+    log_path.unlink()  # final weights without their log are a result too: only --overwrite replaces them
+    assert train_simple.main(tiny_argv(None, "--max_steps", "3")) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert str(weights_path) in line and "--overwrite" in line and weights_path.read_bytes() == weights
+
+
 def test_logs_and_checkpoints_are_readable_by_others(tiny_argv, tmp_path):
     mask = os.umask(0o022)  # the usual umask, under which mkstemp's files alone would be 0600
     os.umask(mask)
     if mask & 0o044:
         pytest.skip(f"umask {mask:o} hides new files from others anyway")
-    assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
-    for path in paths(tmp_path / "out"):
+    assert train_simple.main(tiny_argv(None, "--max_steps", "1", "--keep_optimizer")) == 0
+    for path in (*paths(tmp_path / "out"), tmp_path / "out" / "checkpoints" / f"{RUN}.safetensors"):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
@@ -89,7 +119,7 @@ def seed_size_argv(tiny_argv, out: Path, *extra: str) -> list[str]:
 
 
 def checkpoint_size(tiny_argv, tmp_path) -> int:
-    assert train_simple.main(seed_size_argv(tiny_argv, tmp_path / "sizing", "--max_steps", "1")) == 0
+    assert train_simple.main(seed_size_argv(tiny_argv, tmp_path / "sizing", "--max_steps", "1", "--keep_optimizer")) == 0
     return paths(tmp_path / "sizing")[1].stat().st_size
 
 
@@ -183,7 +213,7 @@ class Evil:
 
 def test_a_checkpoint_carrying_code_is_refused_and_nothing_runs(tiny_argv, tmp_path, capsys):
     log_path, ckpt_path = paths(tmp_path / "out")
-    assert train_simple.main(tiny_argv(None, "--max_steps", "4")) == 0
+    assert train_simple.main(tiny_argv(None, "--max_steps", "4", "--keep_optimizer")) == 0
     log = read_log(log_path)
     log["status"] = "interrupted"
     log_path.write_text(json.dumps(log))
@@ -326,8 +356,8 @@ def test_every_flag_that_can_change_a_result_is_recorded_in_the_log(tiny_argv, t
     # let the analysis pool two runs that differ in it.
     assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
     log = read_log(paths(tmp_path / "out")[0])
-    parser = train_simple.build_parser()
-    sections = {train_simple.TRAINING: "train_config", train_simple.MODEL: "model_config", train_simple.DATA: "data"}
+    parser = settings.build_parser()
+    sections = {settings.TRAINING: "train_config", settings.MODEL: "model_config", settings.DATA: "data"}
     for group in parser._action_groups:
         for action in group._group_actions:
             if group.title in sections:
@@ -344,7 +374,7 @@ def test_every_flag_that_can_change_a_result_is_recorded_in_the_log(tiny_argv, t
 def test_a_lost_log_is_rebuilt_from_the_checkpoint_never_deleted(tiny_argv, tmp_path, capsys, damage):
     out = tmp_path / "out"
     log_path, ckpt_path = paths(out)
-    assert train_simple.main(tiny_argv(out, "--max_steps", "4")) == 0
+    assert train_simple.main(tiny_argv(out, "--max_steps", "4", "--keep_optimizer")) == 0
     if damage == "missing":
         log_path.unlink()
     else:
@@ -481,8 +511,8 @@ def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, m
     repo.mkdir()
     for path in ROOT.glob("*.py"):
         shutil.copy(path, repo / path.name)
-    shutil.copytree(ROOT / "transformer_from_scratch", repo / "transformer_from_scratch",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("transformer_from_scratch", "training"):
+        shutil.copytree(ROOT / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
@@ -498,9 +528,9 @@ def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, m
                                 capture_output=True, text=True, cwd=repo, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
 
-    train("--max_steps", "2")
+    train("--max_steps", "2", "--keep_optimizer")
     (repo / "metrics.py").write_text((repo / "metrics.py").read_text() + "\n# an uncommitted edit\n")
-    train("--max_steps", "4", "--resume")
+    train("--max_steps", "4", "--resume", "--keep_optimizer")
     git("commit", "-qam", "second")
     train("--max_steps", "6", "--resume")
     log = read_log(tmp_path / "out" / f"{RUN}.json")
@@ -524,6 +554,44 @@ def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_
     status = [line for line in stderr.splitlines() if line.startswith(f"{RUN}: step ")]
     assert len(status) >= 5 and "tokens/s" in status[0] and "TFLOP/s" in status[0]
     assert "/900 (epoch 1)" in status[0]  # steps to the run's real end: 30 epochs of 30
+
+
+def test_without_a_terminal_each_evaluation_is_one_status_line_with_its_losses(tiny_argv, tmp_path, capsys):
+    assert train_simple.main(tiny_argv(None, "--max_steps", "3", "--eval_every", "2")) == 0  # capsys: no terminal
+    lines = [line for line in capsys.readouterr().err.splitlines() if "evaluated in" in line]
+    assert [line.split(":")[:2] for line in lines] == [[RUN, " step 2"], [RUN, " step 3"]]  # within, and the end
+    log = read_log(paths(tmp_path / "out")[0])
+    assert f"val_loss {log['evals'][0]['val_loss']:.4f}" in lines[0]
+
+
+@pytest.mark.slow
+def test_in_a_terminal_the_run_and_each_evaluation_have_a_progress_bar(tiny_argv, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()  # a real terminal, 120 columns: tqdm shows bars only there
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    argv = tiny_argv(None, "--max_steps", "2")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train_simple.py"), *argv], cwd=ROOT, stdout=follower,
+                            stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(leader)
+    text = shown.decode(errors="replace")
+    assert f"{RUN}: 100%" in text and "2/2" in text  # the run's bar, to its real end (--max_steps)
+    assert f"evaluating {argv[argv.index('--val_split') + 1]}:" in text  # each evaluation pass's own bar
+    assert f"{RUN}: step " not in text  # status lines are for logs without a terminal
 
 
 @pytest.mark.slow

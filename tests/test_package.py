@@ -15,6 +15,7 @@ def test_every_top_level_module_is_in_the_package():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     modules = set(config["tool"]["setuptools"]["py-modules"])
     assert modules == {p.stem for p in ROOT.glob("*.py")}
+    assert set(config["tool"]["setuptools"]["packages"]) == {p.parent.name for p in ROOT.glob("*/__init__.py")}
     for script in config["project"]["scripts"].values():
         assert script.split(":")[0] in modules
 
@@ -36,6 +37,23 @@ def test_sample_refuses_an_unfinished_run_in_one_line(tiny_argv, tmp_path, capsy
     assert train_simple.main(tiny_argv(None, "--max_steps", "3")) == 0
     log = tmp_path / "out" / "relu_seed3.json"
     log.write_text(log.read_text().replace('"status": "complete"', '"status": "interrupted"'))
+    capsys.readouterr()
     assert sample.main([str(log), "--prompt", "x"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error:") and "not a complete run" in line
+
+
+def test_sample_takes_a_folder_with_one_complete_run_and_names_the_choices_otherwise(tiny_argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
+    (out / "summary.json").write_text("[]")  # not a run log: not a choice
+    capsys.readouterr()
+    assert sample.main([str(out), "--prompt", " A", "--max_new_tokens", "3"]) == 0
+    from_folder = capsys.readouterr().out
+    assert sample.main([str(out / "relu_seed3.json"), "--prompt", " A", "--max_new_tokens", "3"]) == 0
+    assert capsys.readouterr().out == from_folder
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2", "--seeds", "4")) == 0
+    capsys.readouterr()
+    assert sample.main([str(out), "--prompt", " A"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "2 complete runs (relu_seed3.json, relu_seed4.json)" in line
