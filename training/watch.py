@@ -10,7 +10,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 
-
 def tensorboard_writer(folder: Path | None):
     """A TensorBoard SummaryWriter for ``folder``, or None (run_all checked that tensorboard is there)."""
     if folder is None:
