@@ -1,7 +1,7 @@
 """Turn the JSON logs of train_simple.py into comparison tables and figures.
 
     python analyze_results.py                      # every log in results/
-    python analyze_results.py --results_dir results/wikitext2_local --baseline gelu --metric val_bpb
+    python analyze_results.py --results_dir results/my_study --baseline gelu --metric val_bpb
 
 Writes report.md (the document to read first), summary.md, summary.csv (for tools), and the figures
 training_curves.png, training_dynamics.png and attention.png. Runs are pooled over

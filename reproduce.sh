@@ -40,9 +40,10 @@ Options (environment variable in brackets):
                         works from any folder; --jobs N sets their --threads to nproc / N
   -h, --help            this help
 
-This repository's study (no hub access: train on test, evaluate on validation):
+Without hub access (train on test, select on one half of validation, report on the other):
   bash reproduce.sh --data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer \
-      --train_split test --val_split validation --output_dir results/wikitext2_local --jobs 2
+      --train_split test --val_split validation:A --extra "--test_split validation:B" \
+      --output_dir results/local_rerun --jobs 2
 USAGE
 }
 

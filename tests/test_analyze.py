@@ -145,7 +145,6 @@ def test_output_is_reproducible(results, tmp_path):
 
 
 COMMITTED_ANALYSES = {  # results folder -> the flags its committed summary was made with
-    "wikitext2_local": [], "wikitext2_local_lr_sweep": [], "wikitext2_local_study": [],
     "wikitext2_pilot/stage1_packed_cosine": ["--point", "best_selection"],
 }
 
