@@ -42,7 +42,8 @@ from findings import markdown_baselines, markdown_verdicts  # noqa: E402
 from run_log import WriteError, atomic_write, is_finished, last_step, read_log  # noqa: E402
 from stats import holm, paired_t_test, summarize, t_half_width  # noqa: E402
 
-METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb")
+METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb", "val_interp_loss",
+           "test_interp_loss")
 POINTS = ("final", "best_selection")
 KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
 # Settings that identify a variant or a repetition rather than a different experiment.
@@ -119,13 +120,16 @@ class Run:
 
     def metric(self, name: str) -> float:
         split, key = name.split("_", 1)
-        values = self.log["final"].get(split)
-        return float(values[key]) if values else math.nan
+        value = (self.log["final"].get(split) or {}).get(key)  # None: not measured (or an older log)
+        return float(value) if value is not None else math.nan
 
     def metric_at(self, name: str, point: str) -> float:
         """``name`` at the run's end, or at its evaluation with the lowest selection (val) loss: a
-        point chosen on the selection split, read (for a test_* metric) on the report split."""
-        if point == "final":
+        point chosen on the selection split, read (for a test_* metric) on the report split. A run
+        that --patience stopped early is read at its best point either way: its end is past it (its
+        final numbers already are the best point's when it kept those weights, --keep best)."""
+        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
+        if point == "final" and not stopped:
             return self.metric(name)
         entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
         if not entries:
@@ -261,7 +265,7 @@ def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     for variant, runs in by_variant(group).items():
         row = {"variant": variant, "seeds": len(runs), "seed_list": " ".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))}
         for name in METRICS:
-            values = [r.metric(name) for r in runs]
+            values = [r.metric_at(name, "final") for r in runs]
             if all(math.isnan(v) for v in values):
                 continue
             s = summarize(values)

@@ -17,6 +17,11 @@ N1+ counts distinct types; each level's discount is D = n1 / (n1 + 2 n2) from it
 counts. An unseen context falls through to the level below, so every probability is positive and
 each level sums to one over the vocabulary (a test checks). Vectorised with numpy: a few seconds for
 WikiText-2. Needs no torch.
+
+Where the loss goes: each loss is also split by whether the target's type ever occurs as a training
+target ("seen") or not ("unseen", the types every softmax step pushes down and nothing holds up;
+Mielke & Eisner 2019 report loss by training frequency). The trigram's loss of every scored target
+is kept as well (``token_nll``), so that a model can be interpolated with it (metrics.py).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASELINES_VERSION = 1  # bump when a baseline's definition changes: cached values are then recomputed
+BASELINES_VERSION = 2  # 2: seen/unseen losses and the trigram's per-target losses. Bump when a baseline's definition changes: cached values are then recomputed
 ADD_K_GRID = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 BASELINE_NAMES = ("unigram", "bigram_kn", "trigram_kn")
 
@@ -40,18 +45,23 @@ class Grams:
     targets: np.ndarray
 
 
+    rows: np.ndarray | None = None  # where each target stands: tokens[rows, cols] == targets
+    cols: np.ndarray | None = None
+
+
 def grams(tokens: np.ndarray, lengths: np.ndarray, order: int) -> Grams:
-    """Every target at position i >= max(order, 1) of each sequence, with its ``order`` preceding tokens."""
+    """Every target at position i >= max(order, 1) of each sequence, with its ``order`` preceding
+    tokens, in row-major order (the order in which a model scores them)."""
     positions = np.arange(tokens.shape[1])[None, :]
     scored = (positions >= max(order, 1)) & (positions < lengths[:, None])
     rows, cols = np.nonzero(scored)
-    return Grams(tuple(tokens[rows, cols - back] for back in range(order, 0, -1)), tokens[rows, cols])
+    return Grams(tuple(tokens[rows, cols - back] for back in range(order, 0, -1)), tokens[rows, cols], rows, cols)
 
 
 def first_targets(tokens: np.ndarray, lengths: np.ndarray) -> Grams:
     """The first target of each sequence long enough to have one, with its single context token."""
-    has = lengths >= 2
-    return Grams((tokens[has, 0],), tokens[has, 1])
+    rows = np.nonzero(lengths >= 2)[0]
+    return Grams((tokens[rows, 0],), tokens[rows, 1], rows, np.ones_like(rows))
 
 
 def discount(counts: np.ndarray) -> float:
@@ -128,8 +138,22 @@ class KneserNey:
             p = (np.maximum(count - self.top_D, 0) + self.top_D * types * below) / total
         return np.where(total > 0, p, below)
 
+    def token_nll(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The NLL (nats) of every scored target, at its place in ``tokens`` (NaN where nothing is scored)."""
+        out = np.full(tokens.shape, np.nan)
+        if self.order == 2:
+            pairs = grams(tokens, lengths, 1)
+            out[pairs.rows, pairs.cols] = -np.log(self.prob(pairs))
+            return out
+        first = first_targets(tokens, lengths)  # one token of context: the bigram level
+        later = grams(tokens, lengths, 2)
+        out[first.rows, first.cols] = -np.log(self.p_mid(*first.contexts, first.targets))
+        out[later.rows, later.cols] = -np.log(self.prob(later))
+        return out
+
     def nll_sum(self, tokens: np.ndarray, lengths: np.ndarray) -> float:
-        """Summed NLL (nats) over every scored target of these sequences."""
+        """Summed NLL (nats) over every scored target of these sequences, summed as it always was
+        (later targets, then first ones), so the recorded losses stay bit for bit what they were."""
         if self.order == 2:
             return float(-np.log(self.prob(grams(tokens, lengths, 1))).sum())
         first = first_targets(tokens, lengths)  # one token of context: the bigram level
@@ -137,32 +161,68 @@ class KneserNey:
         return float(later - np.log(self.p_mid(*first.contexts, first.targets)).sum())
 
 
+def unigram_log_probs(counts: np.ndarray, k: float) -> np.ndarray:
+    """log p(w) of the add-k unigram: what the output bias ``log_unigram`` starts at."""
+    return np.log((counts + k) / (counts.sum() + k * len(counts)))
+
+
 def unigram_nll_sum(counts: np.ndarray, k: float, targets: np.ndarray) -> float:
-    p = (counts[targets] + k) / (counts.sum() + k * len(counts))
-    return float(-np.log(p).sum())
+    return float(-unigram_log_probs(counts, k)[targets].sum())
+
+
+def target_counts(tokens: np.ndarray, lengths: np.ndarray, d_vocab: int) -> np.ndarray:
+    """How often each type occurs as a scored target of these sequences (a type is "seen" when > 0)."""
+    return np.bincount(grams(tokens, lengths, 1).targets, minlength=d_vocab).astype(np.float64)
+
+
+def loss_breakdown(nll: np.ndarray, seen: np.ndarray, n_bytes: int, total: float) -> dict[str, float | None]:
+    """Mean loss over all targets (``total``: their summed NLL), over those of seen types and of
+    unseen ones, the unseen fraction, and bits per byte; ``nll`` and ``seen`` per target (None for
+    an empty part)."""
+    n, n_seen = len(nll), int(seen.sum())
+
+    def mean(part: np.ndarray, count: int) -> float | None:
+        return float(part.sum()) / count if count else None
+
+    return {"loss": total / max(n, 1), "bpb": total / (math.log(2) * n_bytes) if n_bytes else math.nan,
+            "loss_seen": mean(nll[seen], n_seen), "loss_unseen": mean(nll[~seen], n - n_seen),
+            "unseen_fraction": (n - n_seen) / n if n else None}
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """The baselines of one run's data: ``losses[name][role]`` (loss_breakdown's keys; the unigram's
+    add_k beside the roles), and the trigram's NLL of every scored target of each evaluated split, at
+    its place in that split's tokens (``token_nll[role]``, NaN where nothing is scored)."""
+
+    losses: dict[str, dict]
+    token_nll: dict[str, np.ndarray]
 
 
 def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[np.ndarray, np.ndarray, int]],
-                    d_vocab: int, selection: str) -> dict[str, dict]:
-    """Each baseline's loss (nats per scored token) and bits per byte on each evaluated split.
+                    d_vocab: int, selection: str) -> Baselines:
+    """Each baseline's loss (nats per scored token), split by seen and unseen target types, and bits
+    per byte, on each evaluated split.
 
     ``evaluated``: role -> (tokens, lengths, scored bytes); ``selection`` names the role whose loss
     picks the unigram's k (nothing is chosen on the others).
     """
-    targets = {role: grams(t, l, 1).targets for role, (t, l, _) in evaluated.items()}
-    counts = np.bincount(grams(*train, 1).targets, minlength=d_vocab).astype(np.float64)
-    k = min(ADD_K_GRID, key=lambda k: unigram_nll_sum(counts, k, targets[selection]))
-    sums = {"unigram": {role: unigram_nll_sum(counts, k, targets[role]) for role in evaluated}}
+    scored = {role: grams(t, l, 1) for role, (t, l, _) in evaluated.items()}
+    counts = target_counts(*train, d_vocab)
+    k = min(ADD_K_GRID, key=lambda k: unigram_nll_sum(counts, k, scored[selection].targets))
+    per_target = {"unigram": {role: -unigram_log_probs(counts, k)[g.targets] for role, g in scored.items()}}
+    sums = {"unigram": {role: unigram_nll_sum(counts, k, g.targets) for role, g in scored.items()}}
+    trigram_nll = {}
     for name, order in (("bigram_kn", 2), ("trigram_kn", 3)):
         model = KneserNey(*train, d_vocab, order)
+        at_places = {role: model.token_nll(t, l) for role, (t, l, _) in evaluated.items()}
+        per_target[name] = {role: at_places[role][g.rows, g.cols] for role, g in scored.items()}
         sums[name] = {role: model.nll_sum(t, l) for role, (t, l, _) in evaluated.items()}
-    out = {}
-    for name, by_role in sums.items():
-        out[name] = {role: {"loss": total / max(len(targets[role]), 1),
-                            "bpb": total / (math.log(2) * evaluated[role][2]) if evaluated[role][2] else math.nan}
-                     for role, total in by_role.items()}
-    out["unigram"]["add_k"] = k
-    return out
+        trigram_nll = at_places
+    losses = {name: {role: loss_breakdown(nll, counts[scored[role].targets] > 0, evaluated[role][2], sums[name][role])
+                     for role, nll in by_role.items()} for name, by_role in per_target.items()}
+    losses["unigram"]["add_k"] = k
+    return Baselines(losses, trigram_nll)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
@@ -243,11 +243,14 @@ def token_byte_lengths(tokenizer) -> Int[Tensor, " d_vocab"]:
 
 @dataclass
 class TokenizedSplit:
-    """Fixed-length sequences of one split; ``lengths`` says how many leading tokens are real."""
+    """Fixed-length sequences of one split; ``lengths`` says how many leading tokens are real.
+    ``reference_nll``, when set, is the Kneser-Ney trigram's NLL of each scored token at its place
+    (NaN elsewhere): what an evaluation interpolates the model with (metrics.py)."""
 
     tokens: Int[Tensor, "n_seq max_length"]
     lengths: Int[Tensor, " n_seq"]
     info: dict = field(default_factory=dict)
+    reference_nll: Float[Tensor, "n_seq max_length"] | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

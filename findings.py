@@ -55,6 +55,41 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
         lines = [f"> **Warning: no arm beats the {best_name} baseline.** These models have learned no more than "
                  f"what counts of short word sequences capture; their differences are not about what the MLP "
                  f"computes.", ""] + lines
+    breakdown = markdown_loss_breakdown(group, baselines, metric, point)
+    return "\n".join(lines) + (f"\n\n{breakdown}" if breakdown else "")
+
+
+def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: str) -> str | None:
+    """Where the loss goes, baselines and arms side by side on the metric's split: all targets,
+    those of types seen in training and the unseen ones; and for each arm, its interpolation with the
+    Kneser-Ney trigram and the gain over the trigram alone. None for logs from before these existed."""
+    role = metric.split("_", 1)[0]
+    if not baselines.get("trigram_kn", {}).get(role, {}).get("loss_seen"):
+        return None
+
+    def cells(values: list[float | None]) -> str:
+        return " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.4f}" for v in values)
+
+    def arm_mean(arm: str, key: str) -> float:
+        values = [r.metric_at(f"{role}_{key}", point) for r in group if r.variant == arm]
+        return float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
+
+    unseen = baselines["trigram_kn"][role]["unseen_fraction"]
+    lines = [f"**Where the loss goes** ({split_label(group, role + '_loss')}; {100 * unseen:.1f}% of its targets are "
+             f"of types never seen as a training target). Interpolated: the model mixed with the Kneser-Ney trigram, "
+             f"p = w p_model + (1 - w) p_trigram, w chosen on the selection split; gain: the trigram's loss minus the "
+             f"interpolation's, what the model knows that the trigram does not (arms at the {point} point, means "
+             f"over seeds):", "",
+             "| | all | seen types | unseen types | interpolated with the trigram | gain over the trigram | w |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in sorted(n for n in baselines if isinstance(baselines[n].get(role), dict)):
+        scores = baselines[name][role]
+        lines.append(f"| {name} | " + cells([scores["loss"], scores.get("loss_seen"), scores.get("loss_unseen")])
+                     + " | - | - | - |")
+    for arm in sorted({r.variant for r in group}):
+        lines.append(f"| {arm} | " + cells([arm_mean(arm, key) for key in ("loss", "loss_seen", "loss_unseen",
+                                                                             "interp_loss", "interp_gain",
+                                                                             "interp_weight")]) + " |")
     return "\n".join(lines)
 
 

@@ -3,6 +3,17 @@ one evaluation pass that produces those sums.
 
 Sum NLL and count tokens over the whole split; never average the batch means (batches hold
 different numbers of scored tokens in the ``lines`` layout).
+
+Beside the plain loss, an evaluation says where the loss goes and what the model knows beyond word
+counts:
+    loss_seen / loss_unseen / unseen_fraction: the loss on targets whose type occurs as a training
+        target, on those whose type never does, and the share of the latter (Mielke & Eisner 2019);
+    interp_loss: the model interpolated linearly with the Kneser-Ney trigram (Mikolov 2012),
+        p = w p_model + (1 - w) p_trigram, w on a grid of INTERPOLATION_STEPS + 1 values chosen on the
+        selection split and applied as it is to the report split; interp_gain = trigram_loss -
+        interp_loss, the trigram's loss on the same targets less the interpolation's. A model that
+        adds nothing the trigram lacks gains nothing; one that learned longer-range structure gains
+        even where it is worse alone.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from transformer_from_scratch import IGNORE_INDEX, Transformer
@@ -35,24 +46,54 @@ def study_bits_per_byte(mean_nll_nats: float) -> float:
     return mean_nll_nats / math.log(2) / STUDY_CHARS_PER_TOKEN
 
 
+INTERPOLATION_STEPS = 100  # the model's weight in the interpolation: 0, 0.01, ..., 1
+
+
+def interpolation_weights() -> Float[Tensor, " weights"]:
+    return torch.arange(INTERPOLATION_STEPS + 1, dtype=torch.float64) / INTERPOLATION_STEPS
+
+
+def interpolated_nll(
+    model_nll: Float[Tensor, " n"], trigram_nll: Float[Tensor, " n"], weights: Float[Tensor, " weights"]
+) -> Float[Tensor, " weights"]:
+    """Summed -log(w p_model + (1 - w) p_trigram) over the targets, for each weight w (float64; at
+    w = 1 exactly the model's NLL, at w = 0 exactly the trigram's)."""
+    mixed = torch.logaddexp(weights.log()[:, None] - model_nll.double()[None, :],
+                            (1 - weights).log()[:, None] - trigram_nll.double()[None, :])
+    return -mixed.sum(dim=1)
+
+
 @dataclass
 class NLLTotals:
-    """Running sums over a split: summed NLL in nats, scored tokens, and their UTF-8 bytes."""
+    """Running sums over a split: summed NLL in nats, scored tokens, and their UTF-8 bytes; the
+    summed NLL of the targets of seen and of unseen types; and, where the split has the trigram's
+    per-target NLL, the summed NLL of the interpolation at each weight."""
 
     nll: float = 0.0
     tokens: int = 0
     bytes: int = 0
+    seen_nll: float = 0.0
+    seen_tokens: int = 0
+    unseen_nll: float = 0.0
+    mixture_nll: list[float] | None = None  # at each of interpolation_weights()
 
-    def add(self, nll: float, tokens: int, n_bytes: int) -> None:
+    def add(self, nll: float, tokens: int, n_bytes: int, unseen_nll: float = 0.0, unseen_tokens: int = 0) -> None:
+        """One batch's sums: ``unseen_*`` of its targets of unseen types, the rest seen."""
         self.nll += nll
         self.tokens += tokens
         self.bytes += n_bytes
+        self.seen_nll += nll - unseen_nll
+        self.seen_tokens += tokens - unseen_tokens
+        self.unseen_nll += unseen_nll
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, interp_weight: float | None = None) -> dict[str, float | None]:
+        """The split's metrics. The interpolation's weight is chosen here when ``interp_weight`` is
+        None (on the selection split), else it is the one given (the selection split's)."""
         if self.tokens == 0:
             raise ValueError("no scored tokens: cannot compute metrics of an empty split")
         loss = self.nll / self.tokens
-        return {
+        unseen_tokens = self.tokens - self.seen_tokens
+        out = {
             "loss": loss,
             "ppl": perplexity(loss),
             "bpb": bits_per_byte(self.nll, self.bytes) if self.bytes else math.nan,
@@ -60,11 +101,23 @@ class NLLTotals:
             "bytes_per_token": self.bytes / self.tokens,
             "tokens": self.tokens,
             "bytes": self.bytes,
+            "loss_seen": self.seen_nll / self.seen_tokens if self.seen_tokens else None,
+            "loss_unseen": self.unseen_nll / unseen_tokens if unseen_tokens else None,
+            "unseen_fraction": unseen_tokens / self.tokens,
         }
+        if self.mixture_nll is not None:
+            at = (min(range(len(self.mixture_nll)), key=self.mixture_nll.__getitem__) if interp_weight is None
+                  else round(interp_weight * INTERPOLATION_STEPS))
+            trigram, mixed = self.mixture_nll[0] / self.tokens, self.mixture_nll[at] / self.tokens
+            out |= {"interp_weight": at / INTERPOLATION_STEPS, "interp_loss": mixed, "trigram_loss": trigram,
+                    "interp_gain": trigram - mixed}
+        return out
 
 
 class Batches(Protocol):
     """What evaluation needs of a split (data_utils.TokenizedSplit)."""
+
+    reference_nll: Tensor | None  # the trigram's NLL of each target at its place in the tokens, if known
 
     def __len__(self) -> int: ...
 
@@ -87,24 +140,41 @@ def evaluate(
     all_sum: Callable[[Tensor], Tensor] = no_reduction,
     fused: bool = True,
     shown: Callable[[Iterable], Iterable] = iter,
-) -> dict[str, float]:
-    """One full pass in order: summed NLL, scored tokens and their bytes over the whole split.
+    seen_types: Bool[Tensor, " d_vocab"] | None = None,
+    interp_weight: float | None = None,
+) -> dict[str, float | None]:
+    """One full pass in order: summed NLL, scored tokens and their bytes over the whole split, the
+    NLL of targets of ``seen_types`` (every type when None) and of the others, and the
+    interpolation with the trigram where the split has its per-target NLL (``interp_weight``: see
+    NLLTotals.summary).
 
     Under DDP each of ``world`` processes takes every world-th batch and ``all_sum`` adds their
     sums. Sums are float64 and taken in a fixed order, so the result is the same on every run.
-    ``fused`` chooses the model's loss path (Transformer.nll_sum); ``shown`` wraps the batches (a
+    ``fused`` chooses the model's loss path (Transformer.token_nll); ``shown`` wraps the batches (a
     progress bar).
     """
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
+    weights = interpolation_weights()
+    reference = getattr(split, "reference_nll", None)
+    sums = torch.zeros(6 + (len(weights) if reference is not None else 0), dtype=torch.float64)
     for b, start in enumerate(shown(range(0, len(split), batch_size))):
         if b % world != rank:
             continue
-        inputs, targets = split.batch(torch.arange(start, min(start + batch_size, len(split))))
-        scored = targets[targets != IGNORE_INDEX]
-        nll = model.nll_sum(inputs.to(device), targets.to(device), fused=fused)
-        sums += torch.tensor([nll.item(), scored.numel(), byte_lengths[scored].sum().item()], dtype=torch.float64)
+        index = torch.arange(start, min(start + batch_size, len(split)))
+        inputs, targets = split.batch(index)
+        is_scored = targets != IGNORE_INDEX
+        scored = targets[is_scored]
+        token_nll = model.token_nll(inputs.to(device), targets.to(device), fused=fused).cpu()
+        seen = seen_types[scored] if seen_types is not None else torch.ones_like(scored, dtype=torch.bool)
+        sums[:6] += torch.tensor([token_nll.sum().item(), scored.numel(), byte_lengths[scored].sum().item(),
+                                  token_nll[seen].double().sum().item(), seen.sum().item(),
+                                  token_nll[~seen].double().sum().item()], dtype=torch.float64)
+        if reference is not None:
+            trigram_nll = reference[index, 1 : targets.shape[1] + 1][is_scored]
+            sums[6:] += interpolated_nll(token_nll, trigram_nll, weights)
     sums = all_sum(sums)
     model.train(was_training)
-    return NLLTotals(float(sums[0]), int(sums[1]), int(sums[2])).summary()
+    totals = NLLTotals(float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3]), int(sums[4]), float(sums[5]),
+                       sums[6:].tolist() if reference is not None else None)
+    return totals.summary(interp_weight)

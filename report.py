@@ -93,11 +93,17 @@ def architecture_options(cfg: dict) -> str:
     """The options that set a model's ends, init and regularisation, in words (logs from before an
     option existed had its default)."""
     mlp_init, dropout = recorded(cfg, "mlp_init"), recorded(cfg, "dropout")
+    small_data = [  # named only where set, so descriptions of runs without them read as they always did
+        f"token embeddings scaled by {recorded(cfg, 'embed_scale'):.3g}" if recorded(cfg, "embed_scale") != 1.0 else "",
+        "an output bias started at the log unigram" if recorded(cfg, "unembed_bias") == "log_unigram" else "",
+        f"word-type dropout {recorded(cfg, 'word_type_dropout')}" if recorded(cfg, "word_type_dropout") else "",
+        f"dropout {recorded(cfg, 'unembed_dropout')} before the unembedding" if recorded(cfg, "unembed_dropout") else "",
+    ]
     return ", ".join([
         "tied embedding and unembedding" if recorded(cfg, "tie_embeddings") else "untied embedding and unembedding",
         "a final LayerNorm" if recorded(cfg, "final_ln") else "no final LayerNorm",
         f"MLP init {mlp_init}" + (" (W_out scaled to relu's output variance)" if mlp_init == "variance_matched" else ""),
-        f"dropout {dropout}" if dropout else "no dropout",
+        f"dropout {dropout}" if dropout else "no dropout", *filter(None, small_data),
     ])
 
 
@@ -115,8 +121,9 @@ def model_card(runs: list) -> str:
         f"positions, {architecture_options(cfg)}.",
         f"- **Training**: {train.get('optimizer', 'AdamW')}, lr {train['lr']} ({train.get('lr_schedule', 'constant')}), "
         f"weight decay {train.get('weight_decay')}, batch {train['batch_size']} sequences, gradient clip "
-        f"{train.get('grad_clip')}, {log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps "
-        f"{train['max_steps']}).",
+        f"{train.get('grad_clip')}, {log.get('progress', log['final'])['step']} steps (num_epochs {train['num_epochs']}, max_steps "
+        f"{train['max_steps']})" + (f"; early stopping with patience {train['patience']} evaluations, keeping its "
+                                    f"{train.get('keep', 'last')} weights" if train.get("patience") else "") + ".",
         "", table(["variant", "activation", "MLP width", "parameters", "non-embedding", "MLP"], rows), "",
         "- **Intended use**: comparing MLP activation functions under identical, paired conditions; teaching; a "
         "baseline for such comparisons.",

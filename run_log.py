@@ -27,6 +27,7 @@ REQUIRED_KEYS = {
 }
 # Top-level statuses; a failed run's status is "failed: <reason>".
 COMPLETE, RUNNING, INTERRUPTED, FAILED = "complete", "running", "interrupted", "failed"
+PRUNED = "pruned"  # stopped for good by a search's pruner (SIGUSR1): listed by the analysis, never resumed
 NON_FINITE = "non-finite"  # the reason of a run whose loss or gradient stopped being finite
 
 
@@ -68,7 +69,7 @@ LOG_SCHEMA = _object({
                                                      "test_skipped": OPTIONAL_STRING, "tokenizer": STRING}),
     "progress": _object({"step": INT}),
     "steps": _list(_object({"step": INT}, {"loss": NUMBER, "grad_norm": NUMBER})),
-})
+}, {"stopped_early": {"anyOf": [{"type": "null"}, _object({"step": INT, "best_step": INT, "best_val_loss": NUMBER})]}})
 # What the analysis reads of a complete run besides.
 COMPLETE_SCHEMA = _object({
     "steps": _list(_object({"step": INT, "loss": NUMBER, "grad_norm": NUMBER})),
@@ -90,7 +91,8 @@ def value_before_it_was_recorded(key: str, section: dict):
     or of the request): the default it ran with, so such a log still matches, and is described, as
     what it was. "<missing>" for a key that has no such default."""
     legacy = {"final_ln": section.get("preset") == "gpt2", "mlp_init": "standard", "dropout": 0.0,
-              "tie_embeddings": False}
+              "tie_embeddings": False, "unembed_bias": "none", "word_type_dropout": 0.0, "unembed_dropout": 0.0, "embed_scale": 1.0,
+              "patience": None, "keep": "last"}
     return legacy.get(key, "<missing>")
 
 

@@ -32,13 +32,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from baselines import BASELINES_VERSION, baseline_losses
+import numpy as np
+import safetensors.numpy
+
+from baselines import BASELINES_VERSION, Baselines, baseline_losses, target_counts, unigram_log_probs
 from data_utils import DataError, TokenizedSplit, default_cache_dir, load_split_text, load_tokenizer, \
     check_offline_inputs, sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from metrics import evaluate
-from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, RUNNING, SCHEMA_VERSION, WriteError, atomic_write, \
+from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, PRUNED, RUNNING, SCHEMA_VERSION, WriteError, atomic_write, \
     remove_stale_temporaries, write_log
-from training.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint, write_final_weights
+from training.checkpoint import read_checkpoint, read_final_weights, rng_state, set_rng_state, write_checkpoint, \
+    write_final_weights
 from training.decide import KEEP_FAILED, REFUSE, RESUME, SKIP, TRAIN, Decision, decide, differing_settings
 from training.distributed import Distributed, setup_distributed
 from training.export import check_export_targets, try_export
@@ -51,6 +55,9 @@ from transformer_from_scratch import IGNORE_INDEX, Transformer, derived_generato
     probe, training_flops_per_token
 
 N_PROMPTS, PROMPT_TOKENS, SAMPLE_TOKENS = 3, 24, 40  # text samples at each epoch end
+# Where the loss goes and what the model adds to the trigram (metrics.py), in epoch entries beside the loss.
+BREAKDOWN_KEYS = ("loss_seen", "loss_unseen", "unseen_fraction", "interp_weight", "interp_loss", "trigram_loss",
+                  "interp_gain")
 
 
 class NonFiniteLoss(Exception):
@@ -72,6 +79,18 @@ class Data:
     test_skipped: str | None = None  # why no test split is evaluated, when one was asked for
     during_training: dict = field(default_factory=dict)  # role -> the (sub)split evaluated during training
     baselines: dict = field(default_factory=dict)  # n-gram baselines on these splits (baselines.py)
+    train_counts: Tensor | None = None  # how often each type is a training target (float64, d_vocab)
+
+    @property
+    def seen_types(self) -> Tensor:
+        """The types that occur as training targets: evaluations split their loss by these."""
+        return self.train_counts > 0
+
+    def log_unigram(self) -> Tensor:
+        """log p(w) of the unigram baseline (its add-k chosen on the selection split): the output
+        bias's starting point under unembed_bias "log_unigram"."""
+        k = self.baselines["unigram"]["add_k"]
+        return torch.from_numpy(unigram_log_probs(self.train_counts.numpy(), k)).float()
 
     @property
     def vocab_size(self) -> int:
@@ -124,7 +143,13 @@ def load_data(args: argparse.Namespace) -> Data:
         if split.info["tokens"] == 0:
             raise DataError(f"the {role} split {split.info['split']!r} has no scored tokens (every sequence is a "
                             f"single token)")
-    data.baselines = cached_baselines(data, args.cache_dir)
+    baselines = cached_baselines(data, args.cache_dir)
+    data.baselines = baselines.losses
+    for role, split in (("val", data.val), ("test", data.test)):
+        if split is not None:  # the trigram's per-target NLL, for interpolating the model with it
+            split.reference_nll = torch.from_numpy(baselines.token_nll[role])
+    data.train_counts = torch.from_numpy(target_counts(data.train.tokens.numpy(), data.train.lengths.numpy(),
+                                                       data.vocab_size))
     data.during_training = {role: evaluation_subset(split, args.eval_tokens) for role, split in
                             (("val", data.val), ("test", data.test)) if split is not None}
     return data
@@ -139,31 +164,38 @@ def evaluation_subset(split: TokenizedSplit, n_tokens: int | None) -> TokenizedS
     order = torch.randperm(len(split), generator=derived_generator(0, "evaluation subset"))
     scored = torch.clamp(split.lengths[order] - 1, min=0).cumsum(0)
     chosen = order[: int(torch.searchsorted(scored, n_tokens)) + 1].sort().values
-    subset = TokenizedSplit(split.tokens[chosen], split.lengths[chosen])
+    subset = TokenizedSplit(split.tokens[chosen], split.lengths[chosen],
+                            reference_nll=None if split.reference_nll is None else split.reference_nll[chosen])
     subset.info = {**split.info, "sequences": len(subset), "tokens": int(scored[len(chosen) - 1])}
     return subset
 
 
-def cached_baselines(data: Data, cache_dir: Path | None) -> dict:
-    """The n-gram baselines of these splits, computed once per data identity (seconds) and cached."""
+def cached_baselines(data: Data, cache_dir: Path | None) -> Baselines:
+    """The n-gram baselines of these splits, computed once per data identity (seconds) and cached:
+    their losses as JSON, the trigram's per-target NLL beside them as safetensors (numbers only)."""
     evaluated = {role: split for role, split in (("val", data.val), ("test", data.test)) if split is not None}
     identity = {"version": BASELINES_VERSION, "tokenizer": data.tokenizer_sha256, "vocab": data.vocab_size,
                 **{role: {k: split.info[k] for k in ("sha256", "layout", "max_length")}
                    for role, split in (("train", data.train), *evaluated.items())}}
     key = sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:32]
     path = (cache_dir or default_cache_dir()) / f"baselines-{key}.json"
+    nll_path = path.with_suffix(".safetensors")
     try:
         cached = json.loads(path.read_text())
-        if isinstance(cached, dict) and cached.get("identity") == identity:
-            return cached["baselines"]
-    except (OSError, ValueError, KeyError, TypeError):
+        token_nll = safetensors.numpy.load(nll_path.read_bytes())
+        if (isinstance(cached, dict) and cached.get("identity") == identity and set(token_nll) == set(evaluated)
+                and all(token_nll[role].shape == split.tokens.shape for role, split in evaluated.items())):
+            return Baselines(cached["baselines"], token_nll)
+    except Exception:  # noqa: BLE001 - missing, damaged or foreign: any of these is computed again
         pass
     as_arrays = {role: (split.tokens.numpy(), split.lengths.numpy(), split.info["bytes"])
                  for role, split in evaluated.items()}
     computed = baseline_losses((data.train.tokens.numpy(), data.train.lengths.numpy()), as_arrays, data.vocab_size, "val")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"identity": identity, "baselines": computed}).encode())
+        atomic_write(nll_path, safetensors.numpy.save({role: np.ascontiguousarray(nll)
+                                                       for role, nll in computed.token_nll.items()}))
+        atomic_write(path, json.dumps({"identity": identity, "baselines": computed.losses}).encode())
     except (OSError, WriteError) as err:
         print(f"warning: could not cache the n-gram baselines: {err}", file=sys.stderr)
     return computed
@@ -201,6 +233,11 @@ class Progress:
     epoch_wall: float = 0.0
     tokens_seen: int = 0  # scored training tokens since step 0
     train_seconds: float = 0.0  # time spent in training steps since step 0 (evaluations excluded)
+    best_val_loss: float = math.inf  # the selection loss at its best evaluation so far, and that step
+    best_step: int = 0
+    evals_since_best: int = 0  # evaluations since then that did not improve on it (for --patience)
+    last_selection_step: int = 0  # the step of the last evaluation counted above (each step counts once)
+    stopped_early: bool = False  # --patience ran out
 
 
 @dataclass
@@ -239,9 +276,12 @@ class NLLSum(nn.Module):
 
 
 def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
-    torch.manual_seed(spec.seed)  # nothing draws from the global generator; seeded in case something does
-    model = Transformer(spec.model_config(data.vocab_size), seed=spec.seed).to(rt.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train_config["lr"],
+    torch.manual_seed(spec.seed)  # dropout draws from the global generator (its state is checkpointed)
+    model = Transformer(spec.model_config(data.vocab_size), seed=spec.seed)
+    if model.unembed.b_U is not None:
+        model.init_unembed_bias(data.log_unigram())
+    model = model.to(rt.device)
+    optimizer = torch.optim.AdamW(parameter_groups_for_decay(model), lr=spec.train_config["lr"],
                                   weight_decay=spec.train_config["weight_decay"],
                                   fused=rt.device.type in ("cpu", "cuda"))
     forward: nn.Module = NLLSum(model, fused=spec.train_config["loss"] == "fused")
@@ -251,6 +291,15 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         forward = torch.compile(forward)
     return TrainingState(model, optimizer, forward, Progress(),
                          History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")}))
+
+
+def parameter_groups_for_decay(model: Transformer) -> list[dict]:
+    """AdamW's parameter groups: every parameter decayed, as in the reference study, except the output
+    bias, which starts at the log unigram and would be pulled from it towards uniform."""
+    bias = model.unembed.b_U
+    if bias is None:
+        return [{"params": list(model.parameters())}]
+    return [{"params": [p for p in model.parameters() if p is not bias]}, {"params": [bias], "weight_decay": 0.0}]
 
 
 def save_checkpoint(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> None:
@@ -274,9 +323,12 @@ def save_final_weights(spec: RunSpec, state: TrainingState, rt: Runtime) -> None
 
 
 def drop_full_checkpoint(spec: RunSpec, rt: Runtime) -> None:
-    """A complete run keeps its full checkpoint (AdamW state) only under --keep_optimizer."""
-    if rt.ddp.main and not rt.flags["keep_optimizer"]:
-        spec.ckpt_path.unlink(missing_ok=True)
+    """A complete run keeps its full checkpoint (AdamW state) only under --keep_optimizer; the best
+    point's weights (--keep best) are its final weights by now."""
+    if rt.ddp.main:
+        spec.best_weights_path.unlink(missing_ok=True)
+        if not rt.flags["keep_optimizer"]:
+            spec.ckpt_path.unlink(missing_ok=True)
 
 
 def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
@@ -320,8 +372,17 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
         "data": data.describe(spec.data_flags),
         "progress": {"step": p.step, "epoch": p.epoch, "batch_in_epoch": p.batch_in_epoch},
         "steps": h.steps, "evals": h.evals, "epochs": h.epochs, "dynamics": h.dynamics, "samples": h.samples,
+        "stopped_early": early_stop(spec, p),
         "final": final,
     }
+
+
+def early_stop(spec: RunSpec, p: Progress) -> dict | None:
+    """Where --patience ended the run, and its best selection point; None while it has not."""
+    if not p.stopped_early:
+        return None
+    return {"step": p.step, "patience": spec.train_config["patience"], "best_step": p.best_step,
+            "best_val_loss": p.best_val_loss}
 
 
 def save_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, status: str, final: dict | None = None) -> None:
@@ -385,7 +446,8 @@ def compute_so_far(spec: RunSpec, state: TrainingState) -> dict:
 
 def finished(spec: RunSpec, progress: Progress) -> bool:
     max_steps = spec.train_config["max_steps"]
-    return progress.epoch > spec.train_config["num_epochs"] or (max_steps is not None and progress.step >= max_steps)
+    return (progress.epoch > spec.train_config["num_epochs"] or progress.stopped_early
+            or (max_steps is not None and progress.step >= max_steps))
 
 
 def grad_norm(params: list[nn.Parameter]) -> float:
@@ -429,18 +491,42 @@ def check_finite(step: int, *values: Tensor | float) -> None:
         raise NonFiniteLoss(f"{NON_FINITE} loss or gradient norm at step {step}")
 
 
-def validation_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit) -> dict:
+def split_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit,
+                  interp_weight: float | None = None) -> dict:
     return evaluate(state.model, split, data.byte_lengths, rt.flags["eval_batch_size"], rt.device,
                     rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused",
-                    shown=evaluation_bar(split.info["split"], rt.ddp.main))
+                    shown=evaluation_bar(split.info["split"], rt.ddp.main), seen_types=data.seen_types,
+                    interp_weight=interp_weight)
 
 
-def report_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> dict:
-    """The test (report) split's metrics at an evaluation, {} without one: so that the point chosen
-    on the validation (selection) split can be reported on a split nothing was chosen on."""
-    if data.test is None:
-        return {}
-    return validation_metrics(spec, state, data, rt, data.during_training["test"])
+def evaluate_splits(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, whole: bool) -> tuple[dict, dict]:
+    """The validation (selection) split's metrics and the test (report) split's, {} without one: the
+    whole splits, or the subsets evaluated during training. The report split is evaluated at every
+    evaluation so that a point chosen on the selection split can be reported on a split nothing was
+    chosen on; its interpolation with the trigram takes the weight the selection split chose."""
+    splits = {"val": data.val, "test": data.test} if whole else data.during_training
+    val = split_metrics(spec, state, data, rt, splits["val"])
+    if splits.get("test") is None:
+        return val, {}
+    return val, split_metrics(spec, state, data, rt, splits["test"], val.get("interp_weight"))
+
+
+def note_selection(spec: RunSpec, state: TrainingState, rt: Runtime, val_loss: float) -> None:
+    """Count an evaluation of the selection split for --patience and --keep best: a new best point
+    (whose weights --keep best saves), or one more evaluation without improvement. An evaluation at
+    a step already counted (a partial epoch's end right after an evaluation) counts once."""
+    p, cfg = state.progress, spec.train_config
+    if p.step <= p.last_selection_step:
+        return
+    p.last_selection_step = p.step
+    if val_loss < p.best_val_loss:
+        p.best_val_loss, p.best_step, p.evals_since_best = val_loss, p.step, 0
+        if cfg["keep"] == "best" and rt.ddp.main:
+            write_final_weights(spec.best_weights_path, state.model.state_dict(),
+                                {"run": spec.name, "step": p.step, **spec.settings()})
+    else:
+        p.evals_since_best += 1
+    p.stopped_early = cfg["patience"] is not None and p.evals_since_best >= cfg["patience"]
 
 
 def prefixed(prefix: str, metrics: dict, keys: tuple[str, ...] | None = None) -> dict:
@@ -452,8 +538,8 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     """Evaluate the epoch and record it with its dynamics."""
     p, h = state.progress, state.history
     check_finite(p.step, p.epoch_nll)
-    val = validation_metrics(spec, state, data, rt, data.during_training["val"])
-    test = report_metrics(spec, state, data, rt)
+    val, test = evaluate_splits(spec, state, data, rt, whole=False)
+    note_selection(spec, state, rt, val["loss"])
     if data.during_training["val"] is data.val:  # the whole splits: the final numbers may reuse them
         h.last_val = {"step": p.step, "metrics": val, "test": test}
     h.epochs.append({
@@ -461,7 +547,8 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
         "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
         "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"],
-        **prefixed("test", test, ("loss", "ppl", "bpb")), "wall_s": p.epoch_wall,
+        **prefixed("test", test, ("loss", "ppl", "bpb")), **prefixed("val", val, BREAKDOWN_KEYS),
+        **prefixed("test", test, BREAKDOWN_KEYS), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
@@ -511,8 +598,8 @@ def stop_requested(rt: Runtime) -> bool:
 
 
 def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watch: Watch) -> str | None:
-    """Train through the rest of the current epoch; returns why it stopped early ("max_steps" or
-    "signal"), or None at the epoch's end. The log is rewritten at every logged step, so a reader
+    """Train through the rest of the current epoch; returns why it stopped early ("max_steps",
+    "patience" or "signal"), or None at the epoch's end. The log is rewritten at every logged step, so a reader
     (the analysis, a person) always sees where the run is."""
     p, h, cfg = state.progress, state.history, spec.train_config
     per_epoch, batch_size = steps_per_epoch(spec, data), cfg["batch_size"]
@@ -546,9 +633,10 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
         watch.step(p.step, p.epoch, p.train_seconds, h.steps[-1] if record else None)
         if evaluation_due(rt, p, per_epoch):
             evaluation_started = time.perf_counter()
-            val = validation_metrics(spec, state, data, rt, data.during_training["val"])
+            val, test = evaluate_splits(spec, state, data, rt, whole=False)
+            note_selection(spec, state, rt, val["loss"])
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
-                            **prefixed("val", val), **prefixed("test", report_metrics(spec, state, data, rt))})
+                            **prefixed("val", val), **prefixed("test", test)})
             evaluation_seconds = time.perf_counter() - evaluation_started
             interval_start += evaluation_seconds  # tokens/s counts training time only, as train_seconds does
             watch.evaluated(p.step, h.evals[-1], evaluation_seconds)
@@ -558,11 +646,13 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
             save_checkpoint(spec, state, data, rt)
         if record or checkpoint:
             save_log(spec, state, data, rt, RUNNING)
+        if p.stopped_early:
+            return "patience"
     return None
 
 
 def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
-    """Train to the run's length, or until a signal; returns COMPLETE or INTERRUPTED."""
+    """Train to the run's length, or until a signal; returns COMPLETE, INTERRUPTED or PRUNED."""
     save_log(spec, state, data, rt, RUNNING)
     folder = rt.flags["tensorboard"]
     watch = Watch(spec.name, total_steps(spec, data), state.progress.step, training_flops_per_token(state.model.cfg),
@@ -575,8 +665,13 @@ def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
 
 def train_epochs(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watch: Watch) -> str:
     p = state.progress
-    while p.epoch <= spec.train_config["num_epochs"]:
+    while p.epoch <= spec.train_config["num_epochs"] and not p.stopped_early:
         stopped_by = run_epoch(spec, state, data, rt, watch)
+        if stopped_by == "signal" and rt.stop.pruned:  # a search's pruner: the run is over, its log says so
+            save_log(spec, state, data, rt, PRUNED)
+            spec.ckpt_path.unlink(missing_ok=True)
+            spec.best_weights_path.unlink(missing_ok=True)
+            return PRUNED
         if stopped_by == "signal":
             save_checkpoint(spec, state, data, rt)
             save_log(spec, state, data, rt, INTERRUPTED)
@@ -589,21 +684,31 @@ def train_epochs(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, w
             p.epoch, p.batch_in_epoch, p.epoch_nll, p.epoch_tokens, p.epoch_wall = p.epoch + 1, 0, 0.0, 0, 0.0
             p.epoch_clipped = 0
         save_checkpoint(spec, state, data, rt)
-        if stopped_by is not None:
+        if stopped_by is not None or p.stopped_early:
             break
         save_log(spec, state, data, rt, RUNNING)
-    last = state.history.last_val
-    just_evaluated = last is not None and last["step"] == p.step  # the whole splits, at this very step
-    final = {"step": p.step,
-             "val": last["metrics"] if just_evaluated else validation_metrics(spec, state, data, rt, data.val)}
-    if data.test is not None:
-        final["test"] = last["test"] if just_evaluated and last.get("test") else \
-            validation_metrics(spec, state, data, rt, data.test)
-    state.history.last_val = {"step": p.step, "metrics": final["val"], "test": final.get("test", {})}
+    final = final_metrics(spec, state, data, rt)
     save_final_weights(spec, state, rt)
     save_log(spec, state, data, rt, COMPLETE, final)
     drop_full_checkpoint(spec, rt)
     return COMPLETE
+
+
+def final_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> dict:
+    """The whole splits' numbers of the weights the run keeps, which the model then holds: its last
+    weights (reusing the epoch end's evaluation when it was of the whole splits at this very step),
+    or under --keep best those of its best selection point, read back from where note_selection
+    saved them."""
+    p, last, keep = state.progress, state.history.last_val, spec.train_config["keep"]
+    step = p.best_step if keep == "best" and p.best_step else p.step
+    if step != p.step:
+        state.model.load_state_dict(read_final_weights(spec.best_weights_path.parent, spec.best_weights_path.stem))
+    if last is not None and last["step"] == step:
+        val, test = last["metrics"], last["test"]
+    else:
+        val, test = evaluate_splits(spec, state, data, rt, whole=True)
+    state.history.last_val = {"step": step, "metrics": val, "test": test}
+    return {"step": step, "kept": keep, "val": val, **({"test": test} if data.test is not None else {})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -621,8 +726,8 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
     remove_stale_temporaries(spec.log_path)
     remove_stale_temporaries(spec.ckpt_path)
     if decision.action == TRAIN and rt.ddp.main:  # only --overwrite trains beside these (see decide)
-        spec.ckpt_path.unlink(missing_ok=True)
-        spec.weights_path.unlink(missing_ok=True)
+        for path in (spec.ckpt_path, spec.weights_path, spec.best_weights_path):
+            path.unlink(missing_ok=True)
     state = restore_state(spec, data, rt) if decision.action == RESUME else fresh_state(spec, data, rt)
     try:
         status = train(spec, state, data, rt)
@@ -640,9 +745,10 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
             message += f"; last good checkpoint {spec.ckpt_path}" if spec.ckpt_path.exists() else "; no checkpoint was written"
         print(message, file=sys.stderr)
         return 1
-    if status == INTERRUPTED:
+    if status in (INTERRUPTED, PRUNED):
         if rt.ddp.main:
-            print(f"interrupted: {spec.name} at step {state.progress.step}; --resume continues it", file=sys.stderr)
+            print(f"pruned: {spec.name} at step {state.progress.step} (by a search)" if status == PRUNED else
+                  f"interrupted: {spec.name} at step {state.progress.step}; --resume continues it", file=sys.stderr)
         return rt.stop.exit_code
     if rt.ddp.main:
         val, wall = state.history.last_val["metrics"], sum(e["wall_s"] for e in state.history.epochs)

@@ -56,7 +56,7 @@ def test_baselines_score_each_role_and_choose_k_on_selection_only():
     rng = np.random.default_rng(1)
     train = (rng.integers(0, 20, (50, 8)), np.full(50, 8))
     val, test = (rng.integers(0, 20, (10, 8)), np.full(10, 8), 300), (rng.integers(0, 20, (10, 8)), np.full(10, 8), 280)
-    out = baseline_losses(train, {"val": val, "test": test}, 20, "val")
+    out = baseline_losses(train, {"val": val, "test": test}, 20, "val").losses
     assert set(out) == {"unigram", "bigram_kn", "trigram_kn"} and out["unigram"]["add_k"] in (0.01, 0.1, 0.3, 1, 3, 10)
     for name in ("bigram_kn", "trigram_kn"):
         assert out[name]["test"]["bpb"] == pytest.approx(out[name]["test"]["loss"] * 70 / (math.log(2) * 280))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from run_log import COMPLETE, failed_non_finite, last_step, read_log, value_before_it_was_recorded
+from run_log import COMPLETE, PRUNED, failed_non_finite, last_step, read_log, value_before_it_was_recorded
 from training.settings import LENGTH_SETTINGS, RunSpec
 
 # What to do with a requested run.
@@ -76,11 +76,18 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
         hint = "" if changed_beyond_length else " (or --resume to train it further)"
         return Decision(REFUSE, f"{spec.log_path} holds a run ({status}) with other settings: {'; '.join(changed)}; "
                                 f"choose another --output_dir or --run_name{hint}")
+    if status == PRUNED:
+        return Decision(REFUSE, f"{spec.log_path} holds a run a search pruned at step {last_step(log)}; --overwrite "
+                                f"trains it again")
     if failed_non_finite(log):
         return Decision(KEEP_FAILED, f"{spec.name} {status}; --overwrite trains it again")
     if status == COMPLETE:
         if not changed:
             return Decision(SKIP, f"skip {spec.name}: {spec.log_path} is complete with these settings")
+        if log.get("stopped_early"):
+            return Decision(REFUSE, f"{spec.name}: the run stopped early at step {log['stopped_early']['step']} "
+                                    f"(--patience), so there is nothing to train further; --overwrite trains it "
+                                    f"again from step 0")
         if not has_checkpoint:
             kept = "its final weights only" if spec.weights_path.exists() else "no checkpoint"
             return Decision(REFUSE, f"{spec.name}: the complete run was saved without its optimizer state ({kept}; "

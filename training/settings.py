@@ -12,7 +12,7 @@ from pathlib import Path
 from cli import Parser
 from data_utils import LAYOUTS
 from transformer_from_scratch import ACTIVATIONS, PRESETS, TransformerConfig, activation_names, canonical_activation
-from transformer_from_scratch.config import MLP_INITS
+from transformer_from_scratch.config import MLP_INITS, UNEMBED_BIASES
 from transformer_from_scratch.hf import check_gpt2_expressible
 
 # Argument groups whose flags can change a result. Their flags are recorded in the log (train_config,
@@ -22,6 +22,7 @@ TRAINING, MODEL, DATA = "training", "model", "data"
 LENGTH_SETTINGS = ("num_epochs", "max_steps")  # may grow when a run is resumed
 SCHEDULES = ("constant", "cosine")
 LOSSES = ("fused", "textbook")
+KEEPS = ("last", "best")
 OPTIMIZER = "AdamW(betas=(0.9, 0.999), eps=1e-8)"
 MAX_SEED = 2**63 - 1  # a seed is a JSON int64 everywhere it is recorded
 
@@ -37,6 +38,19 @@ def warmup_setting(text: str) -> int | float:
     if 0 < value < 1:
         return value
     raise argparse.ArgumentTypeError(f"give a whole number of steps or a fraction in (0, 1), not {text}")
+
+
+def embed_scale_setting(text: str) -> float | str:
+    """--embed_scale: a positive number, or sqrt_d_model (resolved with the model's width)."""
+    if text == "sqrt_d_model":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number or sqrt_d_model, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
 
 
 class UsageError(Exception):
@@ -70,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate during training on a fixed subset of about N scored tokens of each evaluated "
                         "split (the same for every run); the final numbers always use the whole splits. Default: "
                         "whole splits")
+    g.add_argument("--patience", type=int, default=None, metavar="K",
+                   help="stop when the selection (validation) loss has not improved for K evaluations in a row; "
+                        "the run is complete, its log says where it stopped and its best point. Default: never")
+    g.add_argument("--keep", choices=KEEPS, default="last",
+                   help="the weights a complete run keeps, and its final numbers are of: its last, or those of its "
+                        "evaluation with the lowest selection loss")
     g.add_argument("--probe_sequences", type=int, default=64,
                    help="validation sequences used to probe MLP unit activity each epoch")
     g.add_argument("--loss", choices=LOSSES, default=None,
@@ -98,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedding, attention and residual dropout probability (0: none, the study)")
     g.add_argument("--tie_embeddings", action="store_true",
                    help="the unembedding is the token embedding's transpose (halves the embedding parameters)")
+    g.add_argument("--unembed_bias", choices=UNEMBED_BIASES, default="none",
+                   help="log_unigram: a trained bias on the logits, started at the log of the training targets' "
+                        "add-k unigram (the unigram baseline's k), not weight-decayed")
+    g.add_argument("--embed_scale", type=embed_scale_setting, default=1.0, metavar="X_OR_sqrt_d_model",
+                   help="multiply the token embeddings by this where they enter the residual stream; sqrt_d_model "
+                        "(Vaswani et al. 2017) is what tied embeddings need to learn (docs/model.md)")
+    g.add_argument("--word_type_dropout", type=float, default=0.0,
+                   help="drop whole embedding rows (word types) for a training step with this probability")
+    g.add_argument("--unembed_dropout", type=float, default=0.0,
+                   help="dropout on the residual stream before the unembedding")
     g = p.add_argument_group(DATA)
     g.add_argument("--layout", choices=LAYOUTS, default="lines",
                    help="lines: one sequence per line, padded (the study); packed: contiguous blocks")
@@ -174,6 +204,11 @@ class RunSpec:
         return self.output_dir / "checkpoints" / f"{self.name}.safetensors"
 
     @property
+    def best_weights_path(self) -> Path:
+        """The weights at the best selection point so far, under --keep best (until the run completes)."""
+        return self.output_dir / "checkpoints" / f"{self.name}.best.safetensors"
+
+    @property
     def lock_path(self) -> Path:
         return self.output_dir / "checkpoints" / f"{self.name}.lock"
 
@@ -213,7 +248,10 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
 
 def resolved_model_flags(flags: dict) -> dict:
     """The model flags as TransformerConfig resolves them (an alias to its activation, final_ln None to
-    the preset's choice): what the log's model_config records, so what a later request is compared with."""
+    the preset's choice, embed_scale sqrt_d_model to its number): what the log's model_config records,
+    so what a later request is compared with."""
+    if flags.get("embed_scale") == "sqrt_d_model":
+        flags = {**flags, "embed_scale": math.sqrt(flags["d_model"])}
     try:
         cfg = TransformerConfig(**flags)
     except ValueError as err:
@@ -244,10 +282,11 @@ def validate(args: argparse.Namespace) -> None:
                  "probe_sequences"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("max_steps", "threads", "eval_tokens"):
+    for flag in ("max_steps", "threads", "eval_tokens", "patience"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "dropout"):  # nan passes every comparison below
+    for flag in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "dropout", "word_type_dropout", "unembed_dropout"):
+        # nan passes every comparison below
         values = getattr(args, flag) if isinstance(getattr(args, flag), list) else [getattr(args, flag)]
         if not all(map(math.isfinite, values)):
             raise UsageError(f"--{flag} must be a finite number, got {' '.join(map(str, values))}")

@@ -1,4 +1,6 @@
-"""Stopping a run cleanly: SIGINT or SIGTERM finishes the step, checkpoints and exits 130/143."""
+"""Stopping a run cleanly: SIGINT or SIGTERM finishes the step, checkpoints and exits 130/143;
+SIGUSR1, which a search sends to a trial its pruner stops, finishes the step, marks the log
+``pruned`` (for good: nothing resumes it) and exits 138."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ class StopSignal:
     A context manager: the previous handlers come back on exit.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -31,6 +33,11 @@ class StopSignal:
             raise KeyboardInterrupt
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", file=sys.stderr)
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the signal was a search's pruner stopping this run (SIGUSR1)."""
+        return self.signum == signal.SIGUSR1
 
     @property
     def exit_code(self) -> int:

@@ -36,7 +36,7 @@ class Attention(nn.Module):
             self.b_V = nn.Parameter(torch.zeros(cfg.n_heads, cfg.d_head))
             self.b_O = nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_pattern = nn.Identity()  # attach a forward hook to see (batch, head, query_pos, key_pos)
-        self.pattern_dropout = make_dropout(cfg)
+        self.pattern_dropout = make_dropout(cfg.dropout)
 
     def _project(self, x: Float[Tensor, "batch pos d_model"], name: str) -> Float[Tensor, "batch pos head d_head"]:
         out = einsum("batch pos d_model, head d_model d_head -> batch pos head d_head", x, getattr(self, f"W_{name}"))

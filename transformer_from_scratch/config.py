@@ -9,6 +9,7 @@ from .activations import ACTIVATIONS, canonical_activation
 PRESETS = ("seed", "gpt2")
 ATTENTION_IMPLS = ("einsum", "sdpa")
 MLP_INITS = ("standard", "variance_matched")
+UNEMBED_BIASES = ("none", "log_unigram")
 
 # Matched gated MLPs are 2/3 as wide, rounded to a multiple of this: a width that vectorises well
 # and, at the reference sizes (d_mlp 1024 -> 680), keeps the MLP parameter count within 1%.
@@ -31,6 +32,10 @@ class TransformerConfig:
         activation so every MLP starts with relu's output variance (see transformer.init_std).
     dropout: probability for embedding, attention-pattern and residual dropout (0: none, no module).
     tie_embeddings: the unembedding is the token embedding's transpose (one tensor for both ends).
+    unembed_bias: "none" (the study, GPT-2), or "log_unigram": a trained bias on the logits that
+        starts at the log unigram of the training targets (set by the training script; unembed.py).
+    word_type_dropout: probability of dropping a whole embedding row (word type) for a training step.
+    unembed_dropout: dropout on the residual stream the unembedding reads.
     """
 
     d_vocab: int = 50257
@@ -48,6 +53,10 @@ class TransformerConfig:
     mlp_init: str = "standard"
     dropout: float = 0.0
     tie_embeddings: bool = False
+    unembed_bias: str = "none"
+    word_type_dropout: float = 0.0
+    unembed_dropout: float = 0.0
+    embed_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for field in ("d_vocab", "n_ctx", "d_model", "n_heads", "d_mlp", "n_layers"):
@@ -75,8 +84,13 @@ class TransformerConfig:
             object.__setattr__(self, "final_ln", self.preset == "gpt2" or bool(self.final_ln))
         if self.mlp_init not in MLP_INITS:
             raise ValueError(f"unknown mlp_init {self.mlp_init!r}; choose one of {list(MLP_INITS)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for field in ("dropout", "word_type_dropout", "unembed_dropout"):
+            if not 0 <= getattr(self, field) < 1:
+                raise ValueError(f"{field} must be in [0, 1), got {getattr(self, field)!r}")
+        if not self.embed_scale > 0:
+            raise ValueError(f"embed_scale must be positive, got {self.embed_scale!r}")
+        if self.unembed_bias not in UNEMBED_BIASES:
+            raise ValueError(f"unknown unembed_bias {self.unembed_bias!r}; choose one of {list(UNEMBED_BIASES)}")
 
     @property
     def d_head(self) -> int:  # derived, so it can never disagree with d_model and n_heads

@@ -37,6 +37,9 @@ def check_gpt2_expressible(cfg: TransformerConfig) -> None:
                          f"LayerNorm; GPT-2 has all three: only the 'gpt2' preset converts")
     if ACTIVATIONS[cfg.act_fn].gated:
         raise ValueError(f"{cfg.act_fn} is a gated MLP (three matrices); GPT-2's MLP has two")
+    if cfg.unembed_bias != "none":
+        raise ValueError(f"unembed_bias {cfg.unembed_bias!r} is a bias on the logits; GPT-2's lm_head has none (a "
+                         f"bias that is not constant cannot be folded into the other weights)")
 
 
 def config_from_hf(hf_config) -> TransformerConfig:

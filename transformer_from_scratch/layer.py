@@ -25,7 +25,7 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
-        self.resid_dropout = make_dropout(cfg)
+        self.resid_dropout = make_dropout(cfg.dropout)
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = resid + self.resid_dropout(self.attn(self.ln1(resid)))

@@ -76,8 +76,8 @@ def _targets_in_tile(targets: Tensor, start: int, width: int) -> tuple[Tensor, T
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, W_U: Tensor, targets: Tensor, vocab_tile: int, needs_grad: bool,  # type: ignore[override]
-                workspace: Workspace, matmul_dtype: torch.dtype) -> Tensor:
+    def forward(ctx, h: Tensor, W_U: Tensor, b_U: Tensor | None, targets: Tensor, vocab_tile: int,  # type: ignore[override]
+                needs_grad: bool, workspace: Workspace, matmul_dtype: torch.dtype, per_token: bool) -> Tensor:
         n_rows, d_vocab = h.shape[0], W_U.shape[1]
         h_mm, W_mm = h.to(matmul_dtype), W_U.to(matmul_dtype)  # the same tensors when no cast is asked for
         row_max = h.new_full((n_rows, 1), -math.inf)
@@ -95,6 +95,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(h_mm, W_tile, out=logits)
             else:
                 logits.copy_(torch.mm(h_mm, W_tile))  # widened to fp32 for the softmax
+            if b_U is not None:
+                logits += b_U[start : start + width]
             local, in_tile = _targets_in_tile(targets, start, width)
             picked = logits.gather(1, local.clamp(0, width - 1)[:, None]).squeeze(1)
             target_logit += torch.where(in_tile, picked, 0.0)
@@ -104,32 +106,38 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if needs_grad:
                 tiles.append(Tile(start, logits, new_max))  # logits now hold exp(logits - new_max)
         log_normaliser = row_max + sum_exp.log()
-        nll = (log_normaliser.squeeze(1) - target_logit).sum()
+        token_nll = log_normaliser.squeeze(1) - target_logit
+        if per_token:
+            return token_nll
         if needs_grad:
-            ctx.save_for_backward(*_gradients(h_mm, W_mm, targets, tiles, log_normaliser, h.dtype))
-        return nll
+            ctx.has_bias = b_U is not None
+            ctx.save_for_backward(*_gradients(h_mm, W_mm, targets, tiles, log_normaliser, h.dtype, ctx.has_bias))
+        return token_nll.sum()
 
     @staticmethod
     def backward(ctx, grad_nll: Tensor):  # type: ignore[override]
         if getattr(ctx, "backward_done", False):
             raise RuntimeError("linear_cross_entropy supports one backward pass per forward")
         ctx.backward_done = True
-        grad_h, grad_W = ctx.saved_tensors
+        grad_h, grad_W, *grad_b = ctx.saved_tensors
         # Used once (checked above): scaling in place saves allocating two more tensors of their size.
-        return grad_h.mul_(grad_nll), grad_W.mul_(grad_nll), None, None, None, None, None
+        grad_b = grad_b[0].mul_(grad_nll) if ctx.has_bias else None
+        return grad_h.mul_(grad_nll), grad_W.mul_(grad_nll), grad_b, None, None, None, None, None, None
 
 
 def _gradients(
-    h: Tensor, W_U: Tensor, targets: Tensor, tiles: list[Tile], log_normaliser: Tensor, dtype: torch.dtype
-) -> tuple[Tensor, Tensor]:
-    """d nll/d h and d nll/d W_U (in ``dtype``) from the kept tiles, each turned into softmax - onehot
-    in place; ``h`` and ``W_U`` are in the matmuls' dtype.
+    h: Tensor, W_U: Tensor, targets: Tensor, tiles: list[Tile], log_normaliser: Tensor, dtype: torch.dtype,
+    bias: bool,
+) -> tuple[Tensor, ...]:
+    """d nll/d h and d nll/d W_U (in ``dtype``), and d nll/d b_U when there is a bias, from the kept
+    tiles, each turned into softmax - onehot in place; ``h`` and ``W_U`` are in the matmuls' dtype.
 
     A tile holds exp(logits - m) for the running maximum m it was shifted by, so one multiplication
     by exp(m - log_normaliser) makes it the softmax, without a second pass of exponentials.
     """
     grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device)
     grad_W = torch.empty(W_U.shape, dtype=dtype, device=W_U.device)
+    grad_b = torch.empty(W_U.shape[1], dtype=dtype, device=W_U.device) if bias else None
     rows = torch.arange(h.shape[0], device=h.device)
     for tile in tiles:
         width = tile.exp_shifted.shape[1]
@@ -137,6 +145,8 @@ def _gradients(
         local, in_tile = _targets_in_tile(targets, tile.start, width)
         grad_logits[rows[in_tile], local[in_tile]] -= 1.0
         columns = slice(tile.start, tile.start + width)
+        if grad_b is not None:
+            torch.sum(grad_logits, dim=0, out=grad_b[columns])
         if h.dtype == dtype:
             grad_h.addmm_(grad_logits, W_U[:, columns].t())
             # Written straight into its columns: with cache-sized tiles the strided output costs nothing
@@ -146,7 +156,7 @@ def _gradients(
             grad_low = grad_logits.to(h.dtype)
             grad_h += torch.mm(grad_low, W_U[:, columns].t())
             grad_W[:, columns] = torch.mm(h.t(), grad_low)
-    return grad_h, grad_W
+    return (grad_h, grad_W) if grad_b is None else (grad_h, grad_W, grad_b)
 
 
 def linear_cross_entropy(
@@ -155,19 +165,41 @@ def linear_cross_entropy(
     targets: Int[Tensor, " n"],
     vocab_tile: int = DEFAULT_VOCAB_TILE,
     workspace: Workspace | None = None,
+    b_U: Float[Tensor, " d_vocab"] | None = None,
 ) -> Float[Tensor, ""]:
-    """Sum over rows of -log softmax(h W_U)[target]; every target must be a real token id.
+    """Sum over rows of -log softmax(h W_U + b_U)[target]; every target must be a real token id.
 
-    ``workspace``: the tile buffer to reuse (a fresh one when None). The loss and its gradients are
-    float32 (or float64 for float64 inputs) under autocast too: the casts' backward returns the
-    gradients in the inputs' dtypes. Under bf16 (or fp16) autocast the matmuls run in that dtype
-    (see the module docstring).
+    ``workspace``: the tile buffer to reuse (a fresh one when None); ``b_U``: a bias on the logits
+    (none when None), added to each tile in the loss's dtype. The loss and its gradients are float32
+    (or float64 for float64 inputs) under autocast too: the casts' backward returns the gradients in
+    the inputs' dtypes. Under bf16 (or fp16) autocast the matmuls run in that dtype (see the module
+    docstring).
     """
+    return _apply(h, W_U, b_U, targets, vocab_tile, workspace, per_token=False)
+
+
+@torch.no_grad()
+def token_cross_entropy(
+    h: Float[Tensor, "n d_model"],
+    W_U: Float[Tensor, "d_model d_vocab"],
+    targets: Int[Tensor, " n"],
+    vocab_tile: int = DEFAULT_VOCAB_TILE,
+    workspace: Workspace | None = None,
+    b_U: Float[Tensor, " d_vocab"] | None = None,
+) -> Float[Tensor, " n"]:
+    """Each row's -log softmax(h W_U + b_U)[target], for evaluation (no gradients): the very values
+    whose sum linear_cross_entropy returns, at no extra cost."""
+    return _apply(h, W_U, b_U, targets, vocab_tile, workspace, per_token=True)
+
+
+def _apply(h: Tensor, W_U: Tensor, b_U: Tensor | None, targets: Tensor, vocab_tile: int, workspace: Workspace | None,
+           per_token: bool) -> Tensor:
     # Decided here, not from ctx.needs_input_grad, which stays True under torch.no_grad().
-    needs_grad = torch.is_grad_enabled() and (h.requires_grad or W_U.requires_grad)
+    needs_grad = torch.is_grad_enabled() and (h.requires_grad or W_U.requires_grad or
+                                              (b_U is not None and b_U.requires_grad))
     dtype = torch.promote_types(torch.promote_types(h.dtype, W_U.dtype), torch.float32)
     device = h.device.type
     matmul_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
     with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(h.to(dtype), W_U.to(dtype), targets, vocab_tile, needs_grad,
-                                         workspace or Workspace(), matmul_dtype)
+        return _LinearCrossEntropy.apply(h.to(dtype), W_U.to(dtype), None if b_U is None else b_U.to(dtype), targets,
+                                         vocab_tile, needs_grad, workspace or Workspace(), matmul_dtype, per_token)

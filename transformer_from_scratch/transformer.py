@@ -31,7 +31,7 @@ from .dropout import make_dropout
 from .embed import Embed
 from .layer import TransformerBlock
 from .layer_norm import LayerNorm
-from .loss import Workspace, linear_cross_entropy
+from .loss import Workspace, linear_cross_entropy, token_cross_entropy
 from .pos_embed import make_pos_embed
 from .unembed import TiedUnembed, Unembed
 
@@ -89,10 +89,11 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = Embed(cfg)
         self.pos_embed = make_pos_embed(cfg)
-        self.embed_dropout = make_dropout(cfg)
+        self.embed_dropout = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg) if cfg.final_ln else nn.Identity()
-        self.unembed = TiedUnembed(self.embed) if cfg.tie_embeddings else Unembed(cfg)
+        self.unembed_dropout = make_dropout(cfg.unembed_dropout)
+        self.unembed = TiedUnembed(self.embed, cfg) if cfg.tie_embeddings else Unembed(cfg)
         self.loss_workspace = Workspace()  # the fused loss's tile buffer, reused from step to step
         self.init_weights(seed)
 
@@ -105,14 +106,23 @@ class Transformer(nn.Module):
             values = torch.randn(param.shape, generator=derived_generator(seed, name)) * std
             param.copy_(values)
 
+    @torch.no_grad()
+    def init_unembed_bias(self, log_unigram: Float[Tensor, " d_vocab"]) -> None:
+        """Start the output bias (unembed_bias "log_unigram") at the log of the training targets'
+        add-k unigram: its initialisation depends on the data, so the training script supplies it."""
+        if self.unembed.b_U is None:
+            raise ValueError("this model has no output bias (unembed_bias 'none')")
+        self.unembed.b_U.copy_(log_unigram)
+
     def residual(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        """The residual stream after the last block (and the final LayerNorm, where there is one)."""
+        """The residual stream after the last block (and the final LayerNorm, where there is one),
+        as the unembedding reads it (so with unembed_dropout while training)."""
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds n_ctx={self.cfg.n_ctx}")
         resid = self.embed_dropout(self.embed(tokens) + self.pos_embed(tokens))
         for block in self.blocks:
             resid = block(resid)
-        return self.ln_final(resid)
+        return self.unembed_dropout(self.ln_final(resid))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         return self.unembed(self.residual(tokens))
@@ -163,14 +173,31 @@ class Transformer(nn.Module):
                 logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
         scored = targets != IGNORE_INDEX
-        return linear_cross_entropy(resid[scored], self.unembed.W_U, targets[scored], workspace=self.loss_workspace)
+        return linear_cross_entropy(resid[scored], self.unembed.W_U, targets[scored], workspace=self.loss_workspace,
+                                    b_U=self.unembed.b_U)
+
+    @torch.no_grad()
+    def token_nll(
+        self, tokens: Int[Tensor, "batch pos"], targets: Int[Tensor, "batch pos"], fused: bool = True
+    ) -> Float[Tensor, " n_scored"]:
+        """The next-token NLL (nats) of each scored target, in row-major order of ``targets`` (for
+        evaluation: where the loss goes, and interpolation with an n-gram model). With fused=True
+        their float32 sum is bit for bit nll_sum's."""
+        resid = self.residual(tokens)
+        scored = targets != IGNORE_INDEX
+        if not fused:
+            logits = self.unembed(resid)
+            return F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+        return token_cross_entropy(resid[scored], self.unembed.W_U, targets[scored], workspace=self.loss_workspace,
+                                   b_U=self.unembed.b_U)
 
 
 def parameter_counts(model: Transformer) -> dict[str, int]:
-    """total; non_embedding (total less W_E, W_pos and W_U, as in Kaplan et al. 2020); mlp."""
+    """total; non_embedding (total less W_E, W_pos, W_U and the output bias b_U, as in Kaplan et al.
+    2020); mlp."""
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(
-        p.numel() for name, p in model.named_parameters() if name.split(".")[-1] in ("W_E", "W_pos", "W_U")
+        p.numel() for name, p in model.named_parameters() if name.split(".")[-1] in ("W_E", "W_pos", "W_U", "b_U")
     )
     mlp = sum(p.numel() for block in model.blocks for p in block.mlp.parameters())
     return {"total": total, "non_embedding": total - embedding, "mlp": mlp}
