@@ -3,6 +3,11 @@
     python study.py results/my_study/study.toml --jobs 2        # train every run, then analyse
     python study.py results/my_study/study.toml --list          # the train_simple.py commands only
     python analyze_results.py --study results/my_study/study.toml
+    python study.py results/my_search/search.toml --jobs 2      # a file with [search]: run the search
+
+A file with a [search] table (search/space.py documents it) is a search, not a study: its arms are
+searched over with its [train] flags fixed, on its tuning seed, and its report says which study the
+search allows; seeds, baseline and comparisons are then optional.
 
 The study file lives in its results folder (logs, summary and report go beside it), so a committed
 folder carries its declaration, and the commit that added the file before its runs is the
@@ -36,15 +41,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from search.space import Search, StudyError, load_search
+
 ROOT = Path(__file__).resolve().parent
-KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "point", "margin", "alpha", "arms", "train"}
+KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "point", "margin", "alpha", "arms", "train",
+        "search"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params"}
-
-
-class StudyError(ValueError):
-    """A study file that cannot be run: one line, exit 2."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Study:
     margin: float = 0.02
     alpha: float = 0.05
     train: dict = field(default_factory=dict)
+    search: Search | None = None
 
     @property
     def folder(self) -> Path:
@@ -82,8 +87,9 @@ class Study:
         return any(arm.lr is not None for arm in self.arms)
 
 
-def load_study(path: Path) -> Study:
-    """The study in ``path``; StudyError (one line) for anything missing, unknown or inconsistent."""
+def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
+    """The study in ``path``; StudyError (one line) for anything missing, unknown or inconsistent.
+    ``known_flags``: train_simple.py's flags, which a [search] table may search (unchecked when None)."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
@@ -91,7 +97,8 @@ def load_study(path: Path) -> Study:
     unknown = set(raw) - KEYS
     if unknown:
         raise StudyError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(KEYS))}")
-    missing = {"name", "arms", "baseline", "seeds"} - set(raw)
+    is_search = "search" in raw
+    missing = {"name", "arms", *(() if is_search else ("baseline", "seeds"))} - set(raw)
     if missing:
         raise StudyError(f"{path}: missing {', '.join(sorted(missing))}")
     arms = []
@@ -102,6 +109,14 @@ def load_study(path: Path) -> Study:
     names = [arm.name for arm in arms]
     if len(set(names)) != len(names):
         raise StudyError(f"{path}: an arm is declared twice ({names})")
+    search = None
+    if is_search:
+        if not isinstance(raw["search"], dict):
+            raise StudyError(f"{path}: [search] must be a table")
+        search = load_search(raw["search"], str(path), known_flags if known_flags is not None else
+                             set(raw["search"].get("space", {})), list(raw.get("seeds", [])))
+        raw.setdefault("baseline", names[0])
+        raw.setdefault("seeds", [])
     if raw["baseline"] not in names:
         raise StudyError(f"{path}: baseline {raw['baseline']!r} is not one of the arms {names}")
     default = [[name, raw["baseline"]] for name in names if name != raw["baseline"]]
@@ -110,14 +125,14 @@ def load_study(path: Path) -> Study:
         if len(pair) != 2 or not set(pair) <= set(names) or pair[0] == pair[1]:
             raise StudyError(f"{path}: comparison {list(pair)} must name two different arms of {names}")
     lrs = raw.get("lrs", [])
-    if any(arm.lr is None for arm in arms) and not lrs:
+    if any(arm.lr is None for arm in arms) and not lrs and not (search and "lr" in search.space):
         raise StudyError(f"{path}: give lrs, or an lr for every arm")
     clash = RUN_FLAGS & set(raw.get("train", {}))
     if clash:
         raise StudyError(f"{path}: [train] may not set {', '.join(sorted(clash))}: the study sets them per run")
     return Study(path, raw["name"], arms, raw["baseline"], list(raw["seeds"]), list(lrs), comparisons,
                  raw.get("metric", "test_loss"), raw.get("point", "final"), float(raw.get("margin", 0.02)),
-                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})))
+                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search)
 
 
 def flag_args(settings: dict) -> list[str]:
@@ -147,21 +162,68 @@ def run_commands(study: Study, threads: int) -> list[list[str]]:
     return commands
 
 
+def train_simple_flags() -> set[str]:
+    """Every train_simple.py flag (its destinations): what a [search] table may search."""
+    from training.settings import build_parser  # imports torch: only where a study is run
+
+    return {action.dest for action in build_parser()._actions}
+
+
+def trial_run(study: Study, trial, threads: int):
+    """One trial of a search: its flags drawn by Optuna (the arm too, when there are several), trained
+    on the tuning seed with its best weights kept, in ``<study folder>/trials/``."""
+    from search.runner import TrialRun, trial_name
+
+    arms = {arm.name: arm for arm in study.arms}
+    arm = arms[trial.suggest_categorical("arm", list(arms))] if len(arms) > 1 else study.arms[0]
+    params = study.search.suggest(trial, study.train.get("d_model", 256))
+    lr = params.pop("lr", arm.lr if arm.lr is not None else (study.lrs or [None])[0])
+    name, folder = trial_name(trial), study.folder / "trials"
+    command = [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
+               *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(study.search.tuning_seed),
+               "--run_name", name, "--output_dir", str(folder), "--threads", str(threads), "--resume", "--keep", "best",
+               *flag_args({**study.train, **params})]
+    return TrialRun(name, folder, command)
+
+
+def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
+    """Run the search (unless --report_only), then write its report beside the study file."""
+    from search.report import write_search_report
+    from search.runner import open_study, run_search, storage_url
+
+    url = args.storage or storage_url(study.folder)
+    if not args.report_only:
+        run_search(study.name, study.search, url, lambda trial: trial_run(study, trial, threads), args.jobs)
+    report = write_search_report(study.name, open_study(study.name, study.search, url), [a.name for a in study.arms],
+                                 study.folder / "trials", study.folder)
+    print(f"search report: {report}\nfigures: {study.folder / 'search_history.png'}, "
+          f"{study.folder / 'search_slices.png'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Run a declared study: every run of its file, then its analysis.")
+    p = argparse.ArgumentParser(description="Run a declared study (every run of its file, then its analysis), or "
+                                            "the search a file with a [search] table declares.")
     p.add_argument("study", type=Path, help="the study file (TOML), in the folder its results go to")
     p.add_argument("--jobs", type=int, default=1, help="training processes side by side (threads split between them)")
     p.add_argument("--list", action="store_true", help="print the training commands, one per line, and nothing else")
+    p.add_argument("--storage", default=None,
+                   help="a search's Optuna storage URL (default: sqlite:///<study folder>/search.db); workers on "
+                        "other machines join the same search by giving the same URL")
+    p.add_argument("--report_only", action="store_true", help="a search: write its report from what has run, train nothing")
     args = p.parse_args(argv)
-    try:
-        study = load_study(args.study)
-    except StudyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.jobs < 1:
         print("error: --jobs must be positive", file=sys.stderr)
         return 2
-    commands = run_commands(study, max(1, (os.cpu_count() or 1) // args.jobs))
+    try:
+        study = load_study(args.study, train_simple_flags())
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if study.search is not None:
+        return search_main(study, args, threads)
+    commands = run_commands(study, threads)
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
         return 0

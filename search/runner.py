@@ -1,0 +1,206 @@
+"""Running a search with Optuna: a TPE sampler, a pruner fed the selection loss at each evaluation,
+and the study's state in a SQLite file beside the study file (``search.db``; any RDB URL for many
+machines), so a search survives interruption and runs from several processes at once.
+
+Each trial is an ordinary train_simple.py run (its own JSON log and lock, in ``trials/``), named
+``trial<NNN>`` after its Optuna trial number. While it trains, the worker reads its log (rewritten
+at every logged step) and reports each new evaluation of the selection split to the pruner; when
+the pruner says stop, the worker sends the run SIGUSR1, which ends it with the status ``pruned``.
+A worker that dies stops beating (Optuna's heartbeat); its trial is then failed and retried with the
+same parameters under the same run name, so train_simple.py's --resume continues it from its last
+checkpoint. Trials that finished (complete or pruned) are never run again.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from run_log import COMPLETE, PRUNED, read_log
+from search.space import Search
+
+POLL_SECONDS = 2.0  # how often a worker reads its trial's log
+
+
+class TrialFailed(Exception):
+    """A trial's run exited with an error (its log says why): the trial is FAIL, the search goes on."""
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """How one trial is trained: its run name, folder and train_simple.py command."""
+
+    name: str
+    folder: Path
+    command: list[str]
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / f"{self.name}.json"
+
+
+def storage_url(study_folder: Path) -> str:
+    return f"sqlite:///{(study_folder / 'search.db').resolve()}"
+
+
+def selection_losses(log: dict) -> list[tuple[int, float]]:
+    """(step, selection loss) of every evaluation in the log, in order, each step once."""
+    by_step = {e["step"]: e["val_loss"] for e in log.get("evals", []) if "val_loss" in e}
+    by_step.update({e["steps"]: e["val_loss"] for e in log.get("epochs", []) if e["steps"] not in by_step})
+    return sorted(by_step.items())
+
+
+def objective_value(log: dict) -> float:
+    """The selection loss at the run's best point: its final validation loss, since every trial
+    keeps its best weights (--keep best) and evaluates them on the whole selection split."""
+    return float(log["final"]["val"]["loss"])
+
+
+def pruner_for(search: Search):
+    import optuna
+
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=search.min_evaluations, reduction_factor=search.reduction_factor,
+                                              max_resource=search.max_evaluations or "auto")
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=search.min_evaluations,
+                                                      reduction_factor=search.reduction_factor)
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=search.min_evaluations)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(name: str, search: Search, url: str):
+    """The Optuna study (created, or loaded to resume) on ``url``. Each worker process seeds its
+    sampler with the tuning seed and its process id: workers that drew alike would train the same
+    configurations (the draws, not the trials, are what a seed would make repeatable)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are, since v2.8
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers wait for the file lock
+    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat_seconds,
+                         grace_period=2 * search.heartbeat_seconds,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    sampler = optuna.samplers.TPESampler(seed=search.tuning_seed * 100_003 + os.getpid(), multivariate=True,
+                                         constant_liar=True)
+    for _ in range(3):  # two workers creating the study at once: the second loads it
+        try:
+            return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_for(search),
+                                       direction="minimize", load_if_exists=True)
+        except optuna.exceptions.DuplicatedStudyError:
+            time.sleep(1)
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_for(search))
+
+
+def trial_name(trial) -> str:
+    """A retried trial keeps the name (and so the run, and its checkpoint) of the trial it retries."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return f"trial{original if original is not None else trial.number:03d}"
+
+
+def train_trial(trial, run: TrialRun) -> float:
+    """Train one trial, reporting each selection evaluation to the pruner; its objective value."""
+    import optuna
+
+    trial.set_user_attr("run_name", run.name)
+    trial.set_user_attr("command", shlex.join(run.command))
+    process = subprocess.Popen(run.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the run
+    reader.start()
+    reported, asked = 0, False
+    while True:
+        finished = process.poll() is not None
+        reported = report_new_evaluations(trial, run.log_path, reported)
+        if finished:
+            break
+        if not asked and trial.should_prune():
+            process.send_signal(signal.SIGUSR1)  # train_simple.py stops after this step: status "pruned"
+            asked = True
+        time.sleep(POLL_SECONDS)
+    reader.join(timeout=5)
+    # The log, not the exit status, says how the run ended: a run that completed just before the
+    # pruner's signal reached it (its handlers already gone) is complete, whatever the signal did.
+    try:
+        log = read_log(run.log_path)
+    except (OSError, ValueError):
+        log = {"status": "no log"}
+    if log["status"] == PRUNED:
+        raise optuna.TrialPruned(f"{run.name} pruned after {reported} evaluations")
+    if log["status"] == COMPLETE:
+        return objective_value(log)
+    last = next((line.strip() for line in reversed(stderr) if line.strip()), "")
+    reason = f"{log['status']}, exit status {process.returncode}: {last}"
+    trial.set_user_attr("failed", reason)  # the report says why
+    raise TrialFailed(f"{run.name}: {reason}")
+
+
+def report_new_evaluations(trial, log_path: Path, reported: int) -> int:
+    """Report the evaluations past the first ``reported`` (step = the evaluation's ordinal, 1-based,
+    the unit of min_evaluations); how many are reported now."""
+    try:
+        losses = selection_losses(read_log(log_path))
+    except (OSError, ValueError):  # not written yet
+        return reported
+    for ordinal, (_, loss) in enumerate(losses[reported:], start=reported + 1):
+        trial.report(loss, ordinal)
+    return max(reported, len(losses))
+
+
+class Budget:
+    """Stops the search once its trials (complete and pruned, across resumes) reach the budget:
+    ``trials`` in all, or ``hours`` of trial time in all. A worker's trial in flight still finishes."""
+
+    def __init__(self, search: Search) -> None:
+        self.search = search
+
+    def spent(self, study) -> tuple[int, float]:
+        import optuna
+
+        done = [t for t in study.get_trials(deepcopy=False)
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+        hours = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) / 3600
+        return len(done), hours
+
+    def exhausted(self, study) -> bool:
+        n, hours = self.spent(study)
+        return (self.search.trials is not None and n >= self.search.trials) or \
+            (self.search.hours is not None and hours >= self.search.hours)
+
+    def __call__(self, study, _trial) -> None:
+        if self.exhausted(study):
+            study.stop()
+
+
+def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None:
+    """Run trials ``jobs`` at a time until the budget is spent: this process starts at most the
+    trials the budget has left when it starts (another process on the same storage may finish some
+    of them first, so the budget can be passed by the trials in flight). ``make_run(trial)`` draws
+    a trial's flags and gives its TrialRun."""
+    study = open_study(name, search, url)
+    budget = Budget(search)
+    if budget.exhausted(study):
+        return
+
+    def objective(trial) -> float:
+        run = make_run(trial)
+        print(f"{run.name}: {shlex.join(run.command[2:])}", file=sys.stderr)
+        value = train_trial(trial, run)
+        print(f"{run.name}: selection loss {value:.4f} at its best point", file=sys.stderr)
+        return value
+
+    left = None if search.trials is None else search.trials - budget.spent(study)[0]
+    study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget], catch=(TrialFailed,))

@@ -1,0 +1,179 @@
+"""A search declared in a study file: its trials are train_simple.py runs pruned by Optuna, a killed
+search resumes without repeating finished trials, two workers never run one trial twice, and a bad
+[search] table is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import CORPUS_LINES, ROOT
+from study import load_study
+
+SEARCH = """
+name = "tiny search"
+[[arms]]
+activation = "relu"
+[[arms]]
+activation = "swiglu"
+matched = true
+
+[train]
+d_model = 32
+n_heads = 2
+n_layers = 1
+max_length = 16
+batch_size = 4
+num_epochs = 4
+eval_every = 2
+patience = 3
+probe_sequences = 4
+log_every = 1
+train_split = "{corpus}/train.txt"
+val_split = "{corpus}/valid.txt"
+test_split = "{corpus}/report.txt"
+tokenizer = "{tokenizer}"
+cache_dir = "{cache}"
+
+[search]
+tuning_seed = 1000
+trials = {trials}
+pruner = "hyperband"
+min_evaluations = 1
+heartbeat_seconds = 3
+[search.space]
+lr = {{low = 1e-3, high = 3e-2, log = true}}
+mlp_ratio = {{low = 1.0, high = 4.0}}
+tie_embeddings = [true, false]
+"""
+
+
+@pytest.fixture
+def search_file(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    (corpus_dir / "report.txt").write_text("".join(CORPUS_LINES[2:] * 2), encoding="utf-8")
+
+    def write(trials: int = 6, folder: str = "search") -> object:
+        path = tmp_path / folder / "search.toml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(SEARCH.format(corpus=corpus_dir, tokenizer=tiny_tokenizer_dir, cache=tmp_path / "cache",
+                                      trials=trials))
+        return path
+    return write
+
+
+def run_study(path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), *extra], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, **kwargs)
+
+
+def trial_states(path) -> dict[str, list[int]]:
+    import optuna
+
+    study = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}")
+    states: dict[str, list[int]] = {}
+    for t in study.get_trials():
+        states.setdefault(t.state.name.lower(), []).append(t.number)
+    return states
+
+
+@pytest.mark.slow
+def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
+    path = search_file(6)
+    result = run_study(path, "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    states = trial_states(path)
+    assert len(states.get("complete", [])) + len(states.get("pruned", [])) == 6 and "fail" not in states
+    logs = {p.stem: json.loads(p.read_text()) for p in (path.parent / "trials").glob("*.json")}
+    assert set(logs) == {f"trial{n:03d}" for n in range(6)}
+    for number in states.get("pruned", []):  # a pruned trial's log says so, at its step
+        assert logs[f"trial{number:03d}"]["status"] == "pruned"
+    for number in states.get("complete", []):
+        log = logs[f"trial{number:03d}"]
+        assert log["status"] == "complete" and log["final"]["kept"] == "best" and log["train_config"]["seed"] == 1000
+    report = (path.parent / "report.md").read_text()
+    first = report.index("## First: the n-gram baselines")
+    assert first < report.index("## Every trial") and all(f"trial{n:03d}" in report for n in range(6))
+    assert "## The best configuration per arm" in report and "| swiglu (matched) |" in report
+    assert (path.parent / "search_history.png").stat().st_size > 0 and (path.parent / "search_slices.png").exists()
+    assert result.stdout.splitlines()[0] == f"search report: {path.parent / 'report.md'}"
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
+    path = search_file(6)
+    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = path.parent / "trials"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until two trials have finished
+        done = [p for p in folder.glob("*.json") if json.loads(p.read_text() or "{}").get("status") in ("complete", "pruned")] \
+            if folder.is_dir() else []
+        if len(done) >= 2:
+            break
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)  # the search and its trial's run, at once
+    process.wait()
+    finished = {p.stem: p.read_text() for p in done}
+    time.sleep(7)  # past the heartbeat's grace period: the trial in flight is stale now
+    result = run_study(path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name, text in finished.items():  # finished trials were not run again
+        assert (folder / f"{name}.json").read_text() == text
+    states = trial_states(path)
+    assert len(states.get("complete", [])) + len(states.get("pruned", [])) >= 6
+    # a trial killed in flight was failed and retried under its own name: no run name is new beyond the budget
+    names = {p.stem for p in folder.glob("*.json")}
+    assert len(names) == len(states.get("complete", [])) + len(states.get("pruned", []))
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
+    path = search_file(6)
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, text=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    errors = [w.communicate(timeout=600)[1] for w in workers]
+    assert all(w.returncode == 0 for w in workers), errors
+    started = [line.split(":")[0] for text in errors for line in text.splitlines() if " --activation " in line]
+    assert len(started) == len(set(started)) >= 6  # each trial started by one worker only
+    for log in (path.parent / "trials").glob("*.json"):
+        assert json.loads(log.read_text())["run"]["resumed"] == []  # and trained in one piece
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}").get_trials()
+    drawn = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(drawn) == len(set(drawn))  # the workers drew apart: no configuration trained twice
+
+
+@pytest.mark.parametrize("space, message", [
+    ("nonsense_flag = [1, 2]", "cannot search 'nonsense_flag' (not a train_simple.py flag)"),
+    ("lr = []", "lr has no choices"),
+    ("lr = {low = 1e-2, high = 1e-3}", "lr has low 0.01 > high 0.001"),
+    ("lr = {low = 1e-3, high = 1e-3}", "lr is an empty range"),
+    ("lr = {low = 0.0, high = 1e-3, log = true}", "log range, so low must be positive"),
+    ("seeds = [1, 2]", "cannot search 'seeds' (the study sets it per trial)"),
+])
+def test_a_bad_search_table_is_one_line_and_exit_2(search_file, space, message):
+    path = search_file()
+    text = path.read_text()
+    path.write_text(text[: text.index("[search.space]")] + "[search.space]\n" + space + "\n")
+    result = run_study(path)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (path.parent / "search.db").exists()
+
+
+def test_a_search_needs_a_budget_and_a_tuning_seed_outside_the_final_seeds(search_file):
+    path = search_file()
+    text = path.read_text()
+    path.write_text(text.replace("trials = 6\n", ""))
+    assert "needs a budget" in run_study(path).stderr
+    path.write_text("seeds = [1000]\n" + text)
+    assert "tuning_seed 1000 is one of the final seeds" in run_study(path).stderr
+    study = load_study(search_file())  # a search needs neither seeds nor a baseline
+    assert study.search.trials == 6 and study.baseline == "relu" and set(study.search.space) == {
+        "lr", "mlp_ratio", "tie_embeddings"}
