@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 import analyze_results
+from analysis import figures, runs
+from analysis.stats import holm, paired_t_test
 from conftest import ROOT
 from run_log import SCHEMA_VERSION
-from stats import holm, paired_t_test
 
 VAL_LOSS = {  # activation -> seed -> final validation loss
     "relu": {1: 5.00, 2: 5.10, 3: 4.95},
@@ -402,33 +403,33 @@ def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(resul
 def test_colours_follow_the_activation_registry():
     from transformer_from_scratch import ACTIVATIONS
 
-    assert analyze_results.ACTIVATION_ORDER == tuple(ACTIVATIONS)
-    one, other = analyze_results.variant_colors(["relu", "swiglu (matched)"]), analyze_results.variant_colors(["relu"])
+    assert figures.ACTIVATION_ORDER == tuple(ACTIVATIONS)
+    one, other = figures.variant_colors(["relu", "swiglu (matched)"]), figures.variant_colors(["relu"])
     assert one["relu"] == other["relu"] and one["swiglu (matched)"] != one["relu"]
 
 
 def test_bands_are_95_percent_confidence_intervals_and_one_seed_has_none():
     series = [pd.Series({1: v}) for v in (1.0, 2.0, 3.0)]
-    _, mean, half = analyze_results.mean_band(series)
+    _, mean, half = figures.mean_band(series)
     assert mean[0] == 2.0 and half[0] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
-    assert analyze_results.mean_band(series[:1])[2][0] == 0.0
+    assert figures.mean_band(series[:1])[2][0] == 0.0
 
 
 def test_attention_heads_are_ranked_within_each_run_never_matched_by_index(results):
-    run = analyze_results.load_run(results / "relu_seed1.json")
+    run = runs.load_run(results / "relu_seed1.json")
     for d in run.log["dynamics"]:  # head 0 of this seed is the diffuse one, head 1 the focused one
         d["attention"][0]["heads"][0]["entropy"], d["attention"][0]["heads"][1]["entropy"] = 1.9, 0.4
-    assert analyze_results.attention_entropy(run, 0, 0).tolist() == [0.4, 0.4]
-    assert analyze_results.attention_entropy(run, 0, 1).tolist() == [1.9, 1.9]
+    assert figures.attention_entropy(run, 0, 0).tolist() == [0.4, 0.4]
+    assert figures.attention_entropy(run, 0, 1).tolist() == [1.9, 1.9]
 
 
 def test_machine_seconds_are_drawn_only_for_one_machine_alone(results):
-    runs = [analyze_results.load_run(p) for p in sorted(results.glob("relu_seed*.json"))]
-    for run in runs:
+    loaded = [runs.load_run(p) for p in sorted(results.glob("relu_seed*.json"))]
+    for run in loaded:
         run.log["run"].update(cpu="AMD EPYC", device="cpu", threads=2, cpu_count=2)
-    assert analyze_results.one_machine_alone(runs)
-    runs[0].log["run"]["threads"] = 1  # two single-thread runs side by side share the machine
-    assert not analyze_results.one_machine_alone(runs)
+    assert figures.one_machine_alone(loaded)
+    loaded[0].log["run"]["threads"] = 1  # two single-thread runs side by side share the machine
+    assert not figures.one_machine_alone(loaded)
 
 
 def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):

@@ -20,6 +20,7 @@ import analyze_results
 import run_log
 import sample
 import train_simple
+from training.state import NLLSum
 from metrics import evaluate
 from training import settings
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
@@ -179,8 +180,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_starts_again(tiny_argv, t
 
 def test_a_non_finite_run_stays_failed_unless_overwritten(tiny_argv, tmp_path, monkeypatch, capsys):
     log_path, _ = paths(tmp_path / "out")
-    real_forward = train_simple.NLLSum.forward
-    monkeypatch.setattr(train_simple.NLLSum, "forward", lambda self, t, y: real_forward(self, t, y) * float("nan"))
+    real_forward = NLLSum.forward
+    monkeypatch.setattr(NLLSum, "forward", lambda self, t, y: real_forward(self, t, y) * float("nan"))
     assert train_simple.main(tiny_argv()) == 1
     monkeypatch.undo()
     before = log_path.read_text()

@@ -18,7 +18,10 @@ from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, final_weigh
     run_cli
 from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, tokenize_split
 from metrics import INTERPOLATION_STEPS, evaluate, interpolated_nll
+from training.data import evaluation_subset
+from training.evaluation import split_metrics
 from training.settings import build_parser
+from training.state import parameter_groups_for_decay
 from transformer_from_scratch import (IGNORE_INDEX, Transformer, TransformerConfig, linear_cross_entropy,
                                       parameter_counts, training_flops_per_token)
 
@@ -162,7 +165,7 @@ def test_the_training_script_hands_the_selection_splits_weight_to_the_report_spl
     state = train_simple.fresh_state(spec, data, rt)
     val, test = train_simple.evaluate_splits(spec, state, data, rt, whole=True)
     assert val["interp_weight"] == test["interp_weight"] == 1.0
-    assert train_simple.split_metrics(spec, state, data, rt, data.test)["interp_weight"] < 0.05  # its own choice
+    assert split_metrics(spec, state, data, rt, data.test)["interp_weight"] < 0.05  # its own choice
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +190,7 @@ def test_the_output_bias_is_counted_as_vocabulary_and_never_weight_decayed(tiny_
     plain, biased = Transformer(tiny_cfg), Transformer(replace(tiny_cfg, unembed_bias="log_unigram"))
     assert parameter_counts(biased)["total"] - parameter_counts(plain)["total"] == tiny_cfg.d_vocab
     assert parameter_counts(biased)["non_embedding"] == parameter_counts(plain)["non_embedding"]
-    groups = train_simple.parameter_groups_for_decay(biased)
+    groups = parameter_groups_for_decay(biased)
     assert groups[1] == {"params": [biased.unembed.b_U], "weight_decay": 0.0}
     assert sum(len(g["params"]) for g in groups) == len(list(biased.parameters()))
 
@@ -199,7 +202,7 @@ def test_the_output_bias_starts_the_model_at_the_unigram_baselines_loss(tmp_path
         "--data_dir", str(WIKITEXT_DIR), "--tokenizer", str(GPT2_TOKENIZER_DIR), "--train_split", "test",
         "--val_split", "validation:A", "--test_split", "none", "--layout", "packed", "--cache_dir", str(tmp_path)])
     data = train_simple.load_data(args)
-    subset = train_simple.evaluation_subset(data.val, 6000)
+    subset = evaluation_subset(data.val, 6000)
     targets = subset.scored_targets()
     unigram = -unigram_log_probs(data.train_counts.numpy(), data.baselines["unigram"]["add_k"])[targets.numpy()].mean()
     losses = {}
@@ -329,7 +332,7 @@ def test_early_stopping_stops_at_the_first_evaluation_past_the_patience(tiny_arg
 
 
 def test_the_analysis_reads_an_early_stopped_run_at_its_best_point(tiny_argv, corpus_dir, tmp_path):
-    from analyze_results import load_run
+    from analysis.runs import load_run
 
     assert train_simple.main(overfitting_argv(tiny_argv, corpus_dir, "--patience", "2")) == 0
     run = load_run(tmp_path / "out" / f"{RUN}.json")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from stats import holm, paired_t_test, summarize, t_half_width
+from analysis.stats import holm, paired_t_test, summarize, t_half_width
 
 
 @pytest.mark.parametrize("n, q", [(3, 4.302653), (5, 2.776445), (10, 2.262157)])

@@ -10,6 +10,7 @@ import pytest
 
 import analyze_results
 import train_simple
+from analysis import runs
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def test_best_lr_table_and_figures_follow_the_logs(sweep):
     losses: dict[tuple[str, float], list[float]] = {}
     for path in sweep.glob("*.json"):
         log = json.loads(path.read_text())
-        variant = analyze_results.variant_name(log)
+        variant = runs.variant_name(log)
         losses.setdefault((variant, log["train_config"]["lr"]), []).append(log["final"]["val"]["loss"])
     summary = (sweep / "summary.md").read_text()
     section = summary.split("## Learning-rate sweep")[1]

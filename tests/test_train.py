@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train_simple
+from training.state import NLLSum
 from training.machine import default_loss
 from training.settings import build_parser
 from conftest import CORPUS_LINES, ROOT, assert_same_run, read_log, run_cli, without_timings
@@ -104,14 +105,14 @@ def test_kill_during_checkpoint_write_then_resume(tiny_argv, tmp_path, monkeypat
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, tmp_path, monkeypatch, capsys):
-    real_forward, calls = train_simple.NLLSum.forward, []
+    real_forward, calls = NLLSum.forward, []
 
     def poisoned(self, tokens, targets):
         calls.append(1)
         nll = real_forward(self, tokens, targets)
         return nll * float("nan") if len(calls) >= 5 else nll
 
-    monkeypatch.setattr(train_simple.NLLSum, "forward", poisoned)
+    monkeypatch.setattr(NLLSum, "forward", poisoned)
     assert train_simple.main(tiny_argv()) == 1
     log = read_log(tmp_path / "out" / "relu_seed3.json")
     assert log["status"].startswith("failed: non-finite") and "step 5" in log["status"]

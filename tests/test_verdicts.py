@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.weightstats import ttost_paired
 
-from verdicts import BETTER, EQUIVALENT, INCONCLUSIVE, NOT_TESTED, WORSE, judge, power
+from analysis.verdicts import BETTER, EQUIVALENT, INCONCLUSIVE, NOT_TESTED, WORSE, judge, power
 
 BASE = [5.0, 5.1, 4.9, 5.05, 4.95]  # five seeds of the baseline arm
 

@@ -1,6 +1,10 @@
 """The machinery of a training run, each piece testable alone; train_simple.py is the run's science.
 
     settings      flags, their checks, and one RunSpec per requested run
+    data          the splits tokenized, their n-gram baselines, the subsets evaluated during training
+    state         the training state: fresh, checkpointed, restored, reduced to final weights
+    schedule      data order, run length, learning rate, when to evaluate
+    evaluation    the selection and report splits at each evaluation, the best point, text samples
     decide        train, resume, skip or refuse, from an existing log and checkpoint
     lock          one writer per run
     signals       SIGINT/SIGTERM: finish the step, checkpoint, exit
@@ -9,4 +13,5 @@
     machine       device, loss kernel, allocator, CPU facts, git state
     watch         progress bars, status lines, TensorBoard
     export        --export_hf: a Hugging Face GPT-2 of a complete run
+    backfill_baselines   the n-gram baselines of logs written before runs recorded them
 """

@@ -2,7 +2,7 @@
 declared comparison with the design's power. Every sentence that states a result is generated
 here from a test's outcome, so the report never says more than its tests do.
 
-Runs are analyze_results.Run objects (``variant``, ``seed``, ``log``, ``metric_at``); no torch.
+Runs are analysis.runs.Run objects (``variant``, ``seed``, ``log``, ``metric_at``); no torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
+from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
 
 SPLIT_ROLES = {"val": "selection", "test": "report"}
 

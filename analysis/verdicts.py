@@ -27,7 +27,7 @@ import numpy as np
 import statsmodels.api as sm
 from scipy import optimize, stats
 
-from stats import holm
+from analysis.stats import holm
 
 MIN_PAIRS = 3
 MAX_SEEDS = 10_000  # "needs more than this many seeds" is said as infinity

@@ -26,7 +26,7 @@ class Section:
 
     title: str
     description: str
-    runs: list  # analyze_results.Run: .log, .variant, .seed, .path
+    runs: list  # analysis.runs.Run: .log, .variant, .seed, .path
     tables: str  # the results table and the paired tests, in markdown
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, how to read it)
 

@@ -1,0 +1,309 @@
+"""The analysis's figures (matplotlib, files only): training curves with the baselines, dynamics,
+attention, compute-matched curves and lr sweeps. One colour per activation in every figure, fixed by
+the activation registry's order; bands are 95% confidence intervals over seeds."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.runs import Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, validation_curve  # noqa: E402
+from analysis.stats import t_half_width  # noqa: E402
+from analysis.tables import sweep_table  # noqa: E402
+
+
+FIGURE_GUIDE = {
+    "training_curves": "Training loss per logged step (top left); validation loss (dotted: the n-gram baselines), "
+                       "perplexity and exact bits per byte at each evaluation; and each activation's validation loss "
+                       "minus the baseline arm's, paired by seed (bottom middle: what the comparison is about). "
+                       "Lower is better; bands are 95% confidence intervals over seeds, as in the tables.",
+    "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
+                         "and the mean fraction firing per token: how each activation uses its units.",
+    "attention": "Entropy of attention on the probe set (nats; dotted: spreading evenly over all visible keys): the "
+                 "mean over heads, then the heads ranked by entropy within each run (head indices mean nothing "
+                 "across seeds). Lower means more focused; lines that part show an activation changing attention.",
+    "training_compute": "Validation loss against training FLOPs (and machine seconds, drawn only when every run had "
+                        "one machine to itself): an activation that wins only because it spends more compute (an "
+                        "unmatched gated MLP costs 1.5x the MLP FLOPs) loses its lead here.",
+    "lr_sweep": "Final validation metric against the learning rate: where each activation's curve bottoms out is its "
+                "best lr, and a flat bottom means the comparison does not hinge on the lr chosen.",
+}
+
+
+# The activation registry's order (transformer_from_scratch.ACTIVATIONS; a test keeps the two equal),
+# so that an activation has the same colour in every figure of every study.
+ACTIVATION_ORDER = ("relu", "gelu", "gelu_tanh", "silu", "relu2", "leaky_relu2", "glu", "bilinear", "reglu",
+                    "geglu", "swiglu")
+
+
+PALETTE = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0)]
+
+
+def variant_colors(variants: list[str]) -> dict[str, tuple]:
+    """One colour per activation, fixed by its place in the registry ("(matched)" keeps its colour)."""
+    def index(variant: str) -> int:
+        name = variant.split(" ")[0]
+        return ACTIVATION_ORDER.index(name) if name in ACTIVATION_ORDER else len(ACTIVATION_ORDER)
+    return {v: PALETTE[index(v) % len(PALETTE)] for v in variants}
+
+
+def mean_band(series: list[pd.Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, half-width of the 95% t confidence interval over the series; 0 for one series): the
+    same quantity as the tables' ±."""
+    frame = pd.concat(series, axis=1)
+    n = frame.notna().sum(axis=1).to_numpy()
+    std = frame.std(axis=1, ddof=1).fillna(0).to_numpy()
+    half = np.array([t_half_width(s, k) if k > 1 else 0.0 for s, k in zip(std, n)])
+    return frame.index.to_numpy(), frame.mean(axis=1).to_numpy(), half
+
+
+def plot_band(ax, runs: list[Run], extract, color, label: str, marker: str | None = None, linestyle: str = "-") -> None:
+    series = [extract(r) for r in runs]
+    series = [s for s in series if len(s)]
+    if not series:
+        return
+    x, mean, std = mean_band(series)
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=4, linestyle=linestyle)
+    if len(series) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def step_loss(run: Run, window: int = 5) -> pd.Series:
+    steps = pd.Series({s["step"]: s["loss"] for s in run.log["steps"]}, dtype=float)
+    return steps.rolling(window, min_periods=1).mean()
+
+
+def epoch_metric(run: Run, key: str) -> pd.Series:
+    return pd.Series({e["epoch"]: e[key] for e in run.log["epochs"]}, dtype=float)
+
+
+def has_evals(group: list[Run]) -> bool:
+    return any(r.log.get("evals") for r in group)
+
+
+def compute_curve(run: Run, x_key: str) -> tuple[pd.Series, pd.Series]:
+    """(x, validation loss), both indexed by step, x being cumulative training FLOPs or seconds."""
+    entries = evaluations(run)
+    return (pd.Series({eval_step(e): e[x_key] for e in entries}, dtype=float),
+            pd.Series({eval_step(e): e["val_loss"] for e in entries}, dtype=float))
+
+
+def has_compute(group: list[Run]) -> bool:
+    return all("train_flops" in e for r in group for e in evaluations(r))
+
+
+def one_machine_alone(group: list[Run]) -> bool:
+    """Whether every run ran on the same machine, alone on it (all its cores): only then do seconds compare."""
+    facts = {(r.log["run"].get("cpu"), r.log["run"].get("device"), r.log["run"].get("threads"),
+              r.log["run"].get("cpu_count")) for r in group}
+    return len(facts) == 1 and next(iter(facts))[2] == next(iter(facts))[3]
+
+
+def plot_compute(group: list[Run], path: Path) -> None:
+    """Validation loss against cumulative training FLOPs, and against machine seconds when those compare."""
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    panels = [("train_flops", "training FLOPs (matmul, forward + backward)")]
+    if one_machine_alone(group):
+        panels.append(("train_seconds", "machine seconds of training (one machine, alone; evaluations excluded)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False, constrained_layout=True)
+    axes = axes[0]
+    for ax, (x_key, label) in zip(axes, panels):
+        for variant, runs in variants.items():
+            curves = [compute_curve(r, x_key) for r in runs]
+            x = pd.concat([c[0] for c in curves], axis=1).mean(axis=1)
+            y = pd.concat([c[1] for c in curves], axis=1).mean(axis=1)
+            ax.plot(x.to_numpy(), y.to_numpy(), color=colors[variant], marker="o", markersize=3, label=variant)
+        ax.set(xlabel=label, ylabel="validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")
+    axes[0].legend(fontsize=9)
+    fig.suptitle("Validation loss at equal training compute (mean over seeds at each evaluation)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def epoch_axis_label(group: list[Run]) -> str:
+    partial = [e for r in group for e in r.log["epochs"] if e.get("partial")]
+    if partial:
+        return f"epoch (last one partial: stopped at step {max(e['steps'] for e in partial)})"
+    return "epoch"
+
+
+def plot_per_epoch(ax, variants: dict[str, list[Run]], colors: dict, series_of, group: list[Run],
+                   style: str = "-", marker: str = "o", offset: float = 0.0, label_suffix: str = "") -> None:
+    """A per-epoch quantity: lines over epochs (band: ± 1 std over seeds), or, when every run has a
+    single epoch, one point per activation with a ± 1 std error bar."""
+    single = all(len(r.log["epochs"]) == 1 for r in group)
+    for i, (variant, runs) in enumerate(variants.items()):
+        label = variant + label_suffix
+        if single:
+            _, mean, std = mean_band([series_of(r) for r in runs])
+            ax.errorbar([i + offset], mean, yerr=std if len(runs) > 1 else None, color=colors[variant],
+                        marker=marker, linestyle="none", capsize=4, markersize=6, label=label)
+        else:
+            plot_band(ax, runs, series_of, colors[variant], label, marker=marker, linestyle=style)
+    if single:
+        ax.set_xticks(range(len(variants)), list(variants), rotation=15)
+        ax.set_xlim(-0.6, len(variants) - 0.4)
+        steps = max(e["steps"] for r in group for e in r.log["epochs"])
+        ax.set_xlabel(f"after {steps} steps (error bar: ± 1 std over seeds)")
+    else:
+        ax.set_xlabel(epoch_axis_label(group))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+
+
+def paired_difference(runs: list[Run], baseline_runs: list[Run], key: str) -> list[pd.Series]:
+    """Per seed both arms have: the arm's validation curve minus the baseline arm's."""
+    base = {r.seed: validation_curve(r, key) for r in baseline_runs}
+    return [validation_curve(r, key) - base[r.seed] for r in runs if r.seed in base]
+
+
+def plot_curves(group: list[Run], path: Path, baselines: dict | None = None, baseline_arm: str = "relu") -> None:
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5), constrained_layout=True)
+    panels = [("val_loss", "validation loss (nats/token; dotted: n-gram baselines)"),
+              ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte (exact)")]
+    for variant, runs in variants.items():
+        plot_band(axes[0, 0], runs, step_loss, colors[variant], variant)
+    axes[0, 0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
+    axes[0, 0].legend(fontsize=9)
+    for ax, (key, title) in zip([axes[0, 1], axes[0, 2], axes[1, 0]], panels):
+        if has_evals(group):  # evaluations within epochs: real curves
+            for variant, runs in variants.items():
+                plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
+            ax.set_xlabel("epoch (evaluations within epochs included)")
+        else:
+            plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
+        ax.set_title(title)
+    for name, scores in sorted((baselines or {}).items()):
+        if "val" in scores:  # the n-gram baselines on the same targets: the line a model must get under
+            axes[0, 1].axhline(scores["val"]["loss"], color="gray", linestyle=":", linewidth=1)
+            axes[0, 1].annotate(name, (1, scores["val"]["loss"]), xycoords=("axes fraction", "data"), ha="right",
+                                va="bottom", fontsize=8, color="gray")
+    ax = axes[1, 1]
+    if has_evals(group) and baseline_arm in variants:
+        for variant, runs in variants.items():
+            if variant != baseline_arm:
+                diffs = paired_difference(runs, variants[baseline_arm], "val_loss")
+                if diffs:
+                    x, mean, half = mean_band(diffs)
+                    ax.plot(x, mean, color=colors[variant], marker="o", markersize=3, label=variant)
+                    ax.fill_between(x, mean - half, mean + half, color=colors[variant], alpha=0.2, linewidth=0)
+        ax.axhline(0, color=colors[baseline_arm], linewidth=1)
+        ax.set(title=f"validation loss minus {baseline_arm}, paired by seed", xlabel="epoch")
+    else:
+        ax.set_axis_off()
+    axes[1, 2].set_axis_off()
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    n_seeds = max(len(r) for r in variants.values())
+    band = "band: 95% CI over seeds" if n_seeds > 1 else "one seed: no band"
+    fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; {band})\n{fixed_settings(group)}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def attention_entropy(run: Run, layer: int, rank: int | None) -> pd.Series:
+    """Per epoch: the attention entropy of the layer's head ranked ``rank`` by entropy within this run
+    (0: the most focused), or the mean over its heads (rank None). Ranks, not head indices: head 2 of
+    one seed has nothing to do with head 2 of another, so only a within-run statistic can be averaged."""
+    values = {}
+    for d in run.log["dynamics"]:
+        entropies = sorted(h["entropy"] for h in d["attention"][layer]["heads"])
+        values[d["epoch"]] = entropies[rank] if rank is not None else float(np.mean(entropies))
+    return pd.Series(values, dtype=float)
+
+
+def plot_attention(group: list[Run], path: Path) -> None:
+    """Small multiples: a row per layer; the mean over heads, then each head; a line per activation."""
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    layers = group[0].log["dynamics"][0]["attention"]
+    n_layers, n_heads = len(layers), len(layers[0]["heads"])
+    fig, axes = plt.subplots(n_layers, n_heads + 1, figsize=(3.3 * (n_heads + 1), 3.0 * n_layers), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for layer in range(n_layers):
+        for col, head in enumerate([None, *range(n_heads)]):
+            ax = axes[layer, col]
+            plot_per_epoch(ax, variants, colors, lambda r, l=layer, h=head: attention_entropy(r, l, h), group)
+            ax.axhline(layers[layer]["heads"][0]["max_entropy"], color="gray", linestyle=":", linewidth=1)
+            ax.set_title(f"layer {layer}, {'mean over heads' if head is None else f'head ranked {head} by entropy'}",
+                         fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[layer, 0].set_ylabel("attention entropy (nats)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Attention entropy on the probe set per activation (mean over seeds; dotted: uniform attention)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_dynamics(group: list[Run], path: Path) -> None:
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    n_layers = group[0].log["model_config"]["n_layers"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), constrained_layout=True)
+    for variant, runs in variants.items():
+        plot_band(axes[0], runs, lambda r: pd.Series({s["step"]: s["grad_norm"] for s in r.log["steps"]}, dtype=float)
+                  .rolling(5, min_periods=1).mean(), colors[variant], variant)
+    markers, styles = "osD^v", ["-", "--", ":", "-."]
+    for layer in range(n_layers):
+        offset = 0.3 * (layer - (n_layers - 1) / 2) / max(n_layers - 1, 1)
+        for ax, key in ((axes[1], "dead_fraction"), (axes[2], "active_fraction")):
+            plot_per_epoch(ax, variants, colors,
+                           lambda r, k=key, l=layer: pd.Series({d["epoch"]: d["mlp"][l][k] for d in r.log["dynamics"]},
+                                                                 dtype=float),
+                           group, style=styles[layer % 4], marker=markers[layer % 5], offset=offset,
+                           label_suffix=f", layer {layer}")
+    axes[0].set(title="gradient norm before clipping", xlabel="optimizer step (moving average of 5)", ylabel="L2 norm")
+    axes[1].set(title="MLP units never active on the probe set", ylabel="fraction of units")
+    axes[2].set(title="MLP units active per token (mean)", ylabel="fraction of units")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=9)
+    handles, labels = axes[1].get_legend_handles_labels()
+    layer_keys = [i for i, label in enumerate(labels) if label.startswith(labels[0].split(",")[0] + ",")]
+    axes[1].legend([handles[i] for i in layer_keys], [labels[i].split(", ")[1] for i in layer_keys],
+                   fontsize=9, title="marker")
+    fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see docs/model.md)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_lr_sweep(family: list[list[Run]], metric: str, path: Path) -> None:
+    """The final metric against the learning rate (log axis): mean over seeds, band: 95% CI."""
+    table = sweep_table(family, metric)
+    colors = variant_colors(list(table["variant"].unique()))
+    fig, ax = plt.subplots(figsize=(7.5, 5), constrained_layout=True)
+    for variant, rows in table.groupby("variant", sort=True):
+        rows = rows.sort_values("lr")
+        ax.plot(rows["lr"], rows["mean"], marker="o", color=colors[variant], label=variant)
+        ci = rows["ci95"].fillna(0).to_numpy()
+        ax.fill_between(rows["lr"], rows["mean"] - ci, rows["mean"] + ci, color=colors[variant], alpha=0.15, linewidth=0)
+    ax.set(xscale="log", xlabel="peak learning rate", ylabel=f"final {metric}",
+           title="Learning-rate sweep (mean over seeds; band: 95% CI)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, folder: Path, suffix: str) -> list[tuple[str, str]]:
+    """Every figure a group has data for, drawn into ``folder``; (file name, how to read it) of each."""
+    figures = {"training_curves": functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm),
+               "training_dynamics": plot_dynamics}
+    if has_attention(group):
+        figures["attention"] = plot_attention
+    if has_compute(group):
+        figures["training_compute"] = plot_compute
+    for name, plot in figures.items():
+        plot(group, folder / f"{name}{suffix}.png")
+    return [(f"{name}{suffix}.png", FIGURE_GUIDE[name]) for name in figures]

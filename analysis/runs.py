@@ -1,0 +1,230 @@
+"""The analysis's input: run logs read and checked (run_log.py), and runs grouped so that only runs
+with the same settings are ever pooled. A group's runs differ only in activation and seed; every
+other setting splits them (a sweep's lr, a precision, a data split)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from run_log import is_finished, read_log
+
+
+METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb", "val_interp_loss",
+           "test_interp_loss")
+
+
+POINTS = ("final", "best_selection")
+
+
+KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
+
+
+# Settings that identify a variant or a repetition rather than a different experiment.
+NOT_GROUPING = {"act_fn", "match_params", "d_hidden", "training_flops_per_token", "activation", "seed", "command"}
+
+
+class AnalysisError(Exception):
+    """No usable logs, a bad log under --strict, or an unwritable output folder: one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    path: Path
+    log: dict
+    variant: str  # activation, "(matched)" for parameter-matched gated MLPs
+    seed: int
+    group_key: str
+    settings: dict  # the grouping settings, flattened
+
+    def metric(self, name: str) -> float:
+        split, key = name.split("_", 1)
+        value = (self.log["final"].get(split) or {}).get(key)  # None: not measured (or an older log)
+        return float(value) if value is not None else math.nan
+
+    def metric_at(self, name: str, point: str) -> float:
+        """``name`` at the run's end, or at its evaluation with the lowest selection (val) loss: a
+        point chosen on the selection split, read (for a test_* metric) on the report split. A run
+        that --patience stopped early is read at its best point either way: its end is past it (its
+        final numbers already are the best point's when it kept those weights, --keep best)."""
+        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
+        if point == "final" and not stopped:
+            return self.metric(name)
+        entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
+        if not entries:
+            return math.nan
+        value = min(entries, key=lambda e: e["val_loss"]).get(name)
+        return float(value) if value is not None else math.nan
+
+
+def flatten(prefix: str, obj, out: dict) -> dict:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k not in NOT_GROUPING:
+                flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def grouping_settings(log: dict) -> dict:
+    data = {role: {k: info.get(k) for k in ("split", "sha256", "layout", "max_length")} if info else None
+            for role, info in log["data"].items() if role in ("train", "val", "test")}
+    return flatten("", {"model": log["model_config"], "train": log["train_config"], "data": data}, {})
+
+
+def variant_name(log: dict) -> str:
+    cfg = log["model_config"]
+    matched = cfg.get("match_params") and cfg.get("d_hidden") != cfg.get("d_mlp")
+    return f"{cfg['act_fn']} (matched)" if matched else cfg["act_fn"]
+
+
+def load_run(path: Path, ignore: set[str] = frozenset()) -> Run:
+    """The run in a log file; ValueError (one line) if it is not a readable train_simple.py log.
+    ``ignore``: settings that do not split runs into groups here (a study's per-arm lr)."""
+    log = read_log(path)
+    try:
+        settings = {k: v for k, v in grouping_settings(log).items() if k not in ignore}
+        return Run(path, log, variant_name(log), int(log["train_config"]["seed"]), json.dumps(settings, sort_keys=True),
+                   settings)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"malformed ({type(err).__name__}: {err})") from None
+
+
+@dataclass
+class Loaded:
+    finished: list[Run]  # complete runs, each (settings, activation, seed) once
+    unfinished: list[Run]  # failed, interrupted or still running: listed, never pooled
+    skipped: list[tuple[Path, str]]  # logs that could not be used, and why: listed too
+
+
+def load_runs(paths: list[Path], strict: bool, ignore: set[str] = frozenset()) -> Loaded:
+    loaded, seen = Loaded([], [], []), {}
+    for path in paths:
+        try:
+            if not path.is_file():  # a FIFO would block the read forever; a folder is no log
+                raise ValueError("not a regular file")
+            run = load_run(path, ignore)
+        except ValueError as err:
+            if strict:
+                raise AnalysisError(f"{path}: {err}") from None
+            warnings.warn(f"skipping {path}: {err}", stacklevel=2)
+            loaded.skipped.append((path, str(err)))
+            continue
+        if not is_finished(run.log):
+            if strict:
+                raise AnalysisError(f"{path}: status {run.log['status']!r}")
+            loaded.unfinished.append(run)
+            continue
+        key = (run.group_key, run.variant, run.seed)
+        if key in seen:  # a copied or renamed log is the same run, not another seed
+            reason = f"repeats the run in {seen[key].name} (same settings, activation and seed): counted once"
+            warnings.warn(f"{path} {reason}", stacklevel=2)
+            loaded.skipped.append((path, reason))
+            continue
+        seen[key] = path
+        loaded.finished.append(run)
+    return loaded
+
+
+def log_paths(args: argparse.Namespace) -> list[Path]:
+    if args.logs:
+        return args.logs
+    if not args.results_dir.is_dir():
+        raise AnalysisError(f"results folder {args.results_dir} does not exist")
+    return sorted(p for p in args.results_dir.glob("*.json") if p.name != KEPT_BASELINES)
+
+
+def evaluations(run: Run) -> list[dict]:
+    """Every validation pass of a run, within epochs (--eval_every) and at epoch ends, by step."""
+    return sorted([*run.log.get("evals", []), *run.log["epochs"]], key=eval_step)
+
+
+def eval_step(entry: dict) -> int:
+    return entry["steps"] if "steps" in entry else entry["step"]
+
+
+def by_variant(group: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = defaultdict(list)
+    for run in group:
+        out[run.variant].append(run)
+    return dict(sorted(out.items()))
+
+
+def kept_baselines(folder: Path) -> list[dict]:
+    """The baselines kept beside logs that predate them (baselines.py writes baselines.json)."""
+    path = folder / KEPT_BASELINES
+    try:
+        kept = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError) as err:
+        warnings.warn(f"ignoring {path}: {err}", stacklevel=2)
+        return []
+    return [e for e in kept if isinstance(e, dict) and {"identity", "baselines"} <= set(e)] if isinstance(kept, list) else []
+
+
+def varying_settings(settings: list[dict]) -> list[str]:
+    """The setting names whose values differ between these groups' settings."""
+    return sorted(k for k in set().union(*settings) if len({repr(s.get(k)) for s in settings}) > 1)
+
+
+def group_runs(runs: list[Run]) -> list[list[Run]]:
+    """Runs with the same settings, pooled; largest group first, then in order of the settings that
+    vary (numbers by value), so a sweep reads lr 1e-4, 3e-4, 1e-3, ... and not in file-name order."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.group_key].append(run)
+    varying = varying_settings([group[0].settings for group in groups.values()])
+
+    def order(group: list[Run]) -> tuple:
+        values = [group[0].settings.get(k) for k in varying]
+        return -len(group), [(0, v, "") if isinstance(v, (int, float)) else (1, 0, repr(v)) for v in values]
+
+    return sorted(groups.values(), key=order)
+
+
+def differences(groups: list[list[Run]]) -> list[str]:
+    """For each group, its values of the settings that vary between groups: what tells it apart.
+
+    Every group is named the same way, so no group (say, lr 1e-3 in a sweep) passes for the reference.
+    """
+    settings = [group[0].settings for group in groups]
+    varying = varying_settings(settings)
+    return [", ".join(f"{k}={s.get(k)!r}" for k in varying) or "all runs" for s in settings]
+
+
+def describe_group(group: list[Run]) -> str:
+    log = group[0].log
+    data, train = log["data"], {**log["train_config"], "layout": log["data"]["train"]["layout"]}
+    return (f"trained on `{data['train']['split']}` ({data['train']['tokens']:,} scored tokens per epoch), "
+            f"evaluated on `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
+            f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}"
+            f"{' (no test: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
+            f"{train['layout']} layout, batch {train['batch_size']}, lr {train['lr']}, "
+            f"{log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
+            f"preset {log['model_config']['preset']}")
+
+
+def fixed_settings(group: list[Run]) -> str:
+    """The settings every run of a figure shares, for its title."""
+    log = group[0].log
+    cfg, train = log["model_config"], log["train_config"]
+    return (f"lr {train['lr']:g}, preset {cfg['preset']}, d_model {cfg['d_model']}, d_mlp {cfg['d_mlp']}, "
+            f"{cfg['n_layers']} layers, {log['data']['train']['layout']}, batch {train['batch_size']}")
+
+
+def validation_curve(run: Run, key: str) -> pd.Series:
+    """A validation metric over training, in epochs (fractions within an epoch), evaluations included."""
+    train = run.log["data"]["train"]
+    per_epoch = math.ceil(train["sequences"] / run.log["train_config"]["batch_size"])
+    return pd.Series({eval_step(e) / per_epoch: e[key] for e in evaluations(run)}, dtype=float)
+
+
+def has_attention(group: list[Run]) -> bool:
+    return all(d.get("attention") for r in group for d in r.log["dynamics"])
