@@ -38,7 +38,9 @@ from study import StudyError, load_study
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(description="Compare activations from train_simple.py JSON logs.")
-    p.add_argument("logs", nargs="*", type=Path, help="log files (default: every *.json in --results_dir)")
+    p.add_argument("logs", nargs="*", type=Path,
+                   help="log files or folders of them (default: every *.json in --results_dir); the outputs go beside "
+                        "the first")
     p.add_argument("--results_dir", type=Path, default=Path("results"), help="folder of run logs")
     p.add_argument("--output_dir", type=Path, default=None, help="where outputs go (default: --results_dir)")
     p.add_argument("--baseline", default="relu", help="variant every other is compared with, paired by seed")
@@ -110,15 +112,15 @@ def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: P
     return sweeps
 
 
-def analyze(args: argparse.Namespace) -> str:
-    """Every output, from the logs; the summary's text."""
+def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
+    """Every output, from the logs; the summary's text and the files written, report first."""
     if args.study:
         apply_study(args)
     loaded = load_runs(log_paths(args), args.strict, args.ignore_settings)
     runs = loaded.finished
     if not runs:
         raise AnalysisError(f"no usable logs in {args.results_dir if not args.logs else 'the files given'}")
-    logs_folder = args.results_dir if not args.logs else args.logs[0].parent
+    logs_folder = args.results_dir if not args.logs else args.logs[0] if args.logs[0].is_dir() else args.logs[0].parent
     out_dir = writable_folder(args.output_dir or logs_folder)
     groups = group_runs(runs)
     if args.metric is None:
@@ -141,7 +143,9 @@ def analyze(args: argparse.Namespace) -> str:
     atomic_write(out_dir / "report.md", printable(document).encode())
     csv = pd.concat([g.csv for g in analysed]).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", printable(csv).encode())
-    return summary
+    figures = [out_dir / name for g in analysed for name, _ in g.section.figures] + \
+        [out_dir / name for _, files in sweeps for name, _ in files]
+    return summary, [out_dir / "report.md", out_dir / "summary.md", out_dir / "summary.csv", *figures]
 
 
 def writable_folder(folder: Path) -> Path:
@@ -166,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
-            print(analyze(args))
+            summary, written = analyze(args)
+            print(summary)
+            print(f"report: {written[0]}\nsummary: {written[1]} and {written[2].name}\nfigures: "
+                  + ", ".join(p.name for p in written[3:]))
     except (AnalysisError, WriteError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

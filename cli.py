@@ -37,9 +37,12 @@ class Parser(argparse.ArgumentParser):
         if choice:
             action = next((a for a in self._actions if choice["flag"] in a.option_strings or choice["flag"] == a.dest), None)
             options = [str(c) for c in (action.choices or [])] if action else []
-            close = difflib.get_close_matches(choice["value"], options, n=1, cutoff=0.5)
+            same_but_case = [o for o in options if o.lower() == choice["value"].lower()]
+            close = same_but_case or difflib.get_close_matches(choice["value"].lower(), options, n=1, cutoff=0.5)
             hint = f"did you mean {close[0]!r}?" if close else f"choose from {', '.join(options)}"
-            return f"argument {choice['flag']}: invalid choice {choice['value']!r}; {hint}"
+            extra = getattr(action, "unknown_hint", None)  # how to add a choice, where a flag says
+            return f"argument {choice['flag']}: invalid choice {choice['value']!r}; {hint}" + \
+                (f" ({extra})" if extra and not same_but_case else "")
         unknown = UNRECOGNIZED.match(message)
         if unknown:
             flags = [s for a in self._actions for s in a.option_strings]

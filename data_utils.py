@@ -18,8 +18,10 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import socket
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,20 +155,46 @@ def load_hub_split(split: str) -> SplitText:
 
 
 HUB_HOST = ("huggingface.co", 443)
-LOCAL_COMMAND = ("python train_simple.py --data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer "
-                 "--train_split test --val_split validation:A --test_split validation:B")
+# What the local copies replace in a command: the folders, and the splits this machine has (no train
+# split: train on test, select on one validation half, report on the other).
+LOCAL_FLAGS = {"--data_dir": "../shared/data/wikitext-2-raw-v1", "--tokenizer": "../shared/data/gpt2-tokenizer",
+               "--train_split": "test", "--val_split": "validation:A", "--test_split": "validation:B"}
+
+
+def local_command(command: list[str]) -> str:
+    """The user's own command with the local flags put in place of any it gave for the same things."""
+    kept, skip = [], False
+    for arg in command[1:]:
+        flag = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif flag in LOCAL_FLAGS:
+            skip = "=" not in arg  # drop the flag and its value
+        else:
+            kept.append(arg)
+    local = [part for flag, value in LOCAL_FLAGS.items() for part in (flag, value)]
+    return shlex.join(["python", Path(command[0]).name, *kept, *local])
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub can be reached: False at once under HF_HUB_OFFLINE=1, else one
-    short connection attempt (the hub's own clients retry for about a minute before failing)."""
+    connection attempt bounded by ``timeout`` in all, name lookup included (the hub's own clients
+    retry for about a minute, and a lookup with no network can take 20 s of its own)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    try:
-        socket.create_connection(HUB_HOST, timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    reached = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection(HUB_HOST, timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=attempt, daemon=True)  # a lookup that hangs is left behind, not waited for
+    probe.start()
+    probe.join(timeout)
+    return bool(reached)
 
 
 def needs_the_hub(splits: list[str], data_dir: Path | None, tokenizer: str | None) -> list[str]:
@@ -180,13 +208,15 @@ def needs_the_hub(splits: list[str], data_dir: Path | None, tokenizer: str | Non
     return missing
 
 
-def check_offline_inputs(splits: list[str], data_dir: Path | None, tokenizer: str | None) -> None:
-    """Fail in seconds, naming everything missing and the local command, when the hub is needed and
-    cannot be reached (rather than after a minute of the hub clients' retries)."""
+def check_offline_inputs(splits: list[str], data_dir: Path | None, tokenizer: str | None,
+                         command: list[str] = ("train_simple.py",)) -> None:
+    """Fail in seconds, naming everything missing and the local command (``command``, the user's
+    own, with the local flags in), when the hub is needed and cannot be reached (rather than after a
+    minute of the hub clients' retries)."""
     missing = needs_the_hub(splits, data_dir, tokenizer)
     if missing and not hub_reachable():
         raise DataError(f"the Hugging Face hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and no local copy was "
-                        f"given of {' and '.join(missing)}; with local files, for example: {LOCAL_COMMAND}")
+                        f"given of {' and '.join(missing)}; with local files: {local_command(list(command))}")
 
 
 def load_tokenizer(name_or_dir: str | None = None):

@@ -250,7 +250,8 @@ def train(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) -> str:
     save_log(spec, state, data, rt, RUNNING)
     folder = rt.flags["tensorboard"]
     watch = Watch(spec.name, total_steps(spec, data), state.progress.step, training_flops_per_token(state.model.cfg),
-                  rt.flags["status_every"], Path(folder) if folder else None, rt.ddp.main)
+                  rt.flags["status_every"], Path(folder) if folder else None, rt.ddp.main, split_labels(data),
+                  subsets=data.during_training["val"] is not data.val)
     try:
         return train_epochs(spec, state, data, rt, watch)
     finally:
@@ -312,6 +313,12 @@ def report(decision: Decision, ddp: Distributed) -> None:
         print(prefix + decision.message, file=sys.stderr)
 
 
+def split_labels(data: Data) -> dict[str, str]:
+    """Each evaluated split by its role and name: {"val": "selection validation:A", "test": ...}."""
+    return {role: f"{label} {split.info['split']}" for role, label, split in
+            (("val", "selection", data.val), ("test", "report", data.test)) if split is not None}
+
+
 def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int:
     """Train or resume one run; its exit status (0, 1 failed, 130/143 interrupted)."""
     remove_stale_temporaries(spec.log_path)
@@ -342,9 +349,10 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
                   f"interrupted: {spec.name} at step {state.progress.step}; --resume continues it", file=sys.stderr)
         return rt.stop.exit_code
     if rt.ddp.main:
-        val, wall = state.history.last_val["metrics"], sum(e["wall_s"] for e in state.history.epochs)
-        print(f"{spec.name}: val loss {val['loss']:.4f}  ppl {val['ppl']:.2f}  bits/byte {val['bpb']:.4f}  "
-              f"train {wall:.0f}s  log {spec.log_path}")
+        last, wall = state.history.last_val, sum(e["wall_s"] for e in state.history.epochs)
+        numbers = "; ".join(f"{label}: loss {m['loss']:.4f}, ppl {m['ppl']:.2f}, bits/byte {m['bpb']:.4f}"
+                            for (role, label), m in zip(split_labels(data).items(), (last["metrics"], last["test"])) if m)
+        print(f"{spec.name} (whole splits, step {last['step']}): {numbers}; trained {wall:.0f} s; log {spec.log_path}")
     return 0
 
 
@@ -381,8 +389,9 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
         plan = [(spec, decide(spec, args.resume, args.overwrite)) for spec in specs]
         if any(d.action in (TRAIN, RESUME) for _, d in plan):  # before any lock file exists
             check_offline_inputs([args.train_split, args.val_split, *([args.test_split] if args.test_split.lower() != "none"
-                                                                       else [])], args.data_dir, args.tokenizer)
+                                                                       else [])], args.data_dir, args.tokenizer, command)
         for spec in specs:  # a run another process is training is refused now, not after loading data
+            spec.lock_path.parent.mkdir(parents=True, exist_ok=True)  # the first folder this command leaves behind
             with RunLock(spec, enabled=ddp.main):
                 pass
         refusals = [d for _, d in plan if d.action == REFUSE]

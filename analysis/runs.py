@@ -135,11 +135,16 @@ def load_runs(paths: list[Path], strict: bool, ignore: set[str] = frozenset()) -
 
 
 def log_paths(args: argparse.Namespace) -> list[Path]:
+    """The logs to read: the files given (a folder stands for its logs), else --results_dir's."""
     if args.logs:
-        return args.logs
+        return [p for given in args.logs for p in (folder_logs(given) if given.is_dir() else [given])]
     if not args.results_dir.is_dir():
         raise AnalysisError(f"results folder {args.results_dir} does not exist")
-    return sorted(p for p in args.results_dir.glob("*.json") if p.name != KEPT_BASELINES)
+    return folder_logs(args.results_dir)
+
+
+def folder_logs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.json") if p.name != KEPT_BASELINES)
 
 
 def evaluations(run: Run) -> list[dict]:

@@ -453,3 +453,13 @@ def test_the_per_pair_view_reads_the_point_the_verdicts_read(results):
     table = __import__("pandas").read_csv(results / "summary.csv").set_index("variant")
     assert table.loc["gelu", "val_loss_diff_vs_relu"] == pytest.approx(0.5)
     assert "(val_loss at the best_selection point, variant minus baseline" in (results / "summary.md").read_text()
+
+
+def test_a_folder_is_read_as_its_logs_and_the_output_ends_with_where_everything_went(results, tmp_path, capsys):
+    assert analyze_results.main([str(results)]) == 0  # a folder, as sample.py takes one
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3] == f"report: {results / 'report.md'}"  # the report first
+    assert lines[-2] == f"summary: {results / 'summary.md'} and summary.csv"
+    assert lines[-1].startswith("figures: training_curves.png, training_dynamics.png")
+    assert all((results / name.strip()).exists() for name in lines[-1].removeprefix("figures: ").split(","))
+    assert "runs in 1 group" in (results / "summary.md").read_text()

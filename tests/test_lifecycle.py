@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -559,10 +560,11 @@ def test_the_log_of_a_running_run_is_readable_and_current_and_status_lines_come_
 
 def test_without_a_terminal_each_evaluation_is_one_status_line_with_its_losses(tiny_argv, tmp_path, capsys):
     assert train_simple.main(tiny_argv(None, "--max_steps", "3", "--eval_every", "2")) == 0  # capsys: no terminal
-    lines = [line for line in capsys.readouterr().err.splitlines() if "evaluated in" in line]
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": evaluated " in line]
     assert [line.split(":")[:2] for line in lines] == [[RUN, " step 2"], [RUN, " step 3"]]  # within, and the end
     log = read_log(paths(tmp_path / "out")[0])
-    assert f"val_loss {log['evals'][0]['val_loss']:.4f}" in lines[0]
+    assert f"evaluated the whole splits in" in lines[0]
+    assert f"loss on selection {log['data']['val']['split']} {log['evals'][0]['val_loss']:.4f}" in lines[0]
 
 
 @pytest.mark.slow
@@ -599,10 +601,16 @@ def test_in_a_terminal_the_run_and_each_evaluation_have_a_progress_bar(tiny_argv
 def test_offline_without_local_files_is_one_line_naming_both_and_leaves_no_lock(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("WIKITEXT2_DIR", None), env.pop("GPT2_TOKENIZER", None)
-    result = subprocess.run([sys.executable, str(ROOT / "train_simple.py"), "--output_dir", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    own = ["--activation", "relu", "swiglu", "--match_params", "--seeds", "1", "2", "--max_steps", "200",
+           "--train_split=train", "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *own], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120, env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     [line] = error_lines(result.stderr)
     assert "cannot be reached" in line and "the tokenizer ('gpt2'" in line and "the data (splits" in line
-    assert "--data_dir ../shared/data/wikitext-2-raw-v1 --tokenizer ../shared/data/gpt2-tokenizer" in line
-    assert not list((tmp_path / "out").rglob("*.lock"))
+    # the suggestion is the user's own command with the local files in: pasted, it runs what was asked
+    suggested = line.split("with local files: ")[1]
+    assert suggested == shlex.join(["python", "train_simple.py", *own[:-3], *own[-2:], "--data_dir",
+                                    "../shared/data/wikitext-2-raw-v1", "--tokenizer", "../shared/data/gpt2-tokenizer",
+                                    "--train_split", "test", "--val_split", "validation:A", "--test_split", "validation:B"])
+    assert not (tmp_path / "out").exists()  # nothing left behind: no lock, no empty checkpoints folder

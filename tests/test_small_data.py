@@ -404,3 +404,23 @@ def test_tied_embeddings_with_a_final_layer_norm_learn_as_fast_as_untied_once_sc
     assert losses["tied"] - losses["untied"] > 0.3  # the fault the scale mends shows at this size
     cfg = read_log(tmp_path / "tied_scaled" / f"{RUN}.json")["model_config"]
     assert cfg["embed_scale"] == math.sqrt(32)
+
+
+def test_the_docs_example_reads_a_complete_runs_activations(tiny_argv, tmp_path, capsys):
+    """docs/model.md's run_with_cache example, on a tiny complete run instead of the quick run's."""
+    from conftest import ROOT
+
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
+    text = (ROOT / "docs" / "model.md").read_text()
+    example = text.split("**Reading activations**")[1].split("```python\n")[1].split("```")[0]
+    log = tmp_path / "out" / f"{RUN}.json"
+    assert 'Path("results/quick/relu_seed1.json")' in example
+    capsys.readouterr()
+    exec(example.replace('Path("results/quick/relu_seed1.json")', f"Path({str(log)!r})"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 1 and printed[0].startswith("layer 0: ") and "% of units active" in printed[0]
+    model = Transformer(TransformerConfig.from_dict(read_log(log)["model_config"]))
+    _, cache = model.run_with_cache(torch.randint(0, model.cfg.d_vocab, (1, 6)))
+    assert set(cache) == {"blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"}
+    assert cache["blocks.0.mlp.hook_pre"].shape == (1, 6, model.cfg.d_hidden)
+    assert not any(m._forward_hooks for m in model.modules())  # the hooks are gone again

@@ -153,8 +153,13 @@ def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     assert len(result.stderr.splitlines()) == 1
 
 
+ADD = "a new activation is one entry in transformer_from_scratch/activations.py's ACTIVATIONS: docs/model.md"
+
+
 @pytest.mark.parametrize("typo, line", [
-    (("--activation", "rleu"), "error: argument --activation: invalid choice 'rleu'; did you mean 'relu'?"),
+    (("--activation", "rleu"), f"error: argument --activation: invalid choice 'rleu'; did you mean 'relu'? ({ADD})"),
+    (("--activation", "GELU"), "error: argument --activation: invalid choice 'GELU'; did you mean 'gelu'?"),
+    (("--activation", "mish"), f"error: argument --activation: invalid choice 'mish'; did you mean 'swish'? ({ADD})"),
     (("--layout", "pakced"), "error: argument --layout: invalid choice 'pakced'; did you mean 'packed'?"),
     (("--lrr", "1e-3"), "error: unrecognized arguments: --lrr (did you mean --lr?) 1e-3"),
 ])

@@ -60,8 +60,10 @@ class UsageError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(description="Train one model per MLP activation, learning rate and seed; write one JSON log per run.")
     g = p.add_argument_group("runs", "one run per activation and seed (and learning rate, see --lr)")
-    g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
-                   help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
+    activation = g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
+                                help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
+    activation.unknown_hint = ("a new activation is one entry in transformer_from_scratch/activations.py's ACTIVATIONS: "
+                               "docs/model.md")
     g.add_argument("--seeds", "--seed", nargs="+", type=int, default=[42], dest="seeds",
                    help="seed(s); every activation runs with every seed")
     g = p.add_argument_group(TRAINING)
@@ -133,9 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lines: one sequence per line, padded (the study); packed: contiguous blocks")
     g.add_argument("--max_length", type=int, default=128, help="tokens per sequence (the model's n_ctx)")
     g.add_argument("--train_split", default="train", help="split (or text file) to train on")
-    g.add_argument("--val_split", default="validation", help="split (or text file) to evaluate on every epoch")
+    g.add_argument("--val_split", default="validation",
+                   help="the selection split (or a text file): evaluated at every evaluation; every choice (the best "
+                        "point, --patience, --keep best, the interpolation weight, an lr) is read off it alone")
     g.add_argument("--test_split", default="test",
-                   help="split evaluated once at the end; skipped when it is the train or val split, or 'none'")
+                   help="the report split (or a text file): evaluated beside the selection split at every evaluation "
+                        "and at the end, and never used to choose anything; skipped when it is the train or val "
+                        "split, or 'none'")
     g = p.add_argument_group("sources", "where data comes from (the log records what was read: sha256)")
     g.add_argument("--data_dir", type=Path, default=None,
                    help="folder with WikiText-2 wiki.*.raw files (else $WIKITEXT2_DIR, else the hub)")
@@ -311,7 +317,10 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Create ``folder`` if needed and write a file in it: an unusable folder is found before any training."""
+    """Write a file in ``folder`` (creating it as needed): an unusable folder is found before any
+    training. The folders it had to create are removed again, so a command that fails later (offline,
+    a refused run) leaves nothing behind; training creates them when it writes."""
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -319,6 +328,12 @@ def check_writable(folder: Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise UsageError(f"{what} {folder} is not writable: {err.strerror or err}") from None
+    finally:
+        for parent in created:  # deepest first
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
 
 def plain_file_name(name: str) -> bool:

@@ -35,10 +35,13 @@ class Watch:
                "val_loss": "val/loss", "val_bpb": "val/bits_per_byte", "test_loss": "test/loss", "test_bpb": "test/bits_per_byte"}
 
     def __init__(self, name: str, total_steps: int, step: int, flops_per_token: float, status_every: float,
-                 tensorboard: Path | None, main: bool) -> None:
+                 tensorboard: Path | None, main: bool, splits: dict[str, str] | None = None,
+                 subsets: bool = False) -> None:
         self.writer = tensorboard_writer(tensorboard / name if tensorboard and main else None)
         self.name, self.total, self.every, self.flops_per_token = name, total_steps, status_every, flops_per_token
         self.main = main
+        self.splits = splits or {"val": "val", "test": "test"}  # role -> "selection validation:A", ...
+        self.scope = "the fixed --eval_tokens subsets" if subsets else "the whole splits"
         self.bar = tqdm(total=total_steps, initial=step, desc=name, dynamic_ncols=True, disable=None if main else True)
         self.lines = main and self.bar.disable
         self.last_line = time.monotonic()
@@ -67,8 +70,9 @@ class Watch:
         """After an evaluation: its scalars, and without a terminal one line with its numbers."""
         self.scalars(entry, step)
         if self.lines:
-            numbers = ", ".join(f"{key} {entry[key]:.4f}" for key in ("val_loss", "test_loss") if key in entry)
-            self.say(f"step {step}: evaluated in {seconds:.0f} s: {numbers}")
+            numbers = ", ".join(f"{label} {entry[f'{role}_loss']:.4f}" for role, label in self.splits.items()
+                                if f"{role}_loss" in entry)
+            self.say(f"step {step}: evaluated {self.scope} in {seconds:.0f} s: loss on {numbers}")
 
     def say(self, line: str) -> None:
         print(f"{self.name}: {line}", file=sys.stderr, flush=True)

@@ -128,6 +128,21 @@ class Transformer(nn.Module):
         return self.unembed(self.residual(tokens))
 
     @torch.no_grad()
+    def run_with_cache(self, tokens: Int[Tensor, "batch pos"]) -> tuple[Tensor, dict[str, Tensor]]:
+        """(logits, cache): every hook point's output in one forward pass, by module name
+        (``blocks.0.mlp.hook_pre``, ``blocks.0.mlp.hook_post``, ``blocks.0.attn.hook_pattern``, ...),
+        as TransformerLens's ``run_with_cache`` gives them. The hooks are removed afterwards."""
+        cache: dict[str, Tensor] = {}
+        handles = [module.register_forward_hook(lambda _m, _i, out, name=name: cache.__setitem__(name, out.detach()))
+                   for name, module in self.named_modules() if name.rsplit(".", 1)[-1].startswith("hook_")]
+        try:
+            logits = self(tokens)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return logits, cache
+
+    @torch.no_grad()
     def generate(
         self,
         tokens: Int[Tensor, "batch pos"],
