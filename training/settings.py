@@ -313,10 +313,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--resume continues runs and --overwrite replaces them: choose one")
     check_writable(args.output_dir / "checkpoints", "output folder")
     if args.export_hf is not None:
-        check_writable(args.export_hf, "--export_hf folder")
+        check_writable(args.export_hf, "--export_hf folder", keep_created=True)  # exports expect it
 
 
-def check_writable(folder: Path, what: str) -> None:
+def check_writable(folder: Path, what: str, keep_created: bool = False) -> None:
     """Write a file in ``folder`` (creating it as needed): an unusable folder is found before any
     training. The folders it had to create are removed again, so a command that fails later (offline,
     a refused run) leaves nothing behind; training creates them when it writes."""
@@ -329,7 +329,7 @@ def check_writable(folder: Path, what: str) -> None:
     except OSError as err:
         raise UsageError(f"{what} {folder} is not writable: {err.strerror or err}") from None
     finally:
-        for parent in created:  # deepest first
+        for parent in created if not keep_created else []:  # deepest first
             try:
                 parent.rmdir()
             except OSError:
