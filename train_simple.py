@@ -351,7 +351,7 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
     if rt.ddp.main:
         last, wall = state.history.last_val, sum(e["wall_s"] for e in state.history.epochs)
         numbers = "; ".join(f"{label}: loss {m['loss']:.4f}, ppl {m['ppl']:.2f}, bits/byte {m['bpb']:.4f}"
-                            for (role, label), m in zip(split_labels(data).items(), (last["metrics"], last["test"])) if m)
+                            for label, m in zip(split_labels(data).values(), (last["metrics"], last["test"])) if m)
         print(f"{spec.name} (whole splits, step {last['step']}): {numbers}; trained {wall:.0f} s; log {spec.log_path}")
     return 0
 

@@ -55,9 +55,15 @@ def fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def flag_value(value) -> str:
+    """A searched flag's value as the trials table shows it: small floats (an lr) in two figures."""
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) >= 0.01 else f"{value:.2g}"
+    return str(value)
+
+
 def flags_text(params: dict) -> str:
-    return ", ".join(f"{k} {fmt(v, 3) if isinstance(v, float) and abs(v) >= 0.01 else v if not isinstance(v, float) else f'{v:.2g}'}"
-                     for k, v in sorted(params.items()) if k != "arm")
+    return ", ".join(f"{k} {flag_value(v)}" for k, v in sorted(params.items()) if k != "arm")
 
 
 def baselines_of(rows: list[dict]) -> dict:
@@ -157,7 +163,8 @@ def markdown_importance(study) -> str:
             study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError) as err:
         return f"Flag importance: not computed ({err})."
-    cells = ", ".join(f"{name} {value:.2f}" for name, value in importance.items())
+    ranked = sorted(importance.items(), key=lambda item: (-round(item[1], 2), item[0]))  # ties by name: stable
+    cells = ", ".join(f"{name} {value:.2f}" for name, value in ranked)
     return (f"Flag importance (Optuna's PED-ANOVA, Watanabe et al. 2023, over the {len(complete)} complete trials: how "
             f"much each flag's distribution differs between the best trials and all of them, normalised to sum to 1; "
             f"exploratory, with this few trials): {cells}.")
