@@ -83,14 +83,23 @@ def open_study(name: str, search: Search, url: str):
     sampler with the tuning seed and its process id: workers that drew alike would train the same
     configurations (the draws, not the trials, are what a seed would make repeatable)."""
     import optuna
+    import sqlalchemy
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are, since v2.8
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers wait for the file lock
-    storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat_seconds,
-                         grace_period=2 * search.heartbeat_seconds,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    storage = None
+    for attempt in range(5):  # workers starting at once race to create the schema: the loser finds it made
+        try:
+            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat_seconds,
+                                 grace_period=2 * search.heartbeat_seconds,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+            break
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
     sampler = optuna.samplers.TPESampler(seed=search.tuning_seed * 100_003 + os.getpid(), multivariate=True,
                                          constant_liar=True)
     for _ in range(3):  # two workers creating the study at once: the second loads it

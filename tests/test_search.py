@@ -46,7 +46,7 @@ tuning_seed = 1000
 trials = {trials}
 pruner = "hyperband"
 min_evaluations = 1
-heartbeat_seconds = 3
+heartbeat_seconds = {heartbeat}
 [search.space]
 lr = {{low = 1e-3, high = 3e-2, log = true}}
 mlp_ratio = {{low = 1.0, high = 4.0}}
@@ -58,11 +58,13 @@ tie_embeddings = [true, false]
 def search_file(tmp_path, corpus_dir, tiny_tokenizer_dir):
     (corpus_dir / "report.txt").write_text("".join(CORPUS_LINES[2:] * 2), encoding="utf-8")
 
-    def write(trials: int = 6, folder: str = "search") -> object:
+    def write(trials: int = 6, folder: str = "search", heartbeat: int = 10) -> object:
+        """heartbeat: seconds between a worker's heartbeats; twice that without one marks its trial stale
+        (long enough by default that a loaded machine never fails a live trial)."""
         path = tmp_path / folder / "search.toml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(SEARCH.format(corpus=corpus_dir, tokenizer=tiny_tokenizer_dir, cache=tmp_path / "cache",
-                                      trials=trials))
+                                      trials=trials, heartbeat=heartbeat))
         return path
     return write
 
@@ -106,7 +108,7 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
-    path = search_file(6)
+    path = search_file(6, heartbeat=3)
     process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
