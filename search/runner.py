@@ -126,6 +126,7 @@ def train_trial(trial, run: TrialRun) -> float:
 
     trial.set_user_attr("run_name", run.name)
     trial.set_user_attr("command", shlex.join(run.command))
+    started_ns = time.time_ns()
     process = subprocess.Popen(run.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the run
@@ -136,7 +137,7 @@ def train_trial(trial, run: TrialRun) -> float:
         reported = report_new_evaluations(trial, run.log_path, reported)
         if finished:
             break
-        if not asked and trial.should_prune():
+        if not asked and listening(run.log_path, started_ns) and trial.should_prune():
             process.send_signal(signal.SIGUSR1)  # train_simple.py stops after this step: status "pruned"
             asked = True
         time.sleep(POLL_SECONDS)
@@ -155,6 +156,16 @@ def train_trial(trial, run: TrialRun) -> float:
     reason = f"{log['status']}, exit status {process.returncode}: {last}"
     trial.set_user_attr("failed", reason)  # the report says why
     raise TrialFailed(f"{run.name}: {reason}")
+
+
+def listening(log_path: Path, started_ns: int) -> bool:
+    """Whether the run has written its log since it started, and so has its signal handlers: a retried
+    trial carries its first run's evaluations, and its pruner may stop it at once, before a SIGUSR1
+    would end the run with its log saying "pruned" rather than kill it (measured: a retry killed so)."""
+    try:
+        return log_path.stat().st_mtime_ns >= started_ns
+    except OSError:
+        return False
 
 
 def report_new_evaluations(trial, log_path: Path, reported: int) -> int:
@@ -199,7 +210,12 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None
     trials the budget has left when it starts (another process on the same storage may finish some
     of them first, so the budget can be passed by the trials in flight). ``make_run(trial)`` draws
     a trial's flags and gives its TrialRun."""
+    import optuna
+
     study = open_study(name, search, url)
+    # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
+    # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
+    optuna.storages.fail_stale_trials(study)
     budget = Budget(search)
     if budget.exhausted(study):
         return

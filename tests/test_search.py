@@ -109,8 +109,8 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     path = search_file(6, heartbeat=3)
-    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path), "--jobs", "2"], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
     deadline = time.time() + 300
     while time.time() < deadline:  # until two trials have finished
@@ -122,8 +122,9 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     os.killpg(process.pid, signal.SIGKILL)  # the search and its trial's run, at once
     process.wait()
     finished = {p.stem: p.read_text() for p in done}
-    time.sleep(7)  # past the heartbeat's grace period: the trial in flight is stale now
-    result = run_study(path)
+    time.sleep(7)  # past the heartbeat's grace period: the trials in flight are stale now
+    stale = trial_states(path).get("running", [])
+    result = run_study(path, "--jobs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     for name, text in finished.items():  # finished trials were not run again
         assert (folder / f"{name}.json").read_text() == text
@@ -132,6 +133,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     # a trial killed in flight was failed and retried under its own name: no run name is new beyond the budget
     names = {p.stem for p in folder.glob("*.json")}
     assert len(names) == len(states.get("complete", [])) + len(states.get("pruned", []))
+    assert sorted(states.get("fail", [])) == sorted(stale)  # each retried once: the two workers did not both retry it
 
 
 @pytest.mark.slow
