@@ -13,7 +13,7 @@ Usage: bash reproduce.sh [options]
 
 Trains relu, gelu, silu, then the parameter-matched gated variants geglu, swiglu, reglu, seed by
 seed (a study stopped early has every activation at the seeds it finished), with the reference
-study's settings (WikiText-2 train split, 3 epochs, batch 8, seed preset, lines layout), then runs
+study's settings (WikiText-2 train split, 3 epochs, batch 8, reference preset, lines layout), then runs
 analyze_results.py. Resumes where it stopped. A run that fails does not
 stop the others: the script goes on, analyses what finished, and exits 1 listing the failures, each
 with whether a rerun resumes it. Paths are read relative to the folder you run it from.

@@ -191,6 +191,17 @@ def read_log(path: Path) -> dict:
         problem = schema_problem(log, COMPLETE_SCHEMA)
     if problem is not None:
         raise ValueError(problem)
+    return with_current_names(log)
+
+
+OLD_PRESET_NAMES = {"seed": "reference"}  # the study's architecture was "seed" until the name read as a random seed
+
+
+def with_current_names(log: dict) -> dict:
+    """An older log with today's name for its preset, so that it compares, groups and reads as what it was."""
+    config = log.get("model_config")
+    if isinstance(config, dict) and config.get("preset") in OLD_PRESET_NAMES:
+        config["preset"] = OLD_PRESET_NAMES[config["preset"]]
     return log
 
 

@@ -11,25 +11,28 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.runs import Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, validation_curve  # noqa: E402
+from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
+    one_machine_alone, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
 
 
 FIGURE_GUIDE = {
-    "training_curves": "Training loss per logged step (top left); validation loss (dotted: the n-gram baselines), "
-                       "perplexity and exact bits per byte at each evaluation; and each activation's validation loss "
-                       "minus the baseline arm's, paired by seed (bottom middle: what the comparison is about). "
-                       "Lower is better; bands are 95% confidence intervals over seeds, as in the tables.",
+    "training_curves": "Training loss per logged step; the loss on the selection split and on the report split (the "
+                       "primary metric) at each evaluation, each with the n-gram baselines on its own targets (dotted, "
+                       "named with their split); and each activation's report loss minus the baseline arm's, paired "
+                       "by seed: what the comparison is about. Lower is better; bands are 95% confidence intervals "
+                       "over seeds, as in the tables (none with one seed).",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
                          "and the mean fraction firing per token: how each activation uses its units.",
     "attention": "Entropy of attention on the probe set (nats; dotted: spreading evenly over all visible keys): the "
-                 "mean over heads, then the heads ranked by entropy within each run (head indices mean nothing "
-                 "across seeds). Lower means more focused; lines that part show an activation changing attention.",
-    "training_compute": "Validation loss against training FLOPs (and machine seconds, drawn only when every run had "
+                 "mean over heads, then the heads from most to least focused (lowest to highest entropy) within each "
+                 "run (head indices mean nothing across seeds). Lower means more focused; lines that part show an activation changing attention.",
+    "training_compute": "Selection loss against training FLOPs (and machine seconds, drawn only when every run had "
                         "one machine to itself): an activation that wins only because it spends more compute (an "
                         "unmatched gated MLP costs 1.5x the MLP FLOPs) loses its lead here.",
     "lr_sweep": "Final validation metric against the learning rate: where each activation's curve bottoms out is its "
@@ -99,13 +102,6 @@ def has_compute(group: list[Run]) -> bool:
     return all("train_flops" in e for r in group for e in evaluations(r))
 
 
-def one_machine_alone(group: list[Run]) -> bool:
-    """Whether every run ran on the same machine, alone on it (all its cores): only then do seconds compare."""
-    facts = {(r.log["run"].get("cpu"), r.log["run"].get("device"), r.log["run"].get("threads"),
-              r.log["run"].get("cpu_count")) for r in group}
-    return len(facts) == 1 and next(iter(facts))[2] == next(iter(facts))[3]
-
-
 def plot_compute(group: list[Run], path: Path) -> None:
     """Validation loss against cumulative training FLOPs, and against machine seconds when those compare."""
     variants = by_variant(group)
@@ -121,11 +117,11 @@ def plot_compute(group: list[Run], path: Path) -> None:
             x = pd.concat([c[0] for c in curves], axis=1).mean(axis=1)
             y = pd.concat([c[1] for c in curves], axis=1).mean(axis=1)
             ax.plot(x.to_numpy(), y.to_numpy(), color=colors[variant], marker="o", markersize=3, label=variant)
-        ax.set(xlabel=label, ylabel="validation loss (nats/token)")
+        ax.set(xlabel=label, ylabel=f"loss on the {split_name(group, 'val')} (nats/token)")
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log")
     axes[0].legend(fontsize=9)
-    fig.suptitle("Validation loss at equal training compute (mean over seeds at each evaluation)")
+    fig.suptitle(f"Selection loss at equal training compute ({seeds_count(variants)} at each evaluation)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -137,79 +133,131 @@ def epoch_axis_label(group: list[Run]) -> str:
     return "epoch"
 
 
+def seeds_count(variants: dict[str, list[Run]]) -> str:
+    """"one seed", "mean over 3 seeds" or "mean over 2-3 seeds": never "up to 1 seeds"."""
+    counts = sorted({len(runs) for runs in variants.values()})
+    if counts == [1]:
+        return "one seed"
+    return f"mean over {counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} seeds"
+
+
+def seeds_phrase(variants: dict[str, list[Run]], spread: str) -> str:
+    """"mean over 3 seeds; band: 95% CI over seeds", or "one seed: no band" (``spread``: band or error bar)."""
+    counted = seeds_count(variants)
+    return f"one seed: no {spread}" if counted == "one seed" else f"{counted}; {spread}: 95% CI over seeds"
+
+
 def plot_per_epoch(ax, variants: dict[str, list[Run]], colors: dict, series_of, group: list[Run],
                    style: str = "-", marker: str = "o", offset: float = 0.0, label_suffix: str = "") -> None:
-    """A per-epoch quantity: lines over epochs (band: ± 1 std over seeds), or, when every run has a
-    single epoch, one point per activation with a ± 1 std error bar."""
+    """A per-epoch quantity: lines over epochs (band: 95% CI over seeds), or, when every run has a
+    single epoch, one point per activation with its 95% CI as an error bar."""
     single = all(len(r.log["epochs"]) == 1 for r in group)
     for i, (variant, runs) in enumerate(variants.items()):
         label = variant + label_suffix
         if single:
-            _, mean, std = mean_band([series_of(r) for r in runs])
-            ax.errorbar([i + offset], mean, yerr=std if len(runs) > 1 else None, color=colors[variant],
+            _, mean, half = mean_band([series_of(r) for r in runs])
+            ax.errorbar([i + offset], mean, yerr=half if len(runs) > 1 else None, color=colors[variant],
                         marker=marker, linestyle="none", capsize=4, markersize=6, label=label)
         else:
             plot_band(ax, runs, series_of, colors[variant], label, marker=marker, linestyle=style)
     if single:
-        ax.set_xticks(range(len(variants)), list(variants), rotation=15)
+        ax.set_xticks(range(len(variants)), list(variants), rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(variants) - 0.4)
         steps = max(e["steps"] for r in group for e in r.log["epochs"])
-        ax.set_xlabel(f"after {steps} steps (error bar: ± 1 std over seeds)")
+        ax.set_xlabel(f"after {steps} steps ({seeds_phrase(variants, 'error bar')})")
     else:
         ax.set_xlabel(epoch_axis_label(group))
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
 
 
 def paired_difference(runs: list[Run], baseline_runs: list[Run], key: str) -> list[pd.Series]:
-    """Per seed both arms have: the arm's validation curve minus the baseline arm's."""
+    """Per seed both arms have: the arm's curve of ``key`` minus the baseline arm's."""
     base = {r.seed: validation_curve(r, key) for r in baseline_runs}
     return [validation_curve(r, key) - base[r.seed] for r in runs if r.seed in base]
 
 
+def split_name(group: list[Run], role: str) -> str:
+    """"report split validation:B": the role and the split, as every label names them."""
+    return f"{SPLIT_ROLES[role]} split {group[0].log['data'][role]['split']}"
+
+
+def label_baselines(ax, values: dict[str, float], split: str) -> None:
+    """The n-gram baselines as dotted lines, each labelled with its split, the labels kept apart
+    (at least 6% of the axis) when the lines lie close, and the y range opened to show them all."""
+    if not values:
+        return
+    low, high = ax.get_ylim()
+    low = min(low, min(values.values()) - 0.05 * (high - low))
+    ax.set_ylim(low, high)
+    gap, placed = 0.06 * (high - low), []
+    for name, value in sorted(values.items(), key=lambda kv: kv[1]):
+        ax.axhline(value, color="gray", linestyle=":", linewidth=1)
+        y = max(value, placed[-1] + gap) if placed else value
+        placed.append(y)
+        ax.annotate(f"{name} ({split})", (0.99, y), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=8, color="dimgray")
+
+
+def curve_panels(group: list[Run], baseline_arm: str) -> list[tuple[str, str, str]]:
+    """(what, key, role) of each evaluation panel: the selection loss, the report loss (the primary
+    metric, where there is a report split), and the paired difference on it against the baseline arm."""
+    roles = ["val"] + (["test"] if all(r.log["data"].get("test") for r in group) else [])
+    panels = [("loss", f"{role}_loss", role) for role in roles]
+    if baseline_arm in {r.variant for r in group} and len({r.variant for r in group}) > 1:
+        panels.append(("paired", f"{roles[-1]}_loss", roles[-1]))
+    return panels
+
+
 def plot_curves(group: list[Run], path: Path, baselines: dict | None = None, baseline_arm: str = "relu") -> None:
+    fig = curves_figure(group, baselines or {}, baseline_arm)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.Figure:
+    """Training loss, then the loss of each evaluated split with its n-gram baselines, then each arm
+    minus the baseline arm on the report split, paired by seed: every panel has lines in it."""
     variants = by_variant(group)
     colors = variant_colors(list(variants))
-    fig, axes = plt.subplots(2, 3, figsize=(17, 8.5), constrained_layout=True)
-    panels = [("val_loss", "validation loss (nats/token; dotted: n-gram baselines)"),
-              ("val_ppl", "validation perplexity"), ("val_bpb", "validation bits per byte (exact)")]
+    evaluated = has_evals(group)
+    panels = curve_panels(group, baseline_arm) if evaluated else [("loss", "val_loss", "val")]
+    columns = 2 if len(panels) == 3 else len(panels) + 1
+    rows = 2 if len(panels) == 3 else 1
+    fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.6 * rows), squeeze=False, constrained_layout=True)
+    axes = list(axes.flat)
     for variant, runs in variants.items():
-        plot_band(axes[0, 0], runs, step_loss, colors[variant], variant)
-    axes[0, 0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
-    axes[0, 0].legend(fontsize=9)
-    for ax, (key, title) in zip([axes[0, 1], axes[0, 2], axes[1, 0]], panels):
-        if has_evals(group):  # evaluations within epochs: real curves
+        plot_band(axes[0], runs, step_loss, colors[variant], variant)
+    axes[0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
+    axes[0].legend(fontsize=9)
+    for ax, (what, key, role) in zip(axes[1:], panels):
+        split = split_name(group, role)
+        if what == "paired":
             for variant, runs in variants.items():
-                plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
-            ax.set_xlabel("epoch (evaluations within epochs included)")
-        else:
-            plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
-        ax.set_title(title)
-    for name, scores in sorted((baselines or {}).items()):
-        if "val" in scores:  # the n-gram baselines on the same targets: the line a model must get under
-            axes[0, 1].axhline(scores["val"]["loss"], color="gray", linestyle=":", linewidth=1)
-            axes[0, 1].annotate(name, (1, scores["val"]["loss"]), xycoords=("axes fraction", "data"), ha="right",
-                                va="bottom", fontsize=8, color="gray")
-    ax = axes[1, 1]
-    if has_evals(group) and baseline_arm in variants:
-        for variant, runs in variants.items():
-            if variant != baseline_arm:
-                diffs = paired_difference(runs, variants[baseline_arm], "val_loss")
+                diffs = paired_difference(runs, variants[baseline_arm], key) if variant != baseline_arm else []
                 if diffs:
                     x, mean, half = mean_band(diffs)
                     ax.plot(x, mean, color=colors[variant], marker="o", markersize=3, label=variant)
                     ax.fill_between(x, mean - half, mean + half, color=colors[variant], alpha=0.2, linewidth=0)
-        ax.axhline(0, color=colors[baseline_arm], linewidth=1)
-        ax.set(title=f"validation loss minus {baseline_arm}, paired by seed", xlabel="epoch")
-    else:
-        ax.set_axis_off()
-    axes[1, 2].set_axis_off()
-    for ax in axes.flat:
+            ax.axhline(0, color=colors[baseline_arm], linewidth=1)
+            ax.set(title=f"loss minus {baseline_arm}'s, paired by seed ({split})", xlabel="epoch",
+                   ylabel="nats/token")
+            ax.legend(fontsize=8)
+        elif evaluated:
+            for variant, runs in variants.items():
+                plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
+            ax.set(title=f"loss on the {split} (nats/token)" + (": the primary metric" if role == "test" else ""),
+                   xlabel="epoch (evaluations within epochs included)")
+        else:
+            plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
+            ax.set_title(f"loss on the {split} (nats/token)")
+        if what == "loss":
+            label_baselines(ax, {name: s[role]["loss"] for name, s in baselines.items() if s.get(role)},
+                            SPLIT_ROLES[role])
+    for ax in axes:
         ax.grid(alpha=0.3)
-    n_seeds = max(len(r) for r in variants.values())
-    band = "band: 95% CI over seeds" if n_seeds > 1 else "one seed: no band"
-    fig.suptitle(f"Training curves per activation (mean over up to {n_seeds} seeds; {band})\n{fixed_settings(group)}")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.suptitle(f"Training curves per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram baselines on the "
+                 f"same targets)\n{fixed_settings(group)}")
+    return fig
 
 
 def attention_entropy(run: Run, layer: int, rank: int | None) -> pd.Series:
@@ -221,6 +269,17 @@ def attention_entropy(run: Run, layer: int, rank: int | None) -> pd.Series:
         entropies = sorted(h["entropy"] for h in d["attention"][layer]["heads"])
         values[d["epoch"]] = entropies[rank] if rank is not None else float(np.mean(entropies))
     return pd.Series(values, dtype=float)
+
+
+def head_title(rank: int | None, n_heads: int) -> str:
+    """A panel's head, by how focused it is within its run: "most focused head", "2nd most focused", ..."""
+    if rank is None:
+        return "mean over heads"
+    if rank == 0:
+        return "most focused head"
+    if rank == n_heads - 1:
+        return "least focused head"
+    return f"{rank + 1}{ {2: 'nd', 3: 'rd'}.get(rank + 1, 'th')} most focused head"
 
 
 def plot_attention(group: list[Run], path: Path) -> None:
@@ -236,12 +295,12 @@ def plot_attention(group: list[Run], path: Path) -> None:
             ax = axes[layer, col]
             plot_per_epoch(ax, variants, colors, lambda r, l=layer, h=head: attention_entropy(r, l, h), group)
             ax.axhline(layers[layer]["heads"][0]["max_entropy"], color="gray", linestyle=":", linewidth=1)
-            ax.set_title(f"layer {layer}, {'mean over heads' if head is None else f'head ranked {head} by entropy'}",
-                         fontsize=10)
+            ax.set_title(f"layer {layer}, {head_title(head, n_heads)}", fontsize=10)
             ax.grid(alpha=0.3)
         axes[layer, 0].set_ylabel("attention entropy (nats)")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle("Attention entropy on the probe set per activation (mean over seeds; dotted: uniform attention)")
+    fig.suptitle(f"Attention entropy on the probe set per activation ({seeds_phrase(variants, 'band')}; dotted: "
+                 f"uniform attention); heads ranked by entropy within each run")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -269,11 +328,11 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=9)
-    handles, labels = axes[1].get_legend_handles_labels()
-    layer_keys = [i for i, label in enumerate(labels) if label.startswith(labels[0].split(",")[0] + ",")]
-    axes[1].legend([handles[i] for i in layer_keys], [labels[i].split(", ")[1] for i in layer_keys],
-                   fontsize=9, title="marker")
-    fig.suptitle("Training dynamics per activation (\"active\": gate pre-activation > 0; see docs/model.md)")
+    layer_keys = [Line2D([], [], color="dimgray", marker=markers[layer % 5], linestyle=styles[layer % 4])
+                  for layer in range(n_layers)]  # the layer is the marker; colour is the activation, as elsewhere
+    axes[1].legend(layer_keys, [f"layer {layer}" for layer in range(n_layers)], fontsize=9, title="marker")
+    fig.suptitle(f"Training dynamics per activation ({seeds_phrase(variants, 'band')}; \"active\": gate pre-activation "
+                 f"> 0; see docs/model.md)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

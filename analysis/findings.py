@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
+from analysis.runs import SPLIT_ROLES
 from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
 
-SPLIT_ROLES = {"val": "selection", "test": "report"}
 
 
 def split_label(runs: list, metric: str) -> str:

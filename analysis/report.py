@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.runs import SPLIT_ROLES
 from run_log import recorded
 
 HEADLINE = "First: do the models beat the n-gram baselines?"  # the section every report opens with
@@ -152,7 +153,7 @@ def data_card(runs: list) -> str:
         where = info.get("source", "?")
         return where if where.startswith("hub:") else Path(where).name
 
-    rows = [[role, info.get("split", "?"), source(info), f"`{str(info.get('sha256', '?'))[:16]}…`", count(info, "rows"),
+    rows = [[SPLIT_ROLES[role], info.get("split", "?"), source(info), f"`{str(info.get('sha256', '?'))[:16]}…`", count(info, "rows"),
              count(info, "sequences"), count(info, "tokens"), count(info, "bytes"), licence(info)]
             for role, info in data.items() if role in ("train", "val", "test") and info]
     train = data["train"]

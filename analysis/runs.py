@@ -24,6 +24,12 @@ METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "tes
 POINTS = ("final", "best_selection")
 
 
+# What each evaluated split is for, by its key in the logs: the keys stay val_*/test_* (old logs read
+# as they are), every output names the role and the split (in a run trained on `test`, "test" is
+# validation half B).
+SPLIT_ROLES = {"train": "training", "val": "selection", "test": "report"}
+
+
 KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
 
 
@@ -208,9 +214,9 @@ def describe_group(group: list[Run]) -> str:
     log = group[0].log
     data, train = log["data"], {**log["train_config"], "layout": log["data"]["train"]["layout"]}
     return (f"trained on `{data['train']['split']}` ({data['train']['tokens']:,} scored tokens per epoch), "
-            f"evaluated on `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
-            f"{', tested on `' + data['test']['split'] + '`' if data.get('test') else ''}"
-            f"{' (no test: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
+            f"selection split `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
+            f"{', report split `' + data['test']['split'] + '`' if data.get('test') else ''}"
+            f"{' (no report split: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
             f"{train['layout']} layout, batch {train['batch_size']}, lr {train['lr']}, "
             f"{log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
             f"preset {log['model_config']['preset']}")
@@ -224,11 +230,34 @@ def fixed_settings(group: list[Run]) -> str:
             f"{cfg['n_layers']} layers, {log['data']['train']['layout']}, batch {train['batch_size']}")
 
 
+def steps_per_epoch(run: Run) -> int:
+    return math.ceil(run.log["data"]["train"]["sequences"] / run.log["train_config"]["batch_size"])
+
+
+def step_curve(run: Run, key: str) -> pd.Series:
+    """A metric of every evaluation (val_* or test_*), by step; NaN where an evaluation lacks it."""
+    return pd.Series({eval_step(e): e.get(key, math.nan) for e in evaluations(run)}, dtype=float)
+
+
 def validation_curve(run: Run, key: str) -> pd.Series:
-    """A validation metric over training, in epochs (fractions within an epoch), evaluations included."""
-    train = run.log["data"]["train"]
-    per_epoch = math.ceil(train["sequences"] / run.log["train_config"]["batch_size"])
-    return pd.Series({eval_step(e) / per_epoch: e[key] for e in evaluations(run)}, dtype=float)
+    """A metric of every evaluation over training, in epochs (fractions within an epoch)."""
+    curve = step_curve(run, key)
+    return pd.Series(curve.to_numpy(), index=curve.index / steps_per_epoch(run), dtype=float)
+
+
+def step_label(step: int, run: Run) -> str:
+    """"step 554 (epoch 2)" at an epoch's end, "step 556" within one: steps never round to one another."""
+    epoch = {e["steps"]: e["epoch"] for e in run.log["epochs"] if not e.get("partial")}.get(step)
+    return f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+
+
+def one_machine_alone(group: list[Run]) -> bool:
+    """Whether every run ran on the same machine, alone on it (all its cores): only then do seconds
+    compare. A log that does not say how it ran does not compare."""
+    facts = {(r.log["run"].get("cpu"), r.log["run"].get("device"), r.log["run"].get("threads"),
+              r.log["run"].get("cpu_count")) for r in group}
+    (_, _, threads, cores), = facts if len(facts) == 1 else [(None,) * 4]
+    return threads is not None and threads == cores
 
 
 def has_attention(group: list[Run]) -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import report
-from analysis.runs import METRICS, Loaded, Run, by_variant, evaluations, has_attention, validation_curve
+from analysis.runs import METRICS, Loaded, Run, by_variant, evaluations, has_attention, one_machine_alone, step_curve, \
+    step_label
 from analysis.stats import holm, paired_t_test, summarize
 from run_log import last_step
 
@@ -76,11 +77,18 @@ def paired_comparisons(group: list[Run], baseline: str, metric: str, point: str 
     return table
 
 
-def markdown_table(table: pd.DataFrame, metric: str) -> str:
+MACHINE_TIME_OMITTED = ("Training seconds and tokens/s are left out: the runs did not each have one machine to "
+                        "themselves (they shared its cores, or ran on different machines), so their times do not compare. "
+                        "summary.csv keeps them.")
+
+
+def markdown_table(table: pd.DataFrame, metric: str, times_compare: bool) -> str:
+    """The group's table, selection and report splits named by role; machine time only where it compares."""
     has_test = "test_loss_mean" in table
-    header = ["variant", "seeds", "val loss", "val ppl", "val bits/byte", "study bits/byte (approx)"]
-    header += ["test loss", "test bits/byte"] if has_test else []
-    header += ["params (total / MLP)", "train s", "tokens/s", f"{metric} vs best"]
+    header = ["variant", "seeds", "selection loss", "selection ppl", "selection bits/byte",
+              "study bits/byte (approx, selection)"]
+    header += ["report loss", "report bits/byte"] if has_test else []
+    header += ["params (total / MLP)"] + (["train s", "tokens/s"] if times_compare else []) + [f"{metric} vs best"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(row, name: str, digits: int = 4) -> str:
@@ -91,10 +99,11 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
                  cell(row, "val_bpb"), cell(row, "val_bpb_approx")]
         cells += [cell(row, "test_loss"), cell(row, "test_bpb")] if has_test else []
         gap = row[f"{metric}_vs_best_pct"]
-        cells += [f"{row['params_total']:,} / {row['params_mlp']:,}", f"{row['train_wall_s_mean']:.0f}",
-                  f"{row['train_tokens_per_s_mean']:.0f}", "n/a" if math.isnan(gap) else f"+{gap:.2f}%"]
+        cells += [f"{row['params_total']:,} / {row['params_mlp']:,}"]
+        cells += [f"{row['train_wall_s_mean']:.0f}", f"{row['train_tokens_per_s_mean']:.0f}"] if times_compare else []
+        cells += ["n/a" if math.isnan(gap) else f"+{gap:.2f}%"]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([] if times_compare else ["", MACHINE_TIME_OMITTED]))
 
 
 def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int, point: str = "final") -> str:
@@ -122,18 +131,19 @@ def markdown_curves(group: list[Run], metric: str) -> str:
     activations whose order changes at any evaluation (do the curves cross?), and how far each run
     ended above its own lowest point (overfitting)."""
     key = curve_metric(metric)
-    curves = {v: [validation_curve(r, key) for r in runs] for v, runs in by_variant(group).items()}
+    curves = {v: [step_curve(r, key) for r in runs] for v, runs in by_variant(group).items()}
     means = pd.DataFrame({v: pd.concat(c, axis=1).mean(axis=1) for v, c in curves.items()}).T  # rows: variants
     ranks = means.rank(axis=0, method="min")
     rises = {v: summarize([float(c.iloc[-1] - c.min()) for c in cs]) for v, cs in curves.items()}
-    header = ["variant"] + [f"epoch {x:.3g}" for x in means.columns] + ["lowest mean at epoch", "final − own lowest"]
-    lines = [f"Validation {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
+    header = ["variant"] + [step_label(int(s), group[0]) for s in means.columns] + ["lowest mean at step",
+                                                                                     "final − own lowest"]
+    lines = [f"The selection split's {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
              f"each run's final value minus its lowest, averaged over seeds: above zero, the run ended past its best "
              f"point (overfitting).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in means.index:
         cells = [f"{fmt(means.loc[variant, x])} ({int(ranks.loc[variant, x])})" for x in means.columns]
         rise = fmt_ci(rises[variant].mean, rises[variant].ci95)
-        lines.append("| " + " | ".join([variant, *cells, f"{means.loc[variant].idxmin():.3g}", rise]) + " |")
+        lines.append("| " + " | ".join([variant, *cells, str(int(means.loc[variant].idxmin())), rise]) + " |")
     crossing = [f"{a} / {b}" for i, a in enumerate(means.index) for b in means.index[i + 1:]
                 if np.sign(means.loc[a] - means.loc[b]).nunique() > 1]
     lines += ["", f"{len(crossing)} of {len(means) * (len(means) - 1) // 2} pairs of activations change order at "
@@ -221,13 +231,13 @@ def markdown_sweep(family: list[list[Run]], metric: str, baseline: str) -> str:
     best = best_lrs(table)
     lrs = sorted(table["lr"].unique())
     has_test = not table["test_loss"].isna().all()
-    header = ["variant", "best lr", f"{metric} at best lr", "seeds"] + (["test loss at that lr"] if has_test else [])
+    header = ["variant", "best lr", f"{metric} at best lr", "seeds"] + (["report loss at that lr"] if has_test else [])
     header += [f"{metric} at lr {lr:g}" for lr in lrs]
     lines = [f"## Learning-rate sweep: lr {', '.join(f'{lr:g}' for lr in lrs)}", "",
-             "Each activation at the learning rate where its mean validation metric is lowest. **Choosing the best "
-             "lr on the validation split favours every activation by the luck of that choice**, so these numbers are "
-             "optimistic" + (", and the test loss at the chosen lr is the honest one." if has_test else
-                             "; with no distinct test split there is no unbiased number here.") + " The paired tests "
+             f"Each activation at the learning rate where its mean {metric} is lowest. **Choosing the best "
+             f"lr on the split that ranks them favours every activation by the luck of that choice**, so these numbers "
+             "are optimistic" + (", and the report split's loss at the lr chosen is the honest one." if has_test else
+                                 "; with no report split there is no unbiased number here.") + " The paired tests "
              "at each shared lr are in the groups above (one group per lr).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, row in best.iterrows():
@@ -268,7 +278,7 @@ def group_tables(group: list[Run], table: pd.DataFrame, paired: pd.DataFrame, ve
                  point: str) -> str:
     """A group's tables: the declared verdicts, the table and the per-pair view, then what was not
     declared (curves, inside the model) under "Exploratory"."""
-    declared = [verdicts, markdown_table(table, metric),
+    declared = [verdicts, markdown_table(table, metric, one_machine_alone(group)),
                 "Per-pair view: " + markdown_paired(paired, metric, int(table["seeds"].max()), point)]
     exploratory = []
     if all(len(evaluations(r)) > 1 for r in group):
@@ -276,7 +286,7 @@ def group_tables(group: list[Run], table: pd.DataFrame, paired: pd.DataFrame, ve
     if has_attention(group):
         exploratory.append(markdown_inside(group))
     parts = declared + (["### Exploratory\n\nNot declared before the runs: patterns to test in a new study, "
-                         f"not findings.\n\n" + "\n\n".join(exploratory)] if exploratory else [])
+                         "not findings.\n\n" + "\n\n".join(exploratory)] if exploratory else [])
     return "\n\n".join(parts)
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import analyze_results
-from analysis import figures, runs
+from analysis import figures, runs, tables
 from analysis.stats import holm, paired_t_test
 from conftest import ROOT
 from run_log import SCHEMA_VERSION
@@ -233,7 +233,7 @@ def test_report_is_self_contained_and_filled_from_the_logs(results):
         assert f"| {variant} | {act} greedy 1 | {act} sampled 1 |" in prompt_table  # side by side, last epoch
     assert "Prompt 1 about \\|pipes\\|" in text  # a | in the text cannot break the table
     assert "| swiglu (matched) | swiglu | 40 | 10,000 | 4,000 | 4,100 |" in text  # model card from params
-    assert "| train | test |" in text and "`a…`" in text  # data card with the split's sha256
+    assert "| training | test |" in text and "`a…`" in text  # data card with the split's sha256
     # 9 complete runs x 2 epochs x 10 s of training, 1 thread: 0.05 hours
     assert "Training steps took 0.05 hours in all" in text
 
@@ -278,10 +278,12 @@ def test_curve_table_shows_crossings_and_overfitting(tmp_path):
             (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
     assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
-    relu, gelu, silu = (row_cells(summary, act, "Validation val_loss at every evaluation") for act in curves)
+    relu, gelu, silu = (row_cells(summary, act, "The selection split's val_loss at every evaluation") for act in curves)
     assert relu[1:4] == ["5.3000 (1)", "5.0150 (2)", "5.2000 (2)"]
     assert gelu[1:4] == ["5.4000 (3)", "5.1150 (3)", "4.9000 (1)"]
-    assert relu[4] == "1" and gelu[4] == "2"  # where the mean curve is lowest
+    assert relu[4] == "10" and gelu[4] == "20"  # the step where the mean curve is lowest
+    header = row_cells(summary, "variant", "The selection split's val_loss at every evaluation")
+    assert header[1:4] == ["step 5", "step 10 (epoch 1)", "step 20 (epoch 2)"]  # by step, epochs where whole
     assert relu[5].startswith("0.1850 ± ") and gelu[5] == "0.0000 ± 0.0000"  # final minus each run's own lowest
     assert "3 of 3 pairs of activations change order at least once between evaluations (their mean curves " \
            "cross): gelu / relu, gelu / silu, relu / silu." in summary
@@ -425,11 +427,84 @@ def test_attention_heads_are_ranked_within_each_run_never_matched_by_index(resul
 
 def test_machine_seconds_are_drawn_only_for_one_machine_alone(results):
     loaded = [runs.load_run(p) for p in sorted(results.glob("relu_seed*.json"))]
+    assert not runs.one_machine_alone(loaded)  # logs that do not say how they ran
     for run in loaded:
         run.log["run"].update(cpu="AMD EPYC", device="cpu", threads=2, cpu_count=2)
-    assert figures.one_machine_alone(loaded)
+    assert runs.one_machine_alone(loaded)
     loaded[0].log["run"]["threads"] = 1  # two single-thread runs side by side share the machine
-    assert not figures.one_machine_alone(loaded)
+    assert not runs.one_machine_alone(loaded)
+
+
+def test_the_table_shows_machine_time_only_where_every_run_had_the_machine_alone(results):
+    def table_header() -> list[str]:
+        assert analyze_results.main(["--results_dir", str(results)]) == 0
+        return row_cells((results / "summary.md").read_text(), "variant", "**Power**")
+    for path in results.glob("*_seed*.json"):  # side by side: one thread each on a two-core machine
+        log = json.loads(path.read_text())
+        log["run"].update(cpu="AMD EPYC", device="cpu", threads=1, cpu_count=2)
+        path.write_text(json.dumps(log))
+    assert "tokens/s" not in table_header() and tables.MACHINE_TIME_OMITTED in (results / "summary.md").read_text()
+    for path in results.glob("*_seed*.json"):
+        log = json.loads(path.read_text())
+        log["run"]["threads"] = 2
+        path.write_text(json.dumps(log))
+    assert {"train s", "tokens/s"} <= set(table_header())
+    assert tables.MACHINE_TIME_OMITTED not in (results / "summary.md").read_text()
+
+
+def with_report_split(log: dict, preset: str) -> dict:
+    """A synthetic log with a report split (validation half B) and the given preset name."""
+    log["data"]["val"]["split"], log["model_config"]["preset"] = "validation:A", preset
+    log["data"]["test"] = {**log["data"]["val"], "split": "validation:B"}
+    log["final"]["test"] = {**log["final"]["val"], "loss": log["final"]["val"]["loss"] + 0.1}
+    for entry in log["epochs"]:
+        entry.update(test_loss=entry["val_loss"] + 0.1, test_ppl=math.exp(entry["val_loss"] + 0.1),
+                     test_bpb=(entry["val_loss"] + 0.1) / 3)
+    return log
+
+
+def test_every_output_names_the_selection_and_report_splits_and_the_preset_by_its_new_name(tmp_path):
+    for act in ("relu", "gelu"):
+        for seed in (1, 2, 3):
+            log = with_report_split(synthetic_log(act, seed, VAL_LOSS[act][seed]), "seed" if seed < 3 else "reference")
+            (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    summary, report = (tmp_path / "summary.md").read_text(), (tmp_path / "report.md").read_text()
+    assert "6 runs in 1 group(s)" in summary  # the old name "seed" and "reference" are one architecture
+    assert "selection split `validation:A`" in summary and "report split `validation:B`" in summary
+    header = row_cells(summary, "variant", "**Power**")
+    assert {"selection loss", "report loss", "report bits/byte"} <= set(header)
+    assert not {"val loss", "test loss"} & set(header)
+    assert "preset reference" in summary and "preset `reference`" in report and "preset seed" not in summary
+    assert "| selection | validation:A |" in report and "| report | validation:B |" in report  # the data card
+
+
+def test_figure_words_say_one_seed_and_name_heads_by_focus():
+    one, three = {"relu": [object()]}, {"relu": [object()] * 3, "gelu": [object()] * 3}
+    assert figures.seeds_phrase(one, "band") == "one seed: no band"
+    assert figures.seeds_phrase(three, "error bar") == "mean over 3 seeds; error bar: 95% CI over seeds"
+    assert [figures.head_title(r, 4) for r in (None, 0, 1, 2, 3)] == [
+        "mean over heads", "most focused head", "2nd most focused head", "3rd most focused head", "least focused head"]
+
+
+def test_the_curves_figure_draws_the_report_split_and_leaves_no_panel_empty(tmp_path):
+    paths = []
+    for act in ("relu", "gelu"):
+        log = with_report_split(synthetic_log(act, 1, VAL_LOSS[act][1]), "reference")
+        log["evals"] = [{"step": 5, "epoch": 1, **{f"{role}_{k}": 5.5 for role in ("val", "test") for k in ("loss", "ppl", "bpb")}}]
+        paths.append(tmp_path / f"{act}.json")
+        paths[-1].write_text(json.dumps(log))
+    group = [runs.load_run(p) for p in paths]
+    assert figures.curve_panels(group, "relu") == [("loss", "val_loss", "val"), ("loss", "test_loss", "test"),
+                                                   ("paired", "test_loss", "test")]
+    fig = figures.curves_figure(group, {"trigram_kn": {"val": {"loss": 4.0}, "test": {"loss": 4.1}}}, "relu")
+    axes = fig.axes
+    assert len(axes) == 4 and all(ax.lines for ax in axes)  # no empty panel
+    titles = [ax.get_title() for ax in axes]
+    assert any("report split validation:B" in t and "primary metric" in t for t in titles)
+    labels = [t.get_text() for ax in axes for t in ax.texts]
+    assert labels == ["trigram_kn (selection)", "trigram_kn (report)"]  # each baseline line names its split
+    assert "one seed: no band" in fig.get_suptitle()
 
 
 def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):

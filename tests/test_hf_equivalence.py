@@ -117,7 +117,7 @@ def test_activation_names_map_to_the_same_function(ours, hf):
 
 @pytest.mark.parametrize(
     "change, reason",
-    [({"preset": "seed"}, "no final LayerNorm"), ({"act_fn": "swiglu"}, "gated MLP"), ({"act_fn": "glu"}, "gated MLP")],
+    [({"preset": "reference"}, "no final LayerNorm"), ({"act_fn": "swiglu"}, "gated MLP"), ({"act_fn": "glu"}, "gated MLP")],
 )
 def test_what_gpt2_cannot_express_is_a_value_error_saying_why(change, reason):
     cfg = TransformerConfig(d_vocab=VOCAB, n_ctx=N_CTX, d_model=48, n_heads=4, d_mlp=96, n_layers=1, preset="gpt2")
@@ -153,6 +153,6 @@ def test_a_trained_gpt2_run_exports_and_loads_with_auto_classes(tiny_argv, tmp_p
 def test_export_of_a_model_gpt2_cannot_hold_is_refused_before_training(tiny_argv, tmp_path):
     from conftest import run_cli
 
-    result = run_cli(tiny_argv(None, "--export_hf", str(tmp_path / "hf")))  # seed preset
+    result = run_cli(tiny_argv(None, "--export_hf", str(tmp_path / "hf")))  # reference preset
     assert result.returncode == 2 and "no final LayerNorm" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "relu_seed3.json").exists()

@@ -614,3 +614,17 @@ def test_offline_without_local_files_is_one_line_naming_both_and_leaves_no_lock(
                                     "../shared/data/wikitext-2-raw-v1", "--tokenizer", "../shared/data/gpt2-tokenizer",
                                     "--train_split", "test", "--val_split", "validation:A", "--test_split", "validation:B"])
     assert not (tmp_path / "out").exists()  # nothing left behind: no lock, no empty checkpoints folder
+
+
+def test_the_preset_once_called_seed_is_accepted_by_its_old_name_in_flags_and_logs(tiny_argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_simple.main(tiny_argv(out, "--max_steps", "2", "--preset", "seed")) == 0
+    path = out / "relu_seed3.json"
+    log = json.loads(path.read_text())
+    assert log["model_config"]["preset"] == "reference"
+    log["model_config"]["preset"] = "seed"  # as a log from before the rename says
+    path.write_text(json.dumps(log))
+    capsys.readouterr()
+    assert train_simple.main(tiny_argv(out, "--max_steps", "2")) == 0  # the same run: skipped, not refused
+    assert "is complete with these settings" in capsys.readouterr().err
+    assert run_log.read_log(path)["model_config"]["preset"] == "reference"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cli import Parser
 from data_utils import LAYOUTS
+from run_log import OLD_PRESET_NAMES
 from transformer_from_scratch import ACTIVATIONS, PRESETS, TransformerConfig, activation_names, canonical_activation
 from transformer_from_scratch.config import MLP_INITS, UNEMBED_BIASES
 from transformer_from_scratch.hf import check_gpt2_expressible
@@ -103,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(AVX512-BF16 or AMX: AMD Zen 4, Intel Sapphire Rapids); far slower on CPUs without it "
                         "(AVX2, or AVX-512 without BF16). Runs of different precision are never pooled")
     g = p.add_argument_group(MODEL, "architecture (each flag is the TransformerConfig field of its name)")
-    g.add_argument("--preset", choices=PRESETS, default="seed", help="architecture: the study's (seed) or GPT-2's")
+    g.add_argument("--preset", choices=PRESETS, default="reference", type=lambda name: OLD_PRESET_NAMES.get(name, name),
+                   help="architecture: the study's (reference; its old name seed is still accepted) or GPT-2's")
     g.add_argument("--d_model", type=int, default=256, help="residual stream width")
     g.add_argument("--d_mlp", type=int, default=1024, help="MLP hidden width (before --match_params)")
     g.add_argument("--n_heads", type=int, default=4, help="attention heads")

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .activations import ACTIVATIONS, canonical_activation
 
-PRESETS = ("seed", "gpt2")
+PRESETS = ("reference", "gpt2")
 ATTENTION_IMPLS = ("einsum", "sdpa")
 MLP_INITS = ("standard", "variance_matched")
 UNEMBED_BIASES = ("none", "log_unigram")
@@ -20,14 +20,14 @@ MATCHED_WIDTH_MULTIPLE = 8
 class TransformerConfig:
     """Model shape. Defaults are the reference study.
 
-    preset "seed": the study's architecture: fixed sinusoidal positions, attention without biases,
+    preset "reference": the study's architecture: fixed sinusoidal positions, attention without biases,
         LayerNorm before attention and before the MLP, no final LayerNorm.
     preset "gpt2": GPT-2's layout: learned positions, attention biases, a final LayerNorm; it exists
         so the implementation can be checked weight-for-weight against Hugging Face's GPT-2.
     match_params: give gated (GLU) activations 2/3 of d_mlp so their MLP has, within 1%, the
         parameter count of an ungated one (three matrices instead of two).
     attn_impl: "einsum" (from scratch, the default) or "sdpa" (PyTorch's fused kernel, same maths).
-    final_ln: a LayerNorm before the unembedding in the seed preset (None: none); gpt2 always has one.
+    final_ln: a LayerNorm before the unembedding in the reference preset (None: none); gpt2 always has one.
     mlp_init: "standard" (the preset's scheme), or "variance_matched": W_out's init scaled per
         activation so every MLP starts with relu's output variance (see transformer.init_std).
     dropout: probability for embedding, attention-pattern and residual dropout (0: none, no module).
@@ -45,7 +45,7 @@ class TransformerConfig:
     d_mlp: int = 1024
     n_layers: int = 2
     act_fn: str = "gelu"
-    preset: str = "seed"
+    preset: str = "reference"
     match_params: bool = False
     attn_impl: str = "einsum"
     layer_norm_eps: float = 1e-5

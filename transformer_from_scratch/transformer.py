@@ -1,7 +1,7 @@
 """The decoder-only transformer: embed, add positions, n_layers pre-LN blocks, unembed.
 
 Initialisation (``init_weights``) is part of the experiment, so it is spelled out here:
-    preset "seed" (the study):  MLP W_in and W_gate Kaiming-normal (std sqrt(2 / d_model)), W_out
+    preset "reference" (the study):  MLP W_in and W_gate Kaiming-normal (std sqrt(2 / d_model)), W_out
         Xavier-normal (std sqrt(2 / (d_hidden + d_model))), MLP biases zero; W_E, W_U, W_Q, W_K,
         W_V, W_O ~ N(0, 0.02); LayerNorm weight 1, bias 0.
     preset "gpt2": GPT-2's scheme: every matrix ~ N(0, 0.02), the two residual-writing projections
