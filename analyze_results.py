@@ -32,6 +32,7 @@ from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, 
     markdown_sweep, paired_comparisons, sweep_families
 from baselines import baselines_for
 from cli import Parser
+import preregistration
 from run_log import WriteError, atomic_write
 from study import StudyError, load_study
 
@@ -130,22 +131,34 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
                 for i, (group, note) in enumerate(zip(groups, differences(groups)), start=1)]
     sweeps = analyse_sweeps(groups, args, out_dir)
     headline = "\n\n".join(g.headline for g in analysed)
+    declared = preregistration_line(runs, args.study)
     not_analysed = markdown_not_analysed(loaded)
     md = ["# Activation comparison", "",
           f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
           f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", "",
+          *([f"**Pre-registration**: {declared}", ""] if declared else []),
           f"## {report.HEADLINE}", "", headline, "", *(line for g in analysed for line in g.summary),
           *(line for text, _ in sweeps for line in (text, "")),
           *([f"## {NOT_ANALYSED}", "", not_analysed, ""] if not_analysed else [])]
     summary = printable("\n".join(md))
     atomic_write(out_dir / "summary.md", summary.encode())
-    document = report.render([g.section for g in analysed], NOT_ANALYSED, not_analysed, sweeps, headline=headline)
+    document = report.render([g.section for g in analysed], NOT_ANALYSED, not_analysed, sweeps, headline=headline,
+                             preregistration=declared)
     atomic_write(out_dir / "report.md", printable(document).encode())
     csv = pd.concat([g.csv for g in analysed]).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", printable(csv).encode())
     figures = [out_dir / name for g in analysed for name, _ in g.section.figures] + \
         [out_dir / name for _, files in sweeps for name, _ in files]
     return summary, [out_dir / "report.md", out_dir / "summary.md", out_dir / "summary.csv", *figures]
+
+
+def preregistration_line(runs: list[Run], study_file: Path | None) -> str | None:
+    """Whether the study was declared (committed, unmodified) before its runs began; None when no run
+    was started by study.py and no study file was given (a folder of one's own runs)."""
+    records = [(r.log["run"].get("study"), r.log["run"].get("started", "")) for r in runs]
+    if study_file is None and all(record is None for record, _ in records):
+        return None
+    return preregistration.verdict(records, preregistration.sha256_of(study_file) if study_file else None)
 
 
 def writable_folder(folder: Path) -> Path:

@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from preregistration import declaration, uncommitted_warning
 from search.space import Search, StudyError, load_search
 
 ROOT = Path(__file__).resolve().parent
@@ -48,7 +49,8 @@ KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "point", "m
         "search"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
-RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params"}
+RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
+             "study_file"}
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def run_commands(study: Study, threads: int) -> list[list[str]]:
                 commands.append([sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
                                  *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(seed),
                                  "--run_name", name, "--output_dir", str(study.folder), "--threads", str(threads),
-                                 "--resume", *flag_args(study.train)])
+                                 "--resume", "--study_file", str(study.path), *flag_args(study.train)])
     return commands
 
 
@@ -182,7 +184,7 @@ def trial_run(study: Study, trial, threads: int):
     command = [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
                *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(study.search.tuning_seed),
                "--run_name", name, "--output_dir", str(folder), "--threads", str(threads), "--resume", "--keep", "best",
-               *flag_args({**study.train, **params})]
+               "--study_file", str(study.path), *flag_args({**study.train, **params})]
     return TrialRun(name, folder, command)
 
 
@@ -221,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    warning = None if args.list or args.report_only else uncommitted_warning(declaration(args.study))
+    if warning:
+        print(warning, file=sys.stderr)
     if study.search is not None:
         return search_main(study, args, threads)
     commands = run_commands(study, threads)

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from data_utils import DataError, check_offline_inputs
+from preregistration import declaration
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, PRUNED, RUNNING, SCHEMA_VERSION, WriteError, \
     remove_stale_temporaries, write_log
 from training.checkpoint import read_final_weights
@@ -61,7 +62,7 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
     return {
         "schema_version": SCHEMA_VERSION,
         "status": status,
-        "run": {"name": spec.name, **rt.facts, **h.git, "threads": torch.get_num_threads(), "flags": rt.flags,
+        "run": {"name": spec.name, **rt.facts, **h.git, **h.study, "threads": torch.get_num_threads(), "flags": rt.flags,
                 "started": h.started, "ended": None if status == RUNNING else now(), "resumed": h.resumed},
         "model_config": {**state.model.cfg.to_dict(), "training_flops_per_token": training_flops_per_token(state.model.cfg)},
         "train_config": spec.train_config,
@@ -410,7 +411,8 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
         if not todo:
             return 1 if failed else 0
         flags = {**group_flags(parser, args, "sources"), **group_flags(parser, args, "execution")}
-        rt = Runtime(device, ddp, stop, flags, run_facts(command, device, ddp))
+        facts = run_facts(command, device, ddp) | ({"study": declaration(args.study_file)} if args.study_file else {})
+        rt = Runtime(device, ddp, stop, flags, facts)
         data = load_data(args)
         for spec in todo:
             if stop.signum is not None:

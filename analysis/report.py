@@ -185,7 +185,7 @@ def compute_spent(runs: list) -> str:
 
 
 def render(sections: list[Section], not_analysed_title: str, not_analysed: str | None,
-           sweeps: list[tuple[str, list]] = (), headline: str = "") -> str:
+           sweeps: list[tuple[str, list]] = (), headline: str = "", preregistration: str | None = None) -> str:
     """The whole report; ``not_analysed``: the body of the section on failed runs and skipped logs
     (None: there are none); ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
     everything = [r for s in sections for r in s.runs]
@@ -193,6 +193,7 @@ def render(sections: list[Section], not_analysed_title: str, not_analysed: str |
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
           "Values are mean ± 95% confidence interval over seeds (t distribution); paired tests compare each "
           "activation with the baseline seed by seed, Holm-corrected.", "",
+          *([f"**Pre-registration**: {preregistration}", ""] if preregistration else []),
           *([f"## {HEADLINE}", "", headline, ""] if headline else []),
           "## What was run", "", what_was_run(everything), ""]
     for sweep, figures in sweeps:  # a sweep reads as one document: its table first

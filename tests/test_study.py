@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -96,3 +98,58 @@ def test_the_study_runner_knows_the_registrys_gated_activations():
     from transformer_from_scratch import ACTIVATIONS
 
     assert GATED == {name for name, act in ACTIVATIONS.items() if act.gated}
+
+
+ONE_RUN = """
+name = "declared"
+baseline = "relu"
+seeds = [1]
+lrs = [1e-3]
+[[arms]]
+activation = "relu"
+"""
+
+
+def run_study(folder, *extra):
+    return subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), *extra],
+                          capture_output=True, text=True, cwd=folder, timeout=600)
+
+
+def git(folder, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+@pytest.mark.slow
+def test_an_uncommitted_study_file_is_recorded_warned_about_and_said_so_in_the_report(tmp_path, corpus_dir,
+                                                                                     tiny_tokenizer_dir):
+    folder = tmp_path / "loose"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN)
+    result = run_study(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "study.toml is not committed as it is now" in result.stderr
+    record = json.loads((folder / "relu_seed1.json").read_text())["run"]["study"]
+    assert record["commit"] is None and record["sha256"] == hashlib.sha256((folder / "study.toml").read_bytes()).hexdigest()
+    for name in ("summary.md", "report.md"):
+        assert "**Pre-registration**: **Not pre-registered**: the study file" in (folder / name).read_text()
+
+
+@pytest.mark.slow
+def test_a_study_committed_before_its_runs_is_pre_registered_until_the_file_changes(tmp_path, corpus_dir,
+                                                                                   tiny_tokenizer_dir):
+    folder = tmp_path / "declared"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN)
+    git(folder, "init", "-q")
+    git(folder, "add", "study.toml")
+    git(folder, "commit", "-q", "-m", "declare")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True).stdout.strip()
+    result = run_study(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not committed" not in result.stderr
+    assert json.loads((folder / "relu_seed1.json").read_text())["run"]["study"]["commit"] == commit
+    report = (folder / "report.md").read_text()
+    assert f"**Pre-registration**: Pre-registered: the study file (sha256 `" in report and f"`{commit[:10]}`" in report
+    with open(folder / "study.toml", "a") as f:
+        f.write("# an edit after the runs\n")
+    assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
+    assert "Not pre-registered as it reads now" in (folder / "report.md").read_text()

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where to train (auto: a GPU if there is one, else the CPU)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument("--study_file", type=Path, default=None, metavar="TOML",
+                   help="the study file that declared this run (study.py passes it): its sha256 and the commit "
+                        "holding it are recorded in the log (run.study), so the report can say whether the study "
+                        "was committed before its runs began")
     g.add_argument("--log_every", type=int, default=10,
                    help="record a step entry every N steps (and rewrite the log: it always shows where the run is)")
     g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
@@ -286,6 +290,8 @@ def short_float(value: float) -> str:
 
 
 def validate(args: argparse.Namespace) -> None:
+    if args.study_file is not None and not args.study_file.is_file():
+        raise UsageError(f"--study_file {args.study_file}: no such file")
     for flag in ("num_epochs", "batch_size", "max_length", "log_every", "checkpoint_every", "eval_batch_size",
                  "probe_sequences"):
         if getattr(args, flag) <= 0:

@@ -56,6 +56,7 @@ class History:
 
     started: str = field(default_factory=now)
     git: dict = field(default_factory=dict)  # git_commit, git_dirty of the first segment (resumed: the later ones)
+    study: dict = field(default_factory=dict)  # {"study": the declaration when the run first started}, or empty
     resumed: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     evals: list = field(default_factory=list)
@@ -100,7 +101,8 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if spec.train_config["compile"]:
         forward = torch.compile(forward)
     return TrainingState(model, optimizer, forward, Progress(),
-                         History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")}))
+                         History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")},
+                                 study={"study": rt.facts["study"]} if "study" in rt.facts else {}))
 
 
 def parameter_groups_for_decay(model: Transformer) -> list[dict]:
