@@ -175,10 +175,12 @@ def trial_run(study: Study, trial, threads: int):
     """One trial of a search: its flags drawn by Optuna (the arm too, when there are several), trained
     on the tuning seed with its best weights kept, in ``<study folder>/trials/``."""
     from search.runner import TrialRun, trial_name
+    from training.settings import SIZES
 
     arms = {arm.name: arm for arm in study.arms}
     arm = arms[trial.suggest_categorical("arm", list(arms))] if len(arms) > 1 else study.arms[0]
-    params = study.search.suggest(trial, study.train.get("d_model", 256))
+    width = study.train.get("d_model") or SIZES[study.train.get("size", "reference")]["d_model"]
+    params = study.search.suggest(trial, width)  # a searched d_model, else this one, scales mlp_ratio
     lr = params.pop("lr", arm.lr if arm.lr is not None else (study.lrs or [None])[0])
     name, folder = trial_name(trial), study.folder / "trials"
     command = [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,

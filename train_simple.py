@@ -164,16 +164,18 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
         **prefixed("test", test, BREAKDOWN_KEYS), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
-    recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
-    n_probe = min(spec.train_config["probe_sequences"], len(data.val))
-    inputs, targets = data.val.batch(torch.arange(n_probe))
-    h.dynamics.append({
-        "epoch": p.epoch, "partial": partial,
-        "layer_grad_norms": {k: sum(r[k] for r in recorded) / len(recorded) for k in (recorded[0] if recorded else {})},
-        **probe(state.model, inputs.to(rt.device), (targets != IGNORE_INDEX).to(rt.device)),
-    })
-    h.samples.append({"epoch": p.epoch, "partial": partial, "step": p.step,
-                      "prompts": continue_prompts(state.model, data, spec.seed, rt.device)})
+    if rt.flags["probes"]:
+        recorded = [s["layer_grad_norms"] for s in h.steps if s["epoch"] == p.epoch]
+        n_probe = min(spec.train_config["probe_sequences"], len(data.val))
+        inputs, targets = data.val.batch(torch.arange(n_probe))
+        h.dynamics.append({
+            "epoch": p.epoch, "partial": partial,
+            "layer_grad_norms": {k: sum(r[k] for r in recorded) / len(recorded) for k in (recorded[0] if recorded else {})},
+            **probe(state.model, inputs.to(rt.device), (targets != IGNORE_INDEX).to(rt.device)),
+        })
+    if rt.flags["samples"]:
+        h.samples.append({"epoch": p.epoch, "partial": partial, "step": p.step,
+                          "prompts": continue_prompts(state.model, data, spec.seed, rt.device)})
 
 
 

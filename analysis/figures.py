@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
-    one_machine_alone, validation_curve  # noqa: E402
+    has_probes, one_machine_alone, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
 
@@ -357,8 +357,9 @@ def plot_lr_sweep(family: list[list[Run]], metric: str, path: Path) -> None:
 
 def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, folder: Path, suffix: str) -> list[tuple[str, str]]:
     """Every figure a group has data for, drawn into ``folder``; (file name, how to read it) of each."""
-    figures = {"training_curves": functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm),
-               "training_dynamics": plot_dynamics}
+    figures = {"training_curves": functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm)}
+    if has_probes(group):
+        figures["training_dynamics"] = plot_dynamics
     if has_attention(group):
         figures["attention"] = plot_attention
     if has_compute(group):

@@ -261,4 +261,9 @@ def one_machine_alone(group: list[Run]) -> bool:
 
 
 def has_attention(group: list[Run]) -> bool:
-    return all(d.get("attention") for r in group for d in r.log["dynamics"])
+    return has_probes(group) and all(d.get("attention") for r in group for d in r.log["dynamics"])
+
+
+def has_probes(group: list[Run]) -> bool:
+    """Whether every run probed its model (train_simple.py --no-probes skips it)."""
+    return all(r.log["dynamics"] for r in group)

@@ -1,6 +1,7 @@
 """Training and evaluation throughput of our model against Hugging Face GPT-2, side by side.
 
     python benchmarks/throughput.py [--rounds 5] [--precisions fp32 bf16] [--json]
+    python benchmarks/throughput.py --shapes [--rounds 3] [--json]     # the search's shapes (shapes.py)
 
 Both models have the study's sizes (d_model 256, 4 heads, 2 layers, d_mlp 1024, vocab 50,257) and
 train with AdamW and gradient clipping on the same batches. Rounds alternate A/B in one process, and
@@ -171,16 +172,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="default: fp32, and bf16 where the CPU has native bf16")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    p.add_argument("--shapes", action="store_true",
+                   help="instead: our model at the search's shapes (d_model 64/128/256 x 1/2/4 layers x tied/untied), "
+                        "each against the matmul ceiling at its width, with what an evaluation costs (shapes.py)")
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256], help="--shapes: the d_model values")
+    p.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4], help="--shapes: the n_layers values")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    precisions = args.precisions or ["fp32", *(["bf16"] if native_bf16() or args.device == "cuda" else [])]
+    if args.shapes:
+        from shapes import measure_shapes, print_shapes
+
+        rows = measure_shapes(precisions, args.rounds, args.widths, args.depths)
+        if args.json:
+            print(json.dumps({"threads": torch.get_num_threads(), "native_bf16": native_bf16(), "shapes": rows}, indent=1))
+        else:
+            print_shapes(rows, precisions)
+        return 0
     cfg = TransformerConfig()
     models = {which: build(which, cfg, args.device) for which in ("ours", "hf")}
     tokens = torch.randint(0, cfg.d_vocab, (BATCH, SEQ)).to(args.device)
     dense_tokens = BATCH * (SEQ - 1)  # scored targets per dense batch
-
-    precisions = args.precisions or ["fp32", *(["bf16"] if native_bf16() or args.device == "cuda" else [])]
     # Every (precision, model) pair alternates with the others in one loop: no figure comes from
     # another minute of this drifting machine than its peers.
     train = interleaved({(p, w): (lambda p=p, w=w: train_step(w, *models[w], tokens, tokens, p == "bf16"))

@@ -48,3 +48,17 @@ def test_bf16_is_measured_for_both_models_with_the_matmul_speedup(tmp_path, caps
                 "bf16_matmul_gflops", "bf16_matmul_speedup", "bf16_train_speedup"):
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["bf16_train_ratio"] == result["bf16_train_tokens_per_s"] / result["bf16_hf_train_tokens_per_s"]
+
+
+@pytest.mark.slow
+def test_the_shape_grid_reports_each_shape_against_the_ceiling_at_its_width(capsys):
+    assert throughput.main(["--shapes", "--widths", "64", "--depths", "1", "2", "--rounds", "1", "--precisions",
+                            "fp32", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["shapes"]
+    assert [(r["d_model"], r["n_layers"], r["tied"]) for r in rows] == [(64, 1, False), (64, 1, True), (64, 2, False),
+                                                                        (64, 2, True)]
+    for r in rows:
+        fraction = r["fp32_train_tokens_per_s"] * r["train_mflop_per_token"] * 1e6 / (r["fp32_ceiling_gflops"] * 1e9)
+        assert r["fp32_train_ceiling_fraction"] == pytest.approx(fraction)
+        assert all(r[key] > 0 for key in ("fp32_eval_20k_tokens_s", "probe_s", "samples_s"))
+    assert rows[2]["train_mflop_per_token"] > rows[0]["train_mflop_per_token"]  # a second layer costs FLOPs

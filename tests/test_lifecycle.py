@@ -628,3 +628,13 @@ def test_the_preset_once_called_seed_is_accepted_by_its_old_name_in_flags_and_lo
     assert train_simple.main(tiny_argv(out, "--max_steps", "2")) == 0  # the same run: skipped, not refused
     assert "is complete with these settings" in capsys.readouterr().err
     assert run_log.read_log(path)["model_config"]["preset"] == "reference"
+
+
+def test_probes_and_samples_can_be_left_out_and_the_analysis_goes_without_them(tiny_argv, tmp_path):
+    out = tmp_path / "out"
+    assert train_simple.main(tiny_argv(out, "--max_steps", "3", "--no-probes", "--no-samples")) == 0
+    log = json.loads((out / "relu_seed3.json").read_text())
+    assert log["status"] == "complete" and log["dynamics"] == [] and log["samples"] == [] and log["epochs"]
+    assert analyze_results.main([str(out)]) == 0
+    assert (out / "training_curves.png").exists() and not (out / "training_dynamics.png").exists()
+    assert "Inside the model" not in (out / "summary.md").read_text()

@@ -50,3 +50,17 @@ def test_final_weights_without_their_log_are_not_trained_over(tmp_path):
         decision = decide(spec, resume=resume, overwrite=False)
         assert decision.action == REFUSE and str(spec.weights_path) in decision.message
     assert decide(spec, resume=False, overwrite=True).action == TRAIN
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], {"d_model": 256, "n_heads": 4, "n_layers": 2, "d_mlp": 1024}),  # the reference study's model by default
+    (["--size", "tiny"], {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_mlp": 256}),
+    (["--size", "small"], {"d_model": 128, "n_heads": 4, "n_layers": 2, "d_mlp": 512}),
+    (["--size", "small", "--n_layers", "3"], {"d_model": 128, "n_heads": 4, "n_layers": 3, "d_mlp": 512}),
+])
+def test_a_named_size_sets_the_four_model_flags_and_a_flag_given_overrides_it(tmp_path, flags, expected):
+    parser = settings.build_parser()
+    args = parser.parse_args(["--activation", "relu", "--output_dir", str(tmp_path), *flags])
+    [spec] = settings.run_specs(parser, args)
+    assert {key: spec.model_flags[key] for key in expected} == expected
+    assert "size" not in spec.model_flags  # the log records the dimensions, not the name
