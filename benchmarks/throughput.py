@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = measure_shapes(precisions, args.rounds, args.widths, args.depths)
         if args.json:
-            print(json.dumps({"threads": torch.get_num_threads(), "native_bf16": native_bf16(), "shapes": rows}, indent=1))
+            print(json.dumps({"threads": torch.get_num_threads(), "native_bf16": native_bf16(), "allocator":
+                              "glibc, freed memory kept", "shapes": rows}, indent=1))
         else:
             print_shapes(rows, precisions)
         return 0

@@ -257,7 +257,8 @@ def test_training_flops_per_token_by_hand_and_by_counting():
         assert counter.get_total_flops() == tokens.numel() * training_flops_per_token(model.cfg)
 
 
-def test_bf16_fused_loss_rounds_like_bf16_autocast_and_stays_close_to_fp32():
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_fused_loss_rounds_like_bf16_autocast_and_stays_close_to_fp32(bias):
     # Logits spread over +-30: bf16 keeps 8 bits, so a logit is rounded by up to ~0.06 and the loss
     # moves visibly off fp32. The fused path must round as autocast's textbook path does (the same
     # bf16 products), not more: its distance to that path is a small fraction of its distance to fp32.
@@ -265,14 +266,17 @@ def test_bf16_fused_loss_rounds_like_bf16_autocast_and_stays_close_to_fp32():
     h = (torch.randn(96, 64) * 3).requires_grad_()
     W = torch.randn(64, 700).requires_grad_()
     t = torch.randint(0, 700, (96,))
+    b = (torch.randn(700) * 3).requires_grad_() if bias else None  # added in fp32 to the rounded product
 
     def loss_and_grads(fused: bool, bf16: bool):
         h.grad = W.grad = None
+        if b is not None:
+            b.grad = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = linear_cross_entropy(h, W, t, vocab_tile=128) if fused else F.cross_entropy(
-                (h @ W).float(), t, reduction="sum")
+            loss = linear_cross_entropy(h, W, t, vocab_tile=128, b_U=b) if fused else F.cross_entropy(
+                (h @ W).float() + (0 if b is None else b), t, reduction="sum")
         loss.backward()
-        return loss.detach(), h.grad.clone(), W.grad.clone()
+        return loss.detach(), h.grad.clone(), W.grad.clone(), *([] if b is None else [b.grad.clone()])
 
     exact, ours, textbook = loss_and_grads(True, False), loss_and_grads(True, True), loss_and_grads(False, True)
     assert ours[0].dtype == torch.float32 and ours[1].dtype == ours[2].dtype == torch.float32
