@@ -300,7 +300,7 @@ def plot_attention(group: list[Run], path: Path) -> None:
         axes[layer, 0].set_ylabel("attention entropy (nats)")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(f"Attention entropy on the probe set per activation ({seeds_phrase(variants, 'band')}; dotted: "
-                 f"uniform attention); heads ranked by entropy within each run")
+                 f"uniform attention)\nheads ranked by entropy within each run")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
