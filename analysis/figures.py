@@ -220,7 +220,7 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
     variants = by_variant(group)
     colors = variant_colors(list(variants))
     evaluated = has_evals(group)
-    panels = curve_panels(group, baseline_arm) if evaluated else [("loss", "val_loss", "val")]
+    panels = curve_panels(group, baseline_arm)
     columns = 2 if len(panels) == 3 else len(panels) + 1
     rows = 2 if len(panels) == 3 else 1
     fig, axes = plt.subplots(rows, columns, figsize=(7 * columns, 4.6 * rows), squeeze=False, constrained_layout=True)

@@ -14,7 +14,7 @@ from transformer_from_scratch import TransformerConfig
         ({"act_fn": "tanhh"}, ["act_fn", "'relu'", "'swiglu'"]),
         ({"d_mlp": 0}, ["d_mlp", "positive"]),
         ({"n_layers": -1}, ["n_layers", "positive"]),
-        ({"preset": "llama"}, ["preset", "'seed'", "'gpt2'"]),
+        ({"preset": "llama"}, ["preset", "'reference'", "'gpt2'"]),
         ({"attn_impl": "flash"}, ["attn_impl", "'einsum'", "'sdpa'"]),
     ],
 )

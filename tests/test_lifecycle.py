@@ -362,7 +362,9 @@ def test_every_flag_that_can_change_a_result_is_recorded_in_the_log(tiny_argv, t
     sections = {settings.TRAINING: "train_config", settings.MODEL: "model_config", settings.DATA: "data"}
     for group in parser._action_groups:
         for action in group._group_actions:
-            if group.title in sections:
+            if action.dest == "size":  # a name for four model flags, which model_config records
+                assert all(key in log["model_config"] for key in settings.SIZES[action.default])
+            elif group.title in sections:
                 assert action.dest in log[sections[group.title]], action.dest
             elif action.dest not in ("help", "activation", "seeds", "resume", "overwrite"):
                 assert action.dest in log["run"]["flags"], action.dest
@@ -453,7 +455,7 @@ def test_a_test_split_that_is_the_training_file_under_another_name_is_skipped(ti
     assert "same contents as the train split" in capsys.readouterr().err
     assert analyze_results.main(["--results_dir", str(tmp_path / "out")]) == 0
     for document in ("summary.md", "report.md"):
-        assert "(no test: test split" in (tmp_path / "out" / document).read_text()
+        assert "(no report split: test split" in (tmp_path / "out" / document).read_text()
 
 
 def test_a_validation_split_that_is_the_training_file_is_refused(tiny_argv, tmp_path, corpus_dir, capsys):
