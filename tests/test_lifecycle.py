@@ -262,7 +262,8 @@ def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, 
     log = read_log(log_path)
     assert log["status"] == "interrupted" and "Traceback" not in stderr
     stopped_at = torch.load(ckpt_path, weights_only=True)["progress"]["step"]
-    assert stopped_at == log["progress"]["step"] > 3  # the checkpoint is of the step it stopped after
+    assert stopped_at == log["progress"]["step"] >= 3  # the checkpoint is of the step it stopped after (a signal
+    # that lands between step 3's log and the next step stops the run at 3: seen on a loaded machine)
     assert train_simple.main(tiny_argv(tmp_path / "stopped", *long_run, "--resume")) == 0
     assert train_simple.main(tiny_argv(tmp_path / "whole", *long_run)) == 0
     assert_same_run(tmp_path / "whole", tmp_path / "stopped")
