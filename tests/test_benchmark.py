@@ -56,7 +56,7 @@ def test_the_shape_grid_reports_each_shape_against_the_ceiling_at_its_width(caps
                             "fp32", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["shapes"]
     assert [(r["d_model"], r["n_layers"], r["tied"]) for r in rows] == [(64, 1, False), (64, 1, True), (64, 2, False),
-                                                                        (64, 2, True)]
+                                                                        (64, 2, True)]  # every depth, tied and not
     for r in rows:
         fraction = r["fp32_train_tokens_per_s"] * r["train_mflop_per_token"] * 1e6 / (r["fp32_ceiling_gflops"] * 1e9)
         assert r["fp32_train_ceiling_fraction"] == pytest.approx(fraction)
