@@ -205,6 +205,19 @@ class Budget:
             study.stop()
 
 
+def one_ask_at_a_time(study) -> None:
+    """Serialise this process's ``study.ask()`` calls. Asking pops a waiting trial (a retry) by reading
+    it WAITING and then marking it RUNNING; on SQLite two worker threads asking at once both read it
+    waiting and both ran it (measured: the kill test's two resumed workers, 1 run in 3), the second
+    failing on the run's lock and then telling a trial the first had completed."""
+    ask, asking = study.ask, threading.Lock()
+
+    def locked_ask(*args, **kwargs):
+        with asking:
+            return ask(*args, **kwargs)
+    study.ask = locked_ask  # Optuna's worker threads call study.ask(): this instance's is the locked one
+
+
 def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None:
     """Run trials ``jobs`` at a time until the budget is spent: this process starts at most the
     trials the budget has left when it starts (another process on the same storage may finish some
@@ -216,6 +229,7 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None
     # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
     # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
     optuna.storages.fail_stale_trials(study)
+    one_ask_at_a_time(study)
     budget = Budget(search)
     if budget.exhausted(study):
         return
@@ -227,5 +241,13 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None
         print(f"{run.name}: selection loss {value:.4f} at its best point", file=sys.stderr)
         return value
 
-    left = None if search.trials is None else search.trials - budget.spent(study)[0]
-    study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget], catch=(TrialFailed,))
+    while not budget.exhausted(study):
+        left = None if search.trials is None else search.trials - budget.spent(study)[0]
+        try:
+            study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget], catch=(TrialFailed,))
+            return
+        except optuna.exceptions.UpdateFinishedTrialError as err:
+            # A live trial whose heartbeat lagged (a loaded machine) was failed as stale by another
+            # worker and retried under its run name: the retry finds the run's finished log and is
+            # told its value. This worker goes on instead of dying with the trial it had finished.
+            print(f"warning: {err}; its retry reads the run's log", file=sys.stderr)

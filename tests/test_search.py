@@ -122,7 +122,9 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     os.killpg(process.pid, signal.SIGKILL)  # the search and its trial's run, at once
     process.wait()
     finished = {p.stem: p.read_text() for p in done}
-    time.sleep(7)  # past the heartbeat's grace period: the trials in flight are stale now
+    path.write_text(path.read_text().replace("heartbeat_seconds = 3", "heartbeat_seconds = 10"))
+    time.sleep(21)  # past the resumed workers' grace (2 x 10 s): the trials in flight are stale now, and a live
+    # trial of the two resumed workers is not (with 3 s beats a loaded machine once failed one as stale)
     stale = trial_states(path).get("running", [])
     result = run_study(path, "--jobs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
