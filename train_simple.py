@@ -62,7 +62,7 @@ def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, stat
     return {
         "schema_version": SCHEMA_VERSION,
         "status": status,
-        "run": {"name": spec.name, **rt.facts, **h.git, **h.study, "threads": torch.get_num_threads(), "flags": rt.flags,
+        "run": {"name": spec.name, **rt.facts, **h.git, **({"study": h.study} if h.study else {}), "threads": torch.get_num_threads(), "flags": rt.flags,
                 "started": h.started, "ended": None if status == RUNNING else now(), "resumed": h.resumed},
         "model_config": {**state.model.cfg.to_dict(), "training_flops_per_token": training_flops_per_token(state.model.cfg)},
         "train_config": spec.train_config,

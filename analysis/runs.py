@@ -256,7 +256,9 @@ def one_machine_alone(group: list[Run]) -> bool:
     compare. A log that does not say how it ran does not compare."""
     facts = {(r.log["run"].get("cpu"), r.log["run"].get("device"), r.log["run"].get("threads"),
               r.log["run"].get("cpu_count")) for r in group}
-    (_, _, threads, cores), = facts if len(facts) == 1 else [(None,) * 4]
+    if len(facts) != 1:
+        return False
+    _, _, threads, cores = facts.pop()
     return threads is not None and threads == cores
 
 

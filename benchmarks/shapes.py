@@ -17,7 +17,6 @@ those of training, not of page faults (without it a step spends ~0.1 s faulting 
 from __future__ import annotations
 
 import itertools
-import time
 
 import torch
 
@@ -34,17 +33,6 @@ def shape_config(d_model: int, n_layers: int, tied: bool) -> TransformerConfig:
                              tie_embeddings=tied, act_fn="relu")
 
 
-def seconds_of(fn, repeats: int = 2) -> float:
-    """Median seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def diagnostics_seconds(model, cfg: TransformerConfig) -> dict[str, float]:
     """Seconds of one evaluation's probes and of its text samples (fp32, as train_simple.py runs them)."""
     tokens = torch.randint(0, cfg.d_vocab, (PROBE_SEQUENCES, SEQ))
@@ -58,7 +46,7 @@ def diagnostics_seconds(model, cfg: TransformerConfig) -> dict[str, float]:
             model.generate(prompt, SAMPLE_TOKENS, temperature=0.8, generator=generator)
 
     with torch.no_grad():
-        return {"probe_s": seconds_of(lambda: probe(model, tokens, scored)), "samples_s": seconds_of(samples, 1)}
+        return interleaved({"probe_s": lambda: probe(model, tokens, scored), "samples_s": samples}, 1)
 
 
 def measure_shapes(precisions: list[str], rounds: int, widths=WIDTHS, depths=DEPTHS) -> list[dict]:

@@ -56,7 +56,7 @@ class History:
 
     started: str = field(default_factory=now)
     git: dict = field(default_factory=dict)  # git_commit, git_dirty of the first segment (resumed: the later ones)
-    study: dict = field(default_factory=dict)  # {"study": the declaration when the run first started}, or empty
+    study: dict | None = None  # the study file's declaration when the run first started (--study_file)
     resumed: list = field(default_factory=list)
     steps: list = field(default_factory=list)
     evals: list = field(default_factory=list)
@@ -102,7 +102,7 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         forward = torch.compile(forward)
     return TrainingState(model, optimizer, forward, Progress(),
                          History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")},
-                                 study={"study": rt.facts["study"]} if "study" in rt.facts else {}))
+                                 study=rt.facts.get("study")))
 
 
 def parameter_groups_for_decay(model: Transformer) -> list[dict]:
