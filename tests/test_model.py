@@ -103,10 +103,14 @@ def test_seed_preset_mlp_init_follows_the_study():
 
 
 @pytest.mark.parametrize("rows, tile", [(37, 8), (37, 53), (37, 256), (5, 1), (0, 8)])
-def test_fused_linear_cross_entropy_matches_textbook_loss_and_grads(rows, tile):
+@pytest.mark.parametrize("tied_layout", [False, True])
+def test_fused_linear_cross_entropy_matches_textbook_loss_and_grads(rows, tile, tied_layout):
+    # tied_layout: W is a (d_vocab x d_model) table's transpose, as a tied W_U, whose gradient the
+    # fused loss writes in place, tile by tile, in that layout
     torch.manual_seed(0)
     h = torch.randn(rows, 16, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(16, 53, dtype=torch.float64, requires_grad=True)
+    W = (torch.randn(53, 16, dtype=torch.float64).t() if tied_layout else torch.randn(16, 53, dtype=torch.float64))
+    W.requires_grad_()
     t = torch.randint(0, 53, (rows,))
     ours = linear_cross_entropy(h, W, t, vocab_tile=tile) * 0.7  # a non-unit upstream gradient
     ours.backward()
