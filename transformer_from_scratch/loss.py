@@ -15,10 +15,7 @@ tokens x d_vocab copy instead of three, turns it into softmax - onehot in place 
 multiplication once the normaliser is known, and forms both gradients during the forward pass;
 backward only scales them by the incoming gradient. The tiles live in a ``Workspace`` its owner (the
 model) reuses from call to call, because on CPU fresh memory of that size costs more in page faults
-than the softmax does. A tile is kept transposed, (width x tokens): its logits as W_tile^T h^T
-and W_U's gradient rows as tile^T h ran 1.1x and 1.3-1.5x faster than the untransposed products
-(MKL, 2-core AMD EPYC Zen 3), and a tied W_U (W_E's transpose) then receives its gradient rows in
-place, in W_E's own layout. Same numbers as ``F.cross_entropy(h @ W_U, t, reduction="sum")`` to float
+than the softmax does. Same numbers as ``F.cross_entropy(h @ W_U, t, reduction="sum")`` to float
 tolerance; a test checks loss and gradients.
 
 Under bf16 autocast the three matmuls (the logit tiles, and per tile both gradients) run in bf16,
@@ -48,8 +45,8 @@ class Tile(NamedTuple):
     """One vocabulary tile of a training forward pass, kept for the gradients."""
 
     start: int  # first vocabulary column
-    exp_shifted: Tensor  # (width, n): exp(logits - shift), transposed; overwritten with the gradient later
-    shift: Tensor  # (n,): running row maximum of the logits when this tile was reached
+    exp_shifted: Tensor  # (n, width): exp(logits - shift), overwritten with the gradient later
+    shift: Tensor  # (n, 1): running row maximum of the logits when this tile was reached
 
 
 class Workspace:
@@ -83,9 +80,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 needs_grad: bool, workspace: Workspace, matmul_dtype: torch.dtype, per_token: bool) -> Tensor:
         n_rows, d_vocab = h.shape[0], W_U.shape[1]
         h_mm, W_mm = h.to(matmul_dtype), W_U.to(matmul_dtype)  # the same tensors when no cast is asked for
-        h_mm_t = h_mm.t().contiguous()  # (d_model, n): one small copy, read by every tile
-        row_max = h.new_full((n_rows,), -math.inf)
-        sum_exp = h.new_zeros(n_rows)
+        row_max = h.new_full((n_rows, 1), -math.inf)
+        sum_exp = h.new_zeros((n_rows, 1))
         target_logit = h.new_zeros(n_rows)
         # Training keeps every tile for the gradients, side by side; evaluation reuses the first.
         buffer = workspace.take(n_rows * (d_vocab if needs_grad else min(vocab_tile, d_vocab)), like=h)
@@ -94,28 +90,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             W_tile = W_mm[:, start : start + vocab_tile]
             width = W_tile.shape[1]
             offset = n_rows * start if needs_grad else 0
-            logits = buffer[offset : offset + n_rows * width].view(width, n_rows)  # transposed: see the docstring
+            logits = buffer[offset : offset + n_rows * width].view(n_rows, width)
             if W_tile.dtype == logits.dtype:
-                torch.mm(W_tile.t(), h_mm_t, out=logits)
+                torch.mm(h_mm, W_tile, out=logits)
             else:
-                logits.copy_(torch.mm(W_tile.t(), h_mm_t))  # widened to fp32 for the softmax
+                logits.copy_(torch.mm(h_mm, W_tile))  # widened to fp32 for the softmax
             if b_U is not None:
-                logits += b_U[start : start + width, None]
+                logits += b_U[start : start + width]
             local, in_tile = _targets_in_tile(targets, start, width)
-            picked = logits.gather(0, local.clamp(0, width - 1)[None, :]).squeeze(0)
+            picked = logits.gather(1, local.clamp(0, width - 1)[:, None]).squeeze(1)
             target_logit += torch.where(in_tile, picked, 0.0)
-            new_max = torch.maximum(row_max, logits.amax(dim=0))
-            sum_exp = sum_exp * torch.exp(row_max - new_max) + logits.sub_(new_max).exp_().sum(dim=0)
+            new_max = torch.maximum(row_max, logits.amax(dim=1, keepdim=True))
+            sum_exp = sum_exp * torch.exp(row_max - new_max) + logits.sub_(new_max).exp_().sum(dim=1, keepdim=True)
             row_max = new_max
             if needs_grad:
                 tiles.append(Tile(start, logits, new_max))  # logits now hold exp(logits - new_max)
         log_normaliser = row_max + sum_exp.log()
-        token_nll = log_normaliser - target_logit
+        token_nll = log_normaliser.squeeze(1) - target_logit
         if per_token:
             return token_nll
         if needs_grad:
             ctx.has_bias = b_U is not None
-            ctx.save_for_backward(*_gradients(h_mm_t, W_mm, targets, tiles, log_normaliser, h.dtype, ctx.has_bias))
+            ctx.save_for_backward(*_gradients(h_mm, W_mm, targets, tiles, log_normaliser, h.dtype, ctx.has_bias))
         return token_nll.sum()
 
     @staticmethod
@@ -130,45 +126,43 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _gradients(
-    h_t: Tensor, W_U: Tensor, targets: Tensor, tiles: list[Tile], log_normaliser: Tensor, dtype: torch.dtype,
+    h: Tensor, W_U: Tensor, targets: Tensor, tiles: list[Tile], log_normaliser: Tensor, dtype: torch.dtype,
     bias: bool,
 ) -> tuple[Tensor, ...]:
     """d nll/d h and d nll/d W_U (in ``dtype``; the latter in W_U's own memory layout), and d nll/d b_U
-    when there is a bias, from the kept tiles, each turned into (softmax - onehot)^T in place; ``h_t``
-    (h transposed, contiguous) and ``W_U`` are in the matmuls' dtype.
+    when there is a bias, from the kept tiles, each turned into softmax - onehot in place; ``h`` and
+    ``W_U`` are in the matmuls' dtype.
 
     A tile holds exp(logits - m) for the running maximum m it was shifted by, so one multiplication
     by exp(m - log_normaliser) makes it the softmax, without a second pass of exponentials.
     """
-    d_model, n_rows = h_t.shape
-    grad_h = torch.zeros(n_rows, d_model, dtype=dtype, device=h_t.device)
-    # empty_like keeps W_U's layout: a tied W_U is W_E's transpose, and its gradient's rows then are W_E's.
+    grad_h = torch.zeros(h.shape, dtype=dtype, device=h.device)
+    # empty_like keeps W_U's layout: a tied W_U is W_E's transpose, and its gradient's rows then are W_E's
     grad_W = torch.empty_like(W_U, dtype=dtype)
     grad_b = torch.empty(W_U.shape[1], dtype=dtype, device=W_U.device) if bias else None
-    rows_scratch = h_t.new_empty(tiles[0].exp_shifted.shape[0], d_model)  # one tile's rows of grad_W^T
-    columns_of_rows = torch.arange(n_rows, device=h_t.device)
+    rows_scratch = h.new_empty(tiles[0].exp_shifted.shape[1], h.shape[1])  # one tile's rows of grad_W^T
+    rows = torch.arange(h.shape[0], device=h.device)
     for tile in tiles:
-        width = tile.exp_shifted.shape[0]
-        grad_logits = tile.exp_shifted.mul_(torch.exp(tile.shift - log_normaliser))  # softmax^T, in place
+        width = tile.exp_shifted.shape[1]
+        grad_logits = tile.exp_shifted.mul_(torch.exp(tile.shift - log_normaliser))  # softmax, in place
         local, in_tile = _targets_in_tile(targets, tile.start, width)
-        grad_logits[local[in_tile], columns_of_rows[in_tile]] -= 1.0
+        grad_logits[rows[in_tile], local[in_tile]] -= 1.0
         columns = slice(tile.start, tile.start + width)
         if grad_b is not None:
-            torch.sum(grad_logits, dim=1, out=grad_b[columns])
-        W_rows = W_U[:, columns].t()  # (width, d_model)
-        if h_t.dtype == dtype:
-            grad_h.addmm_(grad_logits.t(), W_rows)
+            torch.sum(grad_logits, dim=0, out=grad_b[columns])
+        if h.dtype == dtype:
+            grad_h.addmm_(grad_logits, W_U[:, columns].t())
         else:  # low-precision matmuls, summed in `dtype`
-            grad_logits = grad_logits.to(h_t.dtype)
-            grad_h += torch.mm(grad_logits.t(), W_rows)
-        # This tile's rows of d nll/d W_U^T, as G^T h: as h^T G, written into W_U's strided columns,
-        # the same product ran 1.3-1.5x slower (MKL, 2-core AMD EPYC). A tied W_U (W_E's transpose)
-        # takes them in place; an untied one through a tile-sized copy.
+            grad_logits = grad_logits.to(h.dtype)
+            grad_h += torch.mm(grad_logits, W_U[:, columns].t())
+        # This tile's rows of d nll/d W_U^T, as G^T h: the same product as h^T G written into W_U's
+        # strided columns ran 1.2-1.5x slower (MKL, 2-core AMD EPYC Zen 3). A tied W_U takes the rows
+        # in place; an untied one through a copy of one tile.
         grad_W_rows = grad_W[:, columns].t()
         if grad_W_rows.is_contiguous() and grad_W_rows.dtype == grad_logits.dtype:
-            torch.mm(grad_logits, h_t.t(), out=grad_W_rows)
+            torch.mm(grad_logits.t(), h, out=grad_W_rows)
         else:
-            grad_W_rows.copy_(torch.mm(grad_logits, h_t.t(), out=rows_scratch[:width]))
+            grad_W_rows.copy_(torch.mm(grad_logits.t(), h, out=rows_scratch[:width]))
     return (grad_h, grad_W) if grad_b is None else (grad_h, grad_W, grad_b)
 
 
