@@ -205,17 +205,24 @@ class Budget:
             study.stop()
 
 
-def one_ask_at_a_time(study) -> None:
-    """Serialise this process's ``study.ask()`` calls. Asking pops a waiting trial (a retry) by reading
-    it WAITING and then marking it RUNNING; on SQLite two worker threads asking at once both read it
-    waiting and both ran it (measured: the kill test's two resumed workers, 1 run in 3), the second
-    failing on the run's lock and then telling a trial the first had completed."""
-    ask, asking = study.ask, threading.Lock()
+def one_at_a_time(study) -> None:
+    """Serialise this process's ``study.ask()`` and pruner calls, which Optuna's worker threads make
+    unlocked. Asking pops a waiting trial (a retry) by reading it WAITING and then marking it RUNNING;
+    on SQLite two threads asking at once both read it waiting and both ran it (measured: the kill
+    test's two resumed workers, 1 run in 3), the second failing on the run's lock and then telling a
+    trial the first had completed. The Hyperband pruner builds its brackets on its first prune();
+    two threads pruning at once both built them, and the trials' bracket lookup then failed ("This
+    line should be unreachable": the six-trial and kill tests on a loaded machine)."""
+    lock = threading.Lock()
 
-    def locked_ask(*args, **kwargs):
-        with asking:
-            return ask(*args, **kwargs)
-    study.ask = locked_ask  # Optuna's worker threads call study.ask(): this instance's is the locked one
+    def locked(call):
+        def locked_call(*args, **kwargs):
+            with lock:
+                return call(*args, **kwargs)
+        return locked_call
+    # Optuna's worker threads call study.ask() and study.pruner.prune(): this instance's are the locked ones
+    study.ask = locked(study.ask)
+    study.pruner.prune = locked(study.pruner.prune)
 
 
 def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None:
@@ -229,7 +236,7 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None
     # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
     # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
     optuna.storages.fail_stale_trials(study)
-    one_ask_at_a_time(study)
+    one_at_a_time(study)
     budget = Budget(search)
     if budget.exhausted(study):
         return
