@@ -74,7 +74,6 @@ def apply_study(args: argparse.Namespace) -> None:
         args.ignore_settings = args.ignore_settings | {"train.lr"}
 
 
-
 @dataclass
 class GroupAnalysis:
     """One group's part of every output."""

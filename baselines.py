@@ -44,7 +44,6 @@ class Grams:
     contexts: tuple[np.ndarray, ...]  # oldest first
     targets: np.ndarray
 
-
     rows: np.ndarray | None = None  # where each target stands: tokens[rows, cols] == targets
     cols: np.ndarray | None = None
 

@@ -55,7 +55,6 @@ class NonFiniteLoss(Exception):
     """The loss or gradient norm stopped being finite."""
 
 
-
 def build_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, status: str, final: dict | None = None) -> dict:
     """The run's log, written from its state: nothing here is read back to steer the run."""
     h, p = state.history, state.progress
@@ -88,14 +87,11 @@ def save_log(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, statu
         write_log(build_log(spec, state, data, rt, status, final), spec.log_path)
 
 
-
 def compute_so_far(spec: RunSpec, state: TrainingState) -> dict:
     """Cumulative training tokens, FLOPs and seconds: the x axes of compute-matched comparisons."""
     p = state.progress
     return {"train_tokens_seen": p.tokens_seen, "train_flops": p.tokens_seen * training_flops_per_token(state.model.cfg),
             "train_seconds": p.train_seconds}
-
-
 
 
 def grad_norm(params: list[nn.Parameter]) -> float:
@@ -139,14 +135,6 @@ def check_finite(step: int, *values: Tensor | float) -> None:
         raise NonFiniteLoss(f"{NON_FINITE} loss or gradient norm at step {step}")
 
 
-
-
-
-
-
-
-
-
 def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, partial: bool) -> None:
     """Evaluate the epoch and record it with its dynamics."""
     p, h = state.progress, state.history
@@ -176,10 +164,6 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     if rt.flags["samples"]:
         h.samples.append({"epoch": p.epoch, "partial": partial, "step": p.step,
                           "prompts": continue_prompts(state.model, data, spec.seed, rt.device)})
-
-
-
-
 
 
 def epoch_recorded(state: TrainingState) -> bool:
@@ -307,7 +291,6 @@ def final_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) 
         val, test = evaluate_splits(spec, state, data, rt, whole=True)
     state.history.last_val = {"step": step, "metrics": val, "test": test}
     return {"step": step, "kept": keep, "val": val, **({"test": test} if data.test is not None else {})}
-
 
 
 def report(decision: Decision, ddp: Distributed) -> None:

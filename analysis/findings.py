@@ -15,7 +15,6 @@ from analysis.runs import SPLIT_ROLES
 from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
 
 
-
 def split_label(runs: list, metric: str) -> str:
     """"test_loss" -> "loss on the report split `validation:B`": every number says where it is from."""
     role, key = metric.split("_", 1)

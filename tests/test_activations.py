@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from transformer_from_scratch import ACTIVATIONS, MLP, TransformerConfig, activation_names, canonical_activation
 

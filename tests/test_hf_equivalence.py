@@ -125,7 +125,6 @@ def test_what_gpt2_cannot_express_is_a_value_error_saying_why(change, reason):
         to_hf_gpt2(Transformer(replace(cfg, **change)))
 
 
-
 @pytest.mark.slow
 def test_a_trained_gpt2_run_exports_and_loads_with_auto_classes(tiny_argv, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

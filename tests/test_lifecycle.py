@@ -566,7 +566,7 @@ def test_without_a_terminal_each_evaluation_is_one_status_line_with_its_losses(t
     lines = [line for line in capsys.readouterr().err.splitlines() if ": evaluated " in line]
     assert [line.split(":")[:2] for line in lines] == [[RUN, " step 2"], [RUN, " step 3"]]  # within, and the end
     log = read_log(paths(tmp_path / "out")[0])
-    assert f"evaluated the whole splits in" in lines[0]
+    assert "evaluated the whole splits in" in lines[0]
     assert f"loss on selection {log['data']['val']['split']} {log['evals'][0]['val_loss']:.4f}" in lines[0]
 
 

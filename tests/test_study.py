@@ -148,7 +148,7 @@ def test_a_study_committed_before_its_runs_is_pre_registered_until_the_file_chan
     assert "not committed" not in result.stderr
     assert json.loads((folder / "relu_seed1.json").read_text())["run"]["study"]["commit"] == commit
     report = (folder / "report.md").read_text()
-    assert f"**Pre-registration**: Pre-registered: the study file (sha256 `" in report and f"`{commit[:10]}`" in report
+    assert "**Pre-registration**: Pre-registered: the study file (sha256 `" in report and f"`{commit[:10]}`" in report
     with open(folder / "study.toml", "a") as f:
         f.write("# an edit after the runs\n")
     assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
