@@ -191,18 +191,20 @@ def trial_run(study: Study, trial, threads: int):
 
 
 def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
-    """Run the search (unless --report_only), then write its report beside the study file."""
+    """Run the search (unless --report_only), then write its report beside the study file; 0, or 128 +
+    the signal that stopped the search (its trials in flight then queued again)."""
     from search.report import write_search_report
     from search.runner import open_study, run_search, storage_url
 
     url = args.storage or storage_url(study.folder)
+    stopped_by = None
     if not args.report_only:
-        run_search(study.name, study.search, url, lambda trial: trial_run(study, trial, threads), args.jobs)
+        stopped_by = run_search(study.name, study.search, url, lambda trial: trial_run(study, trial, threads), args.jobs)
     report = write_search_report(study.name, open_study(study.name, study.search, url), [a.name for a in study.arms],
                                  study.folder / "trials", study.folder)
     print(f"search report: {report}\nfigures: {study.folder / 'search_history.png'}, "
           f"{study.folder / 'search_slices.png'}")
-    return 0
+    return 0 if stopped_by is None else 128 + stopped_by
 
 
 def main(argv: list[str] | None = None) -> int:

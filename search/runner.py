@@ -9,6 +9,11 @@ the pruner says stop, the worker sends the run SIGUSR1, which ends it with the s
 A worker that dies stops beating (Optuna's heartbeat); its trial is then failed and retried with the
 same parameters under the same run name, so train_simple.py's --resume continues it from its last
 checkpoint. Trials that finished (complete or pruned) are never run again.
+
+A search is stopped cleanly with SIGTERM (or Ctrl-C, which reaches its trials too): each trial in
+flight finishes its step, checkpoints and exits, is failed with that reason and queued again under
+its run name, no new trial starts, and the report is written. Running the search again continues
+the queued trials from the steps they stopped at.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from run_log import COMPLETE, PRUNED, read_log
+from run_log import COMPLETE, INTERRUPTED, PRUNED, read_log
 from search.space import Search
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
@@ -32,6 +37,10 @@ POLL_SECONDS = 2.0  # how often a worker reads its trial's log
 
 class TrialFailed(Exception):
     """A trial's run exited with an error (its log says why): the trial is FAIL, the search goes on."""
+
+
+class TrialStopped(TrialFailed):
+    """A stop of the search interrupted the trial's run: FAIL here, and queued again under its name."""
 
 
 @dataclass(frozen=True)
@@ -120,14 +129,77 @@ def trial_name(trial) -> str:
     return f"trial{original if original is not None else trial.number:03d}"
 
 
-def train_trial(trial, run: TrialRun) -> float:
+class Stop:
+    """Stops a search cleanly on SIGINT or SIGTERM, and is the Optuna callback that finishes the stop.
+
+    On the signal, each trial's run in flight gets SIGTERM (one that got the signal itself too, from
+    a terminal's Ctrl-C or a scheduler, takes the two as one stop), and the trial is failed with that
+    reason once its run has exited. As a callback, it queues each stopped trial again, with its
+    parameters and under its run name (the same record a heartbeat-stale trial's retry gets), and
+    ends the search's loop. Used as a context manager in the main thread: the previous handlers come
+    back on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.previous: dict = {}
+
+    def __enter__(self) -> Stop:
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        with self.lock:
+            if self.signum is None:
+                print(f"{signal.Signals(signum).name}: stopping the search: its trials in flight checkpoint and are "
+                      "queued again; run it again to continue them", file=sys.stderr)
+            self.signum = signum
+            for process in self.processes:
+                process.send_signal(signal.SIGTERM)
+
+    def start(self, command: list[str]) -> subprocess.Popen:
+        """Start a trial's run, tracked for the stop (stopped at once if the stop came first)."""
+        with self.lock:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            self.processes.add(process)
+            if self.signum is not None:
+                process.send_signal(signal.SIGTERM)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self.lock:
+            self.processes.discard(process)
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("stopped"):
+            original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+            history = [*RetryHeartbeatStaleTrialCallback.retry_history(trial), trial.number]
+            study.add_trial(optuna.create_trial(
+                state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                system_attrs={"failed_trial": trial.number if original is None else original, "retry_history": history}))
+        if self.signum is not None:
+            study.stop()
+
+
+def train_trial(trial, run: TrialRun, stop: Stop) -> float:
     """Train one trial, reporting each selection evaluation to the pruner; its objective value."""
     import optuna
 
     trial.set_user_attr("run_name", run.name)
     trial.set_user_attr("command", shlex.join(run.command))
     started_ns = time.time_ns()
-    process = subprocess.Popen(run.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = stop.start(run.command)
     stderr = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the run
     reader.start()
@@ -141,6 +213,7 @@ def train_trial(trial, run: TrialRun) -> float:
             process.send_signal(signal.SIGUSR1)  # train_simple.py stops after this step: status "pruned"
             asked = True
         time.sleep(POLL_SECONDS)
+    stop.finished(process)
     reader.join(timeout=5)
     # The log, not the exit status, says how the run ended: a run that completed just before the
     # pruner's signal reached it (its handlers already gone) is complete, whatever the signal did.
@@ -152,6 +225,11 @@ def train_trial(trial, run: TrialRun) -> float:
         raise optuna.TrialPruned(f"{run.name} pruned after {reported} evaluations")
     if log["status"] == COMPLETE:
         return objective_value(log)
+    if stop.signum is not None and log["status"] in (INTERRUPTED, "no log"):
+        step = log.get("progress", {}).get("step", 0)
+        trial.set_user_attr("failed", f"stopped with the search at step {step}, queued again")
+        trial.set_user_attr("stopped", True)
+        raise TrialStopped(f"{run.name}: stopped at step {step}")
     last = next((line.strip() for line in reversed(stderr) if line.strip()), "")
     reason = f"{log['status']}, exit status {process.returncode}: {last}"
     trial.set_user_attr("failed", reason)  # the report says why
@@ -225,11 +303,12 @@ def one_at_a_time(study) -> None:
     study.pruner.prune = locked(study.pruner.prune)
 
 
-def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None:
-    """Run trials ``jobs`` at a time until the budget is spent: this process starts at most the
-    trials the budget has left when it starts (another process on the same storage may finish some
-    of them first, so the budget can be passed by the trials in flight). ``make_run(trial)`` draws
-    a trial's flags and gives its TrialRun."""
+def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int | None:
+    """Run trials ``jobs`` at a time until the budget is spent or a signal stops the search (which
+    signal is returned, None when none came): this process starts at most the trials the budget has
+    left when it starts (another process on the same storage may finish some of them first, so the
+    budget can be passed by the trials in flight). ``make_run(trial)`` draws a trial's flags and gives
+    its TrialRun."""
     import optuna
 
     study = open_study(name, search, url)
@@ -239,22 +318,24 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> None
     one_at_a_time(study)
     budget = Budget(search)
     if budget.exhausted(study):
-        return
+        return None
 
-    def objective(trial) -> float:
-        run = make_run(trial)
-        print(f"{run.name}: {shlex.join(run.command[2:])}", file=sys.stderr)
-        value = train_trial(trial, run)
-        print(f"{run.name}: selection loss {value:.4f} at its best point", file=sys.stderr)
-        return value
+    with Stop() as stop:
+        def objective(trial) -> float:
+            run = make_run(trial)
+            print(f"{run.name}: {shlex.join(run.command[2:])}", file=sys.stderr)
+            value = train_trial(trial, run, stop)
+            print(f"{run.name}: selection loss {value:.4f} at its best point", file=sys.stderr)
+            return value
 
-    while not budget.exhausted(study):
-        left = None if search.trials is None else search.trials - budget.spent(study)[0]
-        try:
-            study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget], catch=(TrialFailed,))
-            return
-        except optuna.exceptions.UpdateFinishedTrialError as err:
-            # A live trial whose heartbeat lagged (a loaded machine) was failed as stale by another
-            # worker and retried under its run name: the retry finds the run's finished log and is
-            # told its value. This worker goes on instead of dying with the trial it had finished.
-            print(f"warning: {err}; its retry reads the run's log", file=sys.stderr)
+        while not budget.exhausted(study) and stop.signum is None:
+            left = None if search.trials is None else search.trials - budget.spent(study)[0]
+            try:
+                study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget, stop], catch=(TrialFailed,))
+                break
+            except optuna.exceptions.UpdateFinishedTrialError as err:
+                # A live trial whose heartbeat lagged (a loaded machine) was failed as stale by another
+                # worker and retried under its run name: the retry finds the run's finished log and is
+                # told its value. This worker goes on instead of dying with the trial it had finished.
+                print(f"warning: {err}; its retry reads the run's log", file=sys.stderr)
+    return stop.signum

@@ -157,6 +157,42 @@ def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
     assert len(drawn) == len(set(drawn))  # the workers drew apart: no configuration trained twice
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the search", "Ctrl-C: SIGINT to its group"])
+def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file, to_group):
+    path = search_file(2)
+    # trials long enough to be caught training: 40 epochs, no patience, no pruner
+    path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
+                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+    folder = path.parent / "trials"
+    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path), "--jobs", "2"], cwd=ROOT,
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until both trials are training, past their first steps
+        logs = [json.loads(p.read_text() or "{}") for p in folder.glob("*.json")] if folder.is_dir() else []
+        if len(logs) == 2 and all(log.get("status") == "running" and log["progress"]["step"] >= 4 for log in logs):
+            break
+        time.sleep(0.2)
+    if to_group:  # as a terminal's Ctrl-C: the search and its trials at once (which the search's SIGTERM reaches too)
+        os.killpg(search.pid, signal.SIGINT)
+    else:  # the search alone: it stops its trials
+        search.send_signal(signal.SIGTERM)
+    stderr = search.communicate(timeout=300)[1]
+    assert search.returncode == (130 if to_group else 143), stderr[-2000:]
+    stopped = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert {log["status"] for log in stopped.values()} == {"interrupted"}  # each checkpointed at its step
+    assert all((folder / "checkpoints" / f"{name}.pt").exists() for name in stopped)
+    assert trial_states(path) == {"fail": [0, 1], "waiting": [2, 3]}  # failed as stopped, queued again
+    assert "stopped with the search at step" in (path.parent / "report.md").read_text()
+    result = run_study(path, "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert trial_states(path) == {"fail": [0, 1], "complete": [2, 3]}  # the budget: no trial beyond the two
+    for name, before in stopped.items():  # each continued under its name from the step it stopped at
+        log = json.loads((folder / f"{name}.json").read_text())
+        assert log["status"] == "complete" and log["progress"]["step"] > before["progress"]["step"]
+        assert [point["at_step"] for point in log["run"]["resumed"]] == [before["progress"]["step"]]
+
+
 @pytest.mark.parametrize("space, message", [
     ("nonsense_flag = [1, 2]", "cannot search 'nonsense_flag' (not a train_simple.py flag)"),
     ("lr = []", "lr has no choices"),

@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 
 
 class StopSignal:
     """SIGINT or SIGTERM asks the run to stop after the current step; a second one stops at once.
 
-    A context manager: the previous handlers come back on exit.
+    A second signal within REPEAT_SECONDS of the first is the same stop delivered twice, not a
+    person asking again: a terminal's Ctrl-C or a scheduler's SIGTERM reaches a search's trial and
+    the search, which passes it on, and the run must still checkpoint. A context manager: the
+    previous handlers come back on exit.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+    REPEAT_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.first_at = 0.0
         self.previous: dict = {}
 
     def __enter__(self) -> StopSignal:
@@ -30,8 +36,10 @@ class StopSignal:
 
     def _handle(self, signum: int, _frame) -> None:
         if self.signum is not None:
+            if time.monotonic() - self.first_at < self.REPEAT_SECONDS:
+                return
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum, self.first_at = signum, time.monotonic()
         print(f"\n{signal.Signals(signum).name}: stopping after this step (again to stop at once)", file=sys.stderr)
 
     @property
