@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from run_log import COMPLETE, INTERRUPTED, PRUNED, read_log
+from run_log import COMPLETE, PRUNED, read_log
 from search.space import Search
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
@@ -144,7 +144,8 @@ class Stop:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.lock = threading.Lock()
+        # Reentrant: with one job the main thread starts trials, and a signal can arrive while it holds the lock
+        self.lock = threading.RLock()
         self.processes: set[subprocess.Popen] = set()
         self.previous: dict = {}
 
@@ -225,7 +226,7 @@ def train_trial(trial, run: TrialRun, stop: Stop) -> float:
         raise optuna.TrialPruned(f"{run.name} pruned after {reported} evaluations")
     if log["status"] == COMPLETE:
         return objective_value(log)
-    if stop.signum is not None and log["status"] in (INTERRUPTED, "no log"):
+    if stop.signum is not None:  # whatever its log says (a run stopped before its handlers were up has none)
         step = log.get("progress", {}).get("step", 0)
         trial.set_user_attr("failed", f"stopped with the search at step {step}, queued again")
         trial.set_user_attr("stopped", True)
