@@ -173,6 +173,8 @@ def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_t
         if len(logs) == 2 and all(log.get("status") == "running" and log["progress"]["step"] >= 4 for log in logs):
             break
         time.sleep(0.2)
+    else:
+        pytest.fail("the two trials were never seen training at once")
     if to_group:  # as a terminal's Ctrl-C: the search and its trials at once (which the search's SIGTERM reaches too)
         os.killpg(search.pid, signal.SIGINT)
     else:  # the search alone: it stops its trials
