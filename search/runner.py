@@ -31,6 +31,7 @@ from pathlib import Path
 
 from run_log import COMPLETE, PRUNED, read_log
 from search.space import Search
+from training.signals import SignalHandlers
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
 
@@ -129,15 +130,14 @@ def trial_name(trial) -> str:
     return f"trial{original if original is not None else trial.number:03d}"
 
 
-class Stop:
+class Stop(SignalHandlers):
     """Stops a search cleanly on SIGINT or SIGTERM, and is the Optuna callback that finishes the stop.
 
     On the signal, each trial's run in flight gets SIGTERM (one that got the signal itself too, from
     a terminal's Ctrl-C or a scheduler, takes the two as one stop), and the trial is failed with that
     reason once its run has exited. As a callback, it queues each stopped trial again, with its
     parameters and under its run name (the same record a heartbeat-stale trial's retry gets), and
-    ends the search's loop. Used as a context manager in the main thread: the previous handlers come
-    back on exit.
+    ends the search's loop. Its handlers are installed while it is entered, in the main thread.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -147,15 +147,6 @@ class Stop:
         # Reentrant: with one job the main thread starts trials, and a signal can arrive while it holds the lock
         self.lock = threading.RLock()
         self.processes: set[subprocess.Popen] = set()
-        self.previous: dict = {}
-
-    def __enter__(self) -> Stop:
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame) -> None:
         with self.lock:

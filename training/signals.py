@@ -9,13 +9,30 @@ import sys
 import time
 
 
-class StopSignal:
+class SignalHandlers:
+    """A context manager that routes each of ``SIGNALS`` to ``self._handle`` while it is entered (in
+    the main thread); the previous handlers come back on exit."""
+
+    SIGNALS: tuple[signal.Signals, ...] = ()
+
+    def __enter__(self):
+        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        raise NotImplementedError
+
+
+class StopSignal(SignalHandlers):
     """SIGINT or SIGTERM asks the run to stop after the current step; a second one stops at once.
 
     A second signal within REPEAT_SECONDS of the first is the same stop delivered twice, not a
     person asking again: a terminal's Ctrl-C or a scheduler's SIGTERM reaches a search's trial and
-    the search, which passes it on, and the run must still checkpoint. A context manager: the
-    previous handlers come back on exit.
+    the search, which passes it on, and the run must still checkpoint.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -24,15 +41,6 @@ class StopSignal:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.first_at = 0.0
-        self.previous: dict = {}
-
-    def __enter__(self) -> StopSignal:
-        self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
     def _handle(self, signum: int, _frame) -> None:
         if self.signum is not None:
