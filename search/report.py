@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from run_log import read_log  # noqa: E402
+from search.runner import run_name_of  # noqa: E402
 
 STOP_MARGIN = 0.05  # the study's rule: 0.05 nats below the bigram alone, or a gain over the trigram of 0.05
 FIGURE_GUIDE = {
@@ -33,7 +34,7 @@ def trial_rows(study, trials_folder: Path) -> list[dict]:
     """One row per Optuna trial, joined with its run log (when it has one)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        name = t.user_attrs.get("run_name", f"trial{t.number:03d}")
+        name = t.user_attrs.get("run_name") or run_name_of(t)  # a queued retry has not set it yet
         path = trials_folder / f"{name}.json"
         try:
             log = read_log(path)
@@ -137,6 +138,8 @@ def how_it_ended(row: dict) -> str:
         return f"stopped early at step {log['stopped_early']['step']}"
     if row["state"] == "fail":
         return f"failed ({row['failed']})" if row.get("failed") else "failed"
+    if row["state"] == "waiting":
+        return "queued to run again"
     return row["state"]
 
 
@@ -232,11 +235,13 @@ def write_search_report(title: str, study, arms: list[str], trials_folder: Path,
     best = best_per_arm(rows, arms)
     plot_history(rows, baselines, out_dir / "search_history.png")
     plot_slices(rows, out_dir / "search_slices.png")
-    counts = {state: sum(r["state"] == state for r in rows) for state in ("complete", "pruned", "fail", "running")}
+    counts = {state: sum(r["state"] == state for r in rows)
+              for state in ("complete", "pruned", "fail", "running", "waiting")}
     text = "\n\n".join([
         f"# Search: {title}",
         f"{len(rows)} trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed, "
-        f"{counts['running']} running or stopped with their worker. Every trial trains on the tuning seed; the "
+        f"{counts['running']} running or stopped with their worker, {counts['waiting']} queued to run again (retries "
+        f"of stopped or stale trials, under their names). Every trial trains on the tuning seed; the "
         f"objective is the selection split's loss at the run's best point; each configuration is chosen on the "
         f"selection split and reported on the report split.",
         "## First: the n-gram baselines", markdown_baselines(rows),

@@ -121,13 +121,18 @@ def open_study(name: str, search: Search, url: str):
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_for(search))
 
 
-def trial_name(trial) -> str:
-    """A retried trial keeps the name (and so the run, and its checkpoint) of the trial it retries."""
+def run_name_of(frozen) -> str:
+    """A trial's run name: a retried trial keeps the name (and so the run, and its checkpoint) of the
+    trial it retries."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return f"trial{original if original is not None else trial.number:03d}"
+    return f"trial{original if original is not None else frozen.number:03d}"
+
+
+def trial_name(trial) -> str:
+    """The run name of a live trial (whose retry record is in its frozen copy)."""
+    return run_name_of(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
 class Stop(SignalHandlers):

@@ -185,7 +185,9 @@ def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_t
     assert {log["status"] for log in stopped.values()} == {"interrupted"}  # each checkpointed at its step
     assert all((folder / "checkpoints" / f"{name}.pt").exists() for name in stopped)
     assert trial_states(path) == {"fail": [0, 1], "waiting": [2, 3]}  # failed as stopped, queued again
-    assert "stopped with the search at step" in (path.parent / "report.md").read_text()
+    report = (path.parent / "report.md").read_text()
+    assert "stopped with the search at step" in report and "2 queued to run again" in report
+    assert "| trial000 | " in report.split("queued to run again |")[0].splitlines()[-1]  # the retry, by its run's name
     result = run_study(path, "--jobs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert trial_states(path) == {"fail": [0, 1], "complete": [2, 3]}  # the budget: no trial beyond the two
