@@ -180,6 +180,8 @@ class Stop(SignalHandlers):
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("stopped"):
+            # Optuna's retry callback's record, but not the callback: it copies the user attributes, and a
+            # retry carrying "stopped" would be queued again whenever it failed, for any reason, forever
             original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
             history = [*RetryHeartbeatStaleTrialCallback.retry_history(trial), trial.number]
             study.add_trial(optuna.create_trial(
