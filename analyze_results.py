@@ -34,7 +34,8 @@ from baselines import baselines_for
 from cli import Parser
 import preregistration
 from run_log import WriteError, atomic_write
-from study import StudyError, load_study
+from search.tuning import markdown_tuning
+from study import StudyError, load_study, tuning_candidates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,14 +65,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def apply_study(args: argparse.Namespace) -> None:
+def apply_study(args: argparse.Namespace) -> str | None:
     """A study file's declarations replace the flags: its folder, arms' comparisons, metric, point,
-    margin and alpha. Per-arm learning rates do not split its runs into groups."""
+    margin and alpha. Per-arm learning rates (declared or tuned) do not split its runs into groups.
+    Returns the table of its lr tuning, when it declares one."""
     study = load_study(args.study)
     args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
     if study.per_arm_lr:
         args.ignore_settings = args.ignore_settings | {"train.lr"}
+    return markdown_tuning(tuning_candidates(study), study.tuning) if study.tuning else None
 
 
 @dataclass
@@ -114,8 +117,7 @@ def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: P
 
 def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """Every output, from the logs; the summary's text and the files written, report first."""
-    if args.study:
-        apply_study(args)
+    tuning = apply_study(args) if args.study else None
     loaded = load_runs(log_paths(args), args.strict, args.ignore_settings)
     runs = loaded.finished
     if not runs:
@@ -136,13 +138,14 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
           f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
           f"(t distribution); rows sorted by {args.metric}, best first. Runs with different settings are never pooled.", "",
           *([f"**Pre-registration**: {declared}", ""] if declared else []),
-          f"## {report.HEADLINE}", "", headline, "", *(line for g in analysed for line in g.summary),
+          f"## {report.HEADLINE}", "", headline, "",
+          *([f"## {report.TUNING}", "", tuning, ""] if tuning else []), *(line for g in analysed for line in g.summary),
           *(line for text, _ in sweeps for line in (text, "")),
           *([f"## {NOT_ANALYSED}", "", not_analysed, ""] if not_analysed else [])]
     summary = printable("\n".join(md))
     atomic_write(out_dir / "summary.md", summary.encode())
     document = report.render([g.section for g in analysed], NOT_ANALYSED, not_analysed, sweeps, headline=headline,
-                             preregistration=declared)
+                             preregistration=declared, tuning=tuning)
     atomic_write(out_dir / "report.md", printable(document).encode())
     csv = pd.concat([g.csv for g in analysed]).to_csv(index=False, float_format="%.6g")
     atomic_write(out_dir / "summary.csv", printable(csv).encode())

@@ -25,6 +25,9 @@ pre-registration. Keys (unknown keys are an error):
     alpha        0.05                          Holm-adjusted over the comparisons
     [[arms]]     activation = "swiglu", matched = true (gated: parameter-matched), lr = 2e-3 (optional)
     [train]      any train_simple.py flag, name = value (true for a switch, a list for several values)
+    [tuning]     seed = 3000, lr_multipliers = [0.5, 1, 2]: each arm's lr tuned on the selection split
+                 before the final seeds (search/tuning.py); lrs (or each arm's lr) is then the one lr the
+                 candidates are multiples of
 
 An arm is named as the analysis names it: the activation, with " (matched)" for a matched gated MLP.
 """
@@ -43,10 +46,11 @@ from pathlib import Path
 
 from preregistration import declaration, uncommitted_warning
 from search.space import Search, StudyError, load_search
+from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
 
 ROOT = Path(__file__).resolve().parent
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "point", "margin", "alpha", "arms", "train",
-        "search"}
+        "search", "tuning"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
@@ -79,6 +83,7 @@ class Study:
     alpha: float = 0.05
     train: dict = field(default_factory=dict)
     search: Search | None = None
+    tuning: Tuning | None = None
 
     @property
     def folder(self) -> Path:
@@ -86,7 +91,10 @@ class Study:
 
     @property
     def per_arm_lr(self) -> bool:
-        return any(arm.lr is not None for arm in self.arms)
+        return self.tuning is not None or any(arm.lr is not None for arm in self.arms)
+
+    def base_lrs(self, arm: Arm) -> list[float]:
+        return [arm.lr] if arm.lr is not None else self.lrs
 
 
 def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
@@ -129,12 +137,17 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     lrs = raw.get("lrs", [])
     if any(arm.lr is None for arm in arms) and not lrs and not (search and "lr" in search.space):
         raise StudyError(f"{path}: give lrs, or an lr for every arm")
+    if is_search and "tuning" in raw:
+        raise StudyError(f"{path}: [tuning] belongs to a study; a search tunes lr in [search.space]")
+    tuning = load_tuning(raw["tuning"], str(path), list(raw["seeds"])) if "tuning" in raw else None
+    if tuning and any(arm.lr is None for arm in arms) and len(lrs) != 1:
+        raise StudyError(f"{path}: [tuning] multiplies one lr: give lrs = [one value], or an lr for every arm")
     clash = RUN_FLAGS & set(raw.get("train", {}))
     if clash:
         raise StudyError(f"{path}: [train] may not set {', '.join(sorted(clash))}: the study sets them per run")
     return Study(path, raw["name"], arms, raw["baseline"], list(raw["seeds"]), list(lrs), comparisons,
                  raw.get("metric", "test_loss"), raw.get("point", "final"), float(raw.get("margin", 0.02)),
-                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search)
+                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning)
 
 
 def flag_args(settings: dict) -> list[str]:
@@ -148,20 +161,49 @@ def flag_args(settings: dict) -> list[str]:
     return out
 
 
-def run_commands(study: Study, threads: int) -> list[list[str]]:
-    """One train_simple.py command per (arm, lr, seed), seed by seed so a study stopped early stays balanced."""
+def train_command(study: Study, arm: Arm, lr, seed: int, name: str, folder: Path, threads: int,
+                  flags: dict | None = None, keep_best: bool = False) -> list[str]:
+    """The train_simple.py command of one run of the study: ``flags`` (default: its [train]) after its own."""
+    return [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
+            *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(seed), "--run_name", name,
+            "--output_dir", str(folder), "--threads", str(threads), "--resume", *(["--keep", "best"] if keep_best else []),
+            "--study_file", str(study.path), *flag_args(study.train if flags is None else flags)]
+
+
+def run_name(arm: Arm, lr: float | None, seed: int) -> str:
+    """activation[_matched][_lr<lr>]_seed<seed>; the lr only where an arm runs at several."""
+    return (f"{arm.activation}{'_matched' if arm.matched and arm.activation in GATED else ''}"
+            f"{'' if lr is None else f'_lr{lr:g}'}_seed{seed}")
+
+
+def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = None) -> list[list[str]]:
+    """One train_simple.py command per (arm, lr, seed), seed by seed so a study stopped early stays
+    balanced; ``tuned``: each arm's lr as its tuning chose it (a study with [tuning])."""
     commands = []
     for seed in study.seeds:
         for arm in study.arms:
-            lrs = [arm.lr] if arm.lr is not None else study.lrs
+            lrs = [tuned[arm.name]] if tuned else study.base_lrs(arm)
             for lr in lrs:
-                lr_part = f"_lr{lr:g}" if len(lrs) > 1 else ""
-                name = f"{arm.activation}{'_matched' if arm.matched and arm.activation in GATED else ''}{lr_part}_seed{seed}"
-                commands.append([sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
-                                 *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(seed),
-                                 "--run_name", name, "--output_dir", str(study.folder), "--threads", str(threads),
-                                 "--resume", "--study_file", str(study.path), *flag_args(study.train)])
+                name = run_name(arm, lr if len(lrs) > 1 else None, seed)
+                commands.append(train_command(study, arm, lr, seed, name, study.folder, threads))
     return commands
+
+
+def tuning_candidates(study: Study) -> list[Candidate]:
+    """Every (arm, candidate lr) of the study's [tuning], arm by arm; their logs in ``<folder>/tuning/``."""
+    return [Candidate(arm.name, lr, study.folder / "tuning" / f"{run_name(arm, lr, study.tuning.seed)}.json")
+            for arm in study.arms for lr in tuning_lrs(study, arm)]
+
+
+def tuning_lrs(study: Study, arm: Arm) -> list[float]:
+    return [float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in study.tuning.lr_multipliers]
+
+
+def tuning_commands(study: Study, threads: int) -> list[list[str]]:
+    """One train_simple.py command per candidate, keeping its best weights (the objective is read there)."""
+    return [train_command(study, arm, lr, study.tuning.seed, run_name(arm, lr, study.tuning.seed),
+                          study.folder / "tuning", threads, keep_best=True)
+            for arm in study.arms for lr in tuning_lrs(study, arm)]
 
 
 def train_simple_flags() -> set[str]:
@@ -181,13 +223,10 @@ def trial_run(study: Study, trial, threads: int):
     arm = arms[trial.suggest_categorical("arm", list(arms))] if len(arms) > 1 else study.arms[0]
     width = study.train.get("d_model") or SIZES[study.train.get("size", "reference")]["d_model"]
     params = study.search.suggest(trial, width)  # a searched d_model, else this one, scales mlp_ratio
-    lr = params.pop("lr", arm.lr if arm.lr is not None else (study.lrs or [None])[0])
+    lr = params.pop("lr", (study.base_lrs(arm) or [None])[0])
     name, folder = trial_name(trial), study.folder / "trials"
-    command = [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
-               *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(study.search.tuning_seed),
-               "--run_name", name, "--output_dir", str(folder), "--threads", str(threads), "--resume", "--keep", "best",
-               "--study_file", str(study.path), *flag_args({**study.train, **params})]
-    return TrialRun(name, folder, command)
+    return TrialRun(name, folder, train_command(study, arm, lr, study.search.tuning_seed, name, folder, threads,
+                                                {**study.train, **params}, keep_best=True))
 
 
 def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
@@ -232,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
     if study.search is not None:
         return search_main(study, args, threads)
-    commands = run_commands(study, threads)
+    tuned = None
+    if study.tuning is not None:
+        tuned = tune(study, args, threads)
+        if tuned is None:
+            return 0 if args.list else 1
+    commands = run_commands(study, threads, tuned)
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
         return 0
@@ -241,6 +285,26 @@ def main(argv: list[str] | None = None) -> int:
     for command in failed:
         print(f"error: failed: {shlex.join(command)} (rerun the study to resume it)", file=sys.stderr)
     return 1 if failed or analysed else 0
+
+
+def tune(study: Study, args: argparse.Namespace, threads: int) -> dict[str, float] | None:
+    """Train the tuning's candidates (under --list: print their commands), then each arm's chosen lr;
+    None (with a line on stderr) while there is no choice."""
+    commands = tuning_commands(study, threads)
+    if args.list:
+        print("\n".join(shlex.join(c) for c in commands))
+    else:
+        failed = run_all(commands, args.jobs)
+        for command in failed:
+            print(f"error: failed: {shlex.join(command)}", file=sys.stderr)
+    candidates = tuning_candidates(study)
+    tuned = chosen_lrs(candidates)
+    if tuned is None:
+        print("the final runs wait for the lr tuning: a candidate has not finished, or all of an arm's diverged "
+              f"(rerun the study to resume it; logs in {study.folder / 'tuning'})", file=sys.stderr)
+    elif not args.list:
+        print(markdown_tuning(candidates, study.tuning))
+    return tuned
 
 
 def run_all(commands: list[list[str]], jobs: int) -> list[list[str]]:

@@ -17,6 +17,7 @@ from analysis.runs import SPLIT_ROLES
 from run_log import recorded
 
 HEADLINE = "First: do the models beat the n-gram baselines?"  # the section every report opens with
+TUNING = "Learning rate per arm, tuned on the selection split"
 WIKITEXT_LICENCE = "CC BY-SA 3.0 (WikiText-2, Merity et al. 2016, arXiv:1609.07843)"
 # The code's own licence is MIT (LICENSE); the data and the tokenizer keep theirs, named in the data card.
 
@@ -185,9 +186,11 @@ def compute_spent(runs: list) -> str:
 
 
 def render(sections: list[Section], not_analysed_title: str, not_analysed: str | None,
-           sweeps: list[tuple[str, list]] = (), headline: str = "", preregistration: str | None = None) -> str:
+           sweeps: list[tuple[str, list]] = (), headline: str = "", preregistration: str | None = None,
+           tuning: str | None = None) -> str:
     """The whole report; ``not_analysed``: the body of the section on failed runs and skipped logs
-    (None: there are none); ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep."""
+    (None: there are none); ``sweeps``: (markdown starting with its own "## " heading, figures) per sweep;
+    ``tuning``: the table of a study's lr tuning (None: it has none)."""
     everything = [r for s in sections for r in s.runs]
     md = ["# Activation study report", "",
           "How the MLP activation changes what this transformer learns, measured on the runs in this folder. "
@@ -195,6 +198,7 @@ def render(sections: list[Section], not_analysed_title: str, not_analysed: str |
           "activation with the baseline seed by seed, Holm-corrected.", "",
           *([f"**Pre-registration**: {preregistration}", ""] if preregistration else []),
           *([f"## {HEADLINE}", "", headline, ""] if headline else []),
+          *([f"## {TUNING}", "", tuning, ""] if tuning else []),
           "## What was run", "", what_was_run(everything), ""]
     for sweep, figures in sweeps:  # a sweep reads as one document: its table first
         md += [sweep, ""]

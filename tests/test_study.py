@@ -82,6 +82,14 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
      '[[arms]]\nactivation = "relu"\n', "must name two different arms"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[train]\nseeds = 3\n',
      "may not set seeds"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 1\n'
+     'lr_multipliers = [1]\n', "not among the final seeds"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 2\n'
+     'lr_multipliers = [1, -2]\n', "distinct positive numbers"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 2\n',
+     "needs exactly lr_multipliers, seed"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3, 2e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\n'
+     'seed = 2\nlr_multipliers = [1]\n', "multiplies one lr"),
 ])
 def test_a_bad_study_file_is_one_line(tmp_path, body, message):
     path = tmp_path / "study.toml"
@@ -153,3 +161,46 @@ def test_a_study_committed_before_its_runs_is_pre_registered_until_the_file_chan
         f.write("# an edit after the runs\n")
     assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
     assert "Not pre-registered as it reads now" in (folder / "report.md").read_text()
+
+
+TUNED = """
+name = "tuned"
+baseline = "relu"
+seeds = [1]
+lrs = [1e-3]
+metric = "val_loss"
+[[arms]]
+activation = "relu"
+[[arms]]
+activation = "gelu"
+[tuning]
+seed = 7
+lr_multipliers = [0.5, 4, 1e30]
+"""
+
+
+@pytest.mark.slow
+def test_a_study_tunes_each_arms_lr_on_the_selection_split_before_its_final_seeds(tmp_path, corpus_dir,
+                                                                                  tiny_tokenizer_dir):
+    folder = tmp_path / "tuned"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", TUNED)
+    listed = run_study(folder, "--list")  # nothing has run: the candidates only, no final run yet
+    assert listed.returncode == 0 and "wait for the lr tuning" in listed.stderr
+    assert [line.split()[line.split().index("--run_name") + 1] for line in listed.stdout.splitlines()] == [
+        f"{arm}_lr{lr:g}_seed7" for arm in ("relu", "gelu") for lr in (5e-4, 4e-3, 1e27)]
+
+    result = run_study(folder, "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    tuning = {p.stem: json.loads(p.read_text()) for p in (folder / "tuning").glob("*.json")}
+    assert len(tuning) == 6 and all(log["train_config"]["seed"] == 7 for log in tuning.values())
+    for arm in ("relu", "gelu"):
+        # lr 1e27: decoupled weight decay multiplies every weight by 1 - lr * wd each step, so the run diverges
+        assert tuning[f"{arm}_lr1e+27_seed7"]["status"].startswith("failed: non-finite")
+        finite = {lr: tuning[f"{arm}_lr{lr:g}_seed7"]["final"]["val"]["loss"] for lr in (5e-4, 4e-3)}
+        assert finite[5e-4] != finite[4e-3]
+        final = json.loads((folder / f"{arm}_seed1.json").read_text())
+        assert final["train_config"]["lr"] == min(finite, key=finite.get), (arm, finite)
+    report = (folder / "report.md").read_text()
+    assert "2 runs" in (folder / "summary.md").read_text()  # the candidates are not the study's runs
+    table = report.split("## Learning rate per arm, tuned on the selection split")[1].split("\n## ")[0]
+    assert table.count("| diverged |") == 2 and table.count("| yes |") == 2
