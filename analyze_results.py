@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metric", default=None, choices=METRICS,
                    help="metric for ranking, verdicts and paired tests (default: test_loss, on the report split, "
                         "when every run has one, else val_loss)")
+    p.add_argument("--secondary", nargs="+", default=[], choices=METRICS, metavar="METRIC",
+                   help="secondary metrics: each gets verdicts of its own on the declared comparisons, labelled "
+                        "secondary (a study file's `secondary`)")
     p.add_argument("--strict", action="store_true", help="a malformed or incomplete log is an error, not a warning")
     p.add_argument("--point", choices=POINTS, default="final",
                    help="where each run is read for the verdicts: its end, or its evaluation with the lowest "
@@ -58,8 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool_precisions", action="store_true",
                    help="pool runs that differ only in precision (--bf16); by default they are never compared")
     p.add_argument("--study", type=Path, default=None,
-                   help="a study file (TOML): its declared arms, comparisons, metric, point, margin and alpha "
-                        "replace the flags above, and its output folder --results_dir")
+                   help="a study file (TOML): its declared arms, comparisons, metric, secondary, point, margin and "
+                        "alpha replace the flags above, and its output folder --results_dir")
     args = p.parse_args(argv)
     args.comparisons, args.ignore_settings = None, {"train.bf16"} if args.pool_precisions else set()
     return args
@@ -72,6 +75,7 @@ def apply_study(args: argparse.Namespace) -> str | None:
     study = load_study(args.study)
     args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
+    args.secondary = list(study.secondary)
     if study.per_arm_lr:
         args.ignore_settings = args.ignore_settings | {"train.lr"}
     return markdown_tuning(tuning_candidates(study), study.tuning) if study.tuning else None
@@ -95,7 +99,10 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
     against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
     arms = sorted({r.variant for r in group})
     comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
-    verdicts = markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha)
+    verdicts = "\n\n".join([markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
+                             *(f"**Secondary metric `{metric}`**, declared as such: "
+                               + markdown_verdicts(group, comparisons, metric, args.point, args.margin, args.alpha)
+                               for metric in args.secondary)])
     tables = group_tables(group, table, paired, verdicts, args.metric, args.point)
     figures = draw_group_figures(group, baselines, args.baseline, out_dir, "" if i == 1 else f"_group{i}")
     described = describe_group(group) + "."

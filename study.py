@@ -20,6 +20,8 @@ pre-registration. Keys (unknown keys are an error):
     comparisons  [["gelu", "relu"], ...]       the declared comparisons (arm names as below); only these
                                                get verdicts, everything else is exploratory
     metric       "test_loss"                   the primary metric (a METRICS name of analyze_results)
+    secondary    ["test_interp_loss"]          secondary metrics: verdicts of their own, each Holm-adjusted
+                                               over the comparisons, labelled secondary
     point        "final" | "best_selection"    where each run is read
     margin       0.02                          equivalence margin, metric units
     alpha        0.05                          Holm-adjusted over the comparisons
@@ -44,13 +46,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.runs import METRICS, POINTS
 from preregistration import declaration, uncommitted_warning
 from search.space import Search, StudyError, load_search
 from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
 
 ROOT = Path(__file__).resolve().parent
-KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "point", "margin", "alpha", "arms", "train",
-        "search", "tuning"}
+KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
+        "train", "search", "tuning"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
@@ -78,6 +81,7 @@ class Study:
     lrs: list[float]
     comparisons: list[tuple[str, str]]
     metric: str = "test_loss"
+    secondary: tuple[str, ...] = ()
     point: str = "final"
     margin: float = 0.02
     alpha: float = 0.05
@@ -142,11 +146,17 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     tuning = load_tuning(raw["tuning"], str(path), list(raw["seeds"])) if "tuning" in raw else None
     if tuning and any(arm.lr is None for arm in arms) and len(lrs) != 1:
         raise StudyError(f"{path}: [tuning] multiplies one lr: give lrs = [one value], or an lr for every arm")
+    metrics = [raw.get("metric", "test_loss"), *raw.get("secondary", [])]
+    if any(m not in METRICS for m in metrics) or len(set(metrics)) != len(metrics):
+        raise StudyError(f"{path}: metric and secondary must be distinct names among {', '.join(METRICS)}, "
+                         f"got {metrics}")
+    if raw.get("point", "final") not in POINTS:
+        raise StudyError(f"{path}: point must be one of {', '.join(POINTS)}, got {raw['point']!r}")
     clash = RUN_FLAGS & set(raw.get("train", {}))
     if clash:
         raise StudyError(f"{path}: [train] may not set {', '.join(sorted(clash))}: the study sets them per run")
     return Study(path, raw["name"], arms, raw["baseline"], list(raw["seeds"]), list(lrs), comparisons,
-                 raw.get("metric", "test_loss"), raw.get("point", "final"), float(raw.get("margin", 0.02)),
+                 metrics[0], tuple(metrics[1:]), raw.get("point", "final"), float(raw.get("margin", 0.02)),
                  float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning)
 
 
@@ -166,7 +176,8 @@ def train_command(study: Study, arm: Arm, lr, seed: int, name: str, folder: Path
     """The train_simple.py command of one run of the study: ``flags`` (default: its [train]) after its own."""
     return [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
             *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(seed), "--run_name", name,
-            "--output_dir", str(folder), "--threads", str(threads), "--resume", *(["--keep", "best"] if keep_best else []),
+            "--output_dir", str(folder), "--threads", str(threads), "--resume",
+            *(["--keep", "best"] if keep_best else []),
             "--study_file", str(study.path), *flag_args(study.train if flags is None else flags)]
 
 

@@ -43,6 +43,7 @@ seeds = [1, 2, 3]
 lrs = [1e-3]
 comparisons = [["gelu", "relu"]]
 metric = "val_loss"
+secondary = ["val_bpb"]
 point = "best_selection"
 [[arms]]
 activation = "relu"
@@ -69,8 +70,12 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
     assert train_simple.main(argv) == 0
     assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
     summary = (folder / "summary.md").read_text()
-    verdicts = summary.split("**Verdicts**")[1].split("**Power**")[0]
-    assert "gelu vs relu" in verdicts and "silu" not in verdicts and "at the best_selection point" in verdicts
+    primary, secondary = (part.split("**Power**")[0] for part in summary.split("**Verdicts**")[1:3])
+    assert "gelu vs relu" in primary and "silu" not in primary and "at the best_selection point" in primary
+    assert "**Secondary metric `val_bpb`**" in summary.split("**Verdicts**")[1].split("**Power**")[1]
+    difference = [row.split(" | ")[2] for table in (primary, secondary) for row in table.splitlines()
+                  if row.startswith("| gelu vs relu")]
+    assert len(difference) == 2 and difference[0] != difference[1]  # each table judges its own metric
     assert "| silu |" in summary  # described, never judged
 
 
@@ -82,6 +87,8 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
      '[[arms]]\nactivation = "relu"\n', "must name two different arms"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[train]\nseeds = 3\n',
      "may not set seeds"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\nsecondary = ["val_los"]\n[[arms]]\nactivation = "relu"\n',
+     "metric and secondary must be distinct names"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 1\n'
      'lr_multipliers = [1]\n', "not among the final seeds"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 2\n'
