@@ -276,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    wrong_kind = ("--list is for a study: a search draws its trials as it runs (--report_only lists them)"
+                  if args.list and study.search else
+                  "--report_only is for a search: a study's report is analyze_results.py --study FILE"
+                  if args.report_only and not study.search else None)
+    if wrong_kind:
+        print(f"error: {wrong_kind}", file=sys.stderr)
+        return 2
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     warning = None if args.list or args.report_only else uncommitted_warning(declaration(args.study))
     if warning:

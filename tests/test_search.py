@@ -227,6 +227,14 @@ def test_a_search_needs_a_budget_and_a_tuning_seed_outside_the_final_seeds(searc
         "lr", "mlp_ratio", "tie_embeddings"}
 
 
+def test_listing_a_search_is_one_line_and_exit_2_and_starts_no_trial(search_file):
+    # --list once ran the search itself: a search's trials are drawn as it runs, so there is no list
+    path = search_file()
+    result = run_study(path, "--list")
+    assert result.returncode == 2 and "--list is for a study" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (path.parent / "search.db").exists()
+
+
 def test_worker_threads_pruning_at_once_all_get_an_answer():
     # Optuna's Hyperband pruner builds its brackets on its first prune(), unlocked: threads pruning at
     # once (the --jobs workers of one process) built them twice, and the bracket lookup then failed.
