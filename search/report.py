@@ -8,6 +8,7 @@ Reads the Optuna study (states, parameters, values) and each trial's run log; no
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -130,6 +131,51 @@ def markdown_best(best: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+# A trial's own flags, which a study sets per run (and --threads, which is the machine's, not the model's).
+PER_RUN_FLAGS = {"activation", "match_params", "lr", "seeds", "run_name", "output_dir", "threads", "resume",
+                 "study_file"}
+
+
+def command_flags(command: list[str]) -> dict:
+    """train_simple.py's flags in a logged command, in order: a switch -> True, else its value as typed."""
+    flags: dict = {}
+    for token in command[1:]:
+        if token.startswith("--"):
+            name = token[2:]
+            flags[name] = True
+        else:
+            flags[name] = toml_value(token)
+    return flags
+
+
+def toml_value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def toml_literal(value) -> str:
+    """A flag's value as TOML writes it (a JSON string is a TOML basic string)."""
+    return "true" if value is True else json.dumps(value)
+
+
+def study_declaration(best: dict[str, dict]) -> str:
+    """The best configuration's flags as a study file's lrs and [train] table, read off its trial's
+    logged command: what a study of this configuration declares, with no flag copied by hand."""
+    if not best:
+        return "No trial is complete yet."
+    top = min(best.values(), key=lambda r: r["value"])
+    flags = command_flags(top["log"]["run"]["command"])
+    table = "\n".join(f"{name} = {toml_literal(value)}" for name, value in flags.items() if name not in PER_RUN_FLAGS)
+    return (f"From {top['name']} ({top['params'].get('arm', next(iter(best)))}), as a study file declares it; its "
+            f"arms, seeds, [tuning] and comparisons are the study's own. `keep = \"best\"` makes each run's final "
+            f"numbers those of its best point, evaluated on the whole splits: read them at the `final` point.\n\n"
+            f"```toml\nlrs = [{toml_literal(flags['lr'])}]\n\n[train]\n{table}\n```")
+
+
 def how_it_ended(row: dict) -> str:
     log = row["log"]
     if row["state"] == "pruned":
@@ -247,6 +293,7 @@ def write_search_report(title: str, study, arms: list[str], trials_folder: Path,
         "## First: the n-gram baselines", markdown_baselines(rows),
         "## Which study the search allows", allowed_study(best, baselines),
         "## The best configuration per arm", markdown_best(best),
+        "## The best configuration, as a study declares it", study_declaration(best),
         "## Every trial", markdown_trials(rows),
         "## What mattered (exploratory)", markdown_importance(study),
         "## Figures", *(f"![{name}]({name}.png)\n\n{guide}" for name, guide in FIGURE_GUIDE.items()),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 
 import pytest
 
@@ -103,6 +104,12 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
     first = report.index("## First: the n-gram baselines")
     assert first < report.index("## Every trial") and all(f"trial{n:03d}" in report for n in range(6))
     assert "## The best configuration per arm" in report and "| swiglu (matched) |" in report
+    # the best configuration as a study declares it: the best trial's own flags, mlp_ratio already d_mlp
+    declared = tomllib.loads(report.split("```toml\n")[1].split("```")[0])
+    best = min((logs[f"trial{n:03d}"] for n in states["complete"]), key=lambda log: log["final"]["val"]["loss"])
+    assert declared["lrs"] == [best["train_config"]["lr"]] and declared["train"]["d_mlp"] == best["model_config"]["d_mlp"]
+    assert declared["train"].get("tie_embeddings", False) is best["model_config"]["tie_embeddings"]
+    assert declared["train"]["keep"] == "best" and not {"seeds", "activation", "run_name"} & set(declared["train"])
     assert (path.parent / "search_history.png").stat().st_size > 0 and (path.parent / "search_slices.png").exists()
     assert result.stdout.splitlines()[0] == f"search report: {path.parent / 'report.md'}"
 
