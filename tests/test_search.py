@@ -205,6 +205,27 @@ def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_t
         assert [point["at_step"] for point in log["run"]["resumed"]] == [before["progress"]["step"]]
 
 
+@pytest.mark.slow
+def test_a_one_worker_search_stops_cleanly_too(search_file):
+    # one worker (the default): the trial is watched from the main thread, where the stop's handler runs too
+    path = search_file(2)
+    path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
+                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+    log_path = path.parent / "trials" / "trial000.json"
+    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (log_path.exists() and json.loads(log_path.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):
+        assert time.time() < deadline and search.poll() is None, "trial000 was never seen training"
+        time.sleep(0.2)
+    search.send_signal(signal.SIGTERM)
+    stderr = search.communicate(timeout=120)[1]
+    assert search.returncode == 143, stderr[-2000:]
+    assert json.loads(log_path.read_text())["status"] == "interrupted"
+    assert (path.parent / "trials" / "checkpoints" / "trial000.pt").exists()
+    assert trial_states(path) == {"fail": [0], "waiting": [1]}
+
+
 @pytest.mark.parametrize("space, message", [
     ("nonsense_flag = [1, 2]", "cannot search 'nonsense_flag' (not a train_simple.py flag)"),
     ("lr = []", "lr has no choices"),
