@@ -200,21 +200,21 @@ def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = No
     return commands
 
 
+def tuning_runs(study: Study) -> list[tuple[Arm, float, str]]:
+    """(arm, candidate lr, run name) of every run of the study's [tuning], arm by arm."""
+    return [(arm, lr, run_name(arm, lr, study.tuning.seed)) for arm in study.arms
+            for lr in (float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in study.tuning.lr_multipliers)]
+
+
 def tuning_candidates(study: Study) -> list[Candidate]:
-    """Every (arm, candidate lr) of the study's [tuning], arm by arm; their logs in ``<folder>/tuning/``."""
-    return [Candidate(arm.name, lr, study.folder / "tuning" / f"{run_name(arm, lr, study.tuning.seed)}.json")
-            for arm in study.arms for lr in tuning_lrs(study, arm)]
-
-
-def tuning_lrs(study: Study, arm: Arm) -> list[float]:
-    return [float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in study.tuning.lr_multipliers]
+    """The tuning's candidates, their logs in ``<study folder>/tuning/``."""
+    return [Candidate(arm.name, lr, study.folder / "tuning" / f"{name}.json") for arm, lr, name in tuning_runs(study)]
 
 
 def tuning_commands(study: Study, threads: int) -> list[list[str]]:
     """One train_simple.py command per candidate, keeping its best weights (the objective is read there)."""
-    return [train_command(study, arm, lr, study.tuning.seed, run_name(arm, lr, study.tuning.seed),
-                          study.folder / "tuning", threads, keep_best=True)
-            for arm in study.arms for lr in tuning_lrs(study, arm)]
+    return [train_command(study, arm, lr, study.tuning.seed, name, study.folder / "tuning", threads, keep_best=True)
+            for arm, lr, name in tuning_runs(study)]
 
 
 def train_simple_flags() -> set[str]:
