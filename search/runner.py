@@ -18,6 +18,7 @@ the queued trials from the steps they stopped at.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
@@ -42,6 +43,19 @@ class TrialFailed(Exception):
 
 class TrialStopped(TrialFailed):
     """A stop of the search interrupted the trial's run: FAIL here, and queued again under its name."""
+
+
+class WithoutTraceback(logging.Filter):
+    """Optuna logs each failed trial with its traceback; a TrialFailed is an outcome, not a crash (its
+    message and the report say why), so its line goes out alone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+            record.exc_info = None
+        return True
+
+
+WITHOUT_TRACEBACK = WithoutTraceback()  # one instance: adding it again is a no-op
 
 
 @dataclass(frozen=True)
@@ -311,6 +325,7 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
     import optuna
 
     study = open_study(name, search, url)
+    logging.getLogger("optuna.study._optimize").addFilter(WITHOUT_TRACEBACK)  # where Optuna logs a failed trial
     # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
     # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
     optuna.storages.fail_stale_trials(study)

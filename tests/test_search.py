@@ -221,6 +221,7 @@ def test_a_one_worker_search_stops_cleanly_too(search_file):
     search.send_signal(signal.SIGTERM)
     stderr = search.communicate(timeout=120)[1]
     assert search.returncode == 143, stderr[-2000:]
+    assert "trial000: stopped at step" in stderr and "Traceback" not in stderr  # an outcome, not a crash
     assert json.loads(log_path.read_text())["status"] == "interrupted"
     assert (path.parent / "trials" / "checkpoints" / "trial000.pt").exists()
     assert trial_states(path) == {"fail": [0], "waiting": [1]}
