@@ -68,17 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def apply_study(args: argparse.Namespace) -> str | None:
+def apply_study(args: argparse.Namespace) -> tuple[str | None, list[dict]]:
     """A study file's declarations replace the flags: its folder, arms' comparisons, metric, point,
     margin and alpha. Per-arm learning rates (declared or tuned) do not split its runs into groups.
-    Returns the table of its lr tuning, when it declares one."""
+    Returns the table of its lr tuning and the logs of its tuning runs (None and [] without one)."""
     study = load_study(args.study)
     args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
     args.secondary = list(study.secondary)
     if study.per_arm_lr:
         args.ignore_settings = args.ignore_settings | {"train.lr"}
-    return markdown_tuning(tuning_candidates(study), study.tuning) if study.tuning else None
+    if not study.tuning:
+        return None, []
+    candidates = tuning_candidates(study)
+    return markdown_tuning(candidates, study.tuning), [log for c in candidates if (log := c.log()) is not None]
 
 
 @dataclass
@@ -124,7 +127,7 @@ def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: P
 
 def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
     """Every output, from the logs; the summary's text and the files written, report first."""
-    tuning = apply_study(args) if args.study else None
+    tuning, tuning_logs = apply_study(args) if args.study else (None, [])
     loaded = load_runs(log_paths(args), args.strict, args.ignore_settings)
     runs = loaded.finished
     if not runs:
@@ -139,7 +142,7 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
                 for i, (group, note) in enumerate(zip(groups, differences(groups)), start=1)]
     sweeps = analyse_sweeps(groups, args, out_dir)
     headline = "\n\n".join(g.headline for g in analysed)
-    declared = preregistration_line(runs, args.study)
+    declared = preregistration_line([r.log for r in runs] + tuning_logs, args.study)  # a tuning run is declared too
     not_analysed = markdown_not_analysed(loaded)
     md = ["# Activation comparison", "",
           f"{len(runs)} runs in {len(groups)} group(s). Values: mean ± 95% confidence interval over seeds "
@@ -161,10 +164,11 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
     return summary, [out_dir / "report.md", out_dir / "summary.md", out_dir / "summary.csv", *figures]
 
 
-def preregistration_line(runs: list[Run], study_file: Path | None) -> str | None:
-    """Whether the study was declared (committed, unmodified) before its runs began; None when no run
-    was started by study.py and no study file was given (a folder of one's own runs)."""
-    records = [(r.log["run"].get("study"), r.log["run"].get("started", "")) for r in runs]
+def preregistration_line(logs: list[dict], study_file: Path | None) -> str | None:
+    """Whether the study was declared (committed, unmodified) before its runs (its lr tuning's
+    included) began; None when no run was started by study.py and no study file was given (a folder
+    of one's own runs)."""
+    records = [(log["run"].get("study"), log["run"].get("started", "")) for log in logs]
     if study_file is None and all(record is None for record, _ in records):
         return None
     return preregistration.verdict(records, preregistration.sha256_of(study_file) if study_file else None)

@@ -59,11 +59,17 @@ class Candidate:
     lr: float
     log_path: Path
 
+    def log(self) -> dict | None:
+        """The run's log; None when it is not there yet, or unreadable (rerunning the study trains it again)."""
+        try:
+            return read_log(self.log_path)
+        except ValueError:
+            return None
+
     def objective(self) -> float | None:
         """The selection loss at the run's best point; inf when it diverged; None while it has not finished."""
-        try:
-            log = read_log(self.log_path)
-        except ValueError:  # not there yet, or unreadable: rerunning the study trains it again
+        log = self.log()
+        if log is None:
             return None
         if failed_non_finite(log):
             return math.inf

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import subprocess
 import sys
 
@@ -219,3 +220,21 @@ def test_a_study_tunes_each_arms_lr_on_the_selection_split_before_its_final_seed
     assert "2 runs" in (folder / "summary.md").read_text()  # the candidates are not the study's runs
     table = report.split("## Learning rate per arm, tuned on the selection split")[1].split("\n## ")[0]
     assert table.count("| diverged |") == 2 and table.count("| yes |") == 2
+
+
+@pytest.mark.slow
+def test_a_study_whose_lr_tuning_ran_before_it_was_committed_is_not_pre_registered(tmp_path, corpus_dir,
+                                                                                    tiny_tokenizer_dir):
+    folder = tmp_path / "late"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache",
+                ONE_RUN + "[tuning]\nseed = 7\nlr_multipliers = [0.5, 2]\n")
+    git(folder, "init", "-q")
+    for line in run_study(folder, "--list").stdout.splitlines():  # the lr tuning, before the declaration
+        subprocess.run(shlex.split(line), check=True, capture_output=True, cwd=folder, timeout=600)
+    git(folder, "add", "study.toml")
+    git(folder, "commit", "-q", "-m", "declared after the tuning")
+    result = run_study(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((folder / "relu_seed1.json").read_text())["run"]["study"]["commit"]  # the final run alone looks declared
+    assert ("**Pre-registration**: **Not pre-registered**: the study file (sha256 `"
+            in (folder / "report.md").read_text()), "a choice made before the declaration is not pre-registered"
