@@ -298,3 +298,20 @@ def test_worker_threads_pruning_at_once_all_get_an_answer():
             assert errors == []
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
+    """The committed report is what the committed storage and trial logs say, as this code writes it."""
+    import shutil
+
+    from search.report import write_search_report
+    from search.runner import open_study
+
+    folder = ROOT / "results" / "wikitext2_search"
+    if not (folder / "search.db").exists():
+        pytest.skip("no committed search")
+    shutil.copy(folder / "search.db", tmp_path / "search.db")  # opening a storage may write to it
+    study = load_study(folder / "search.toml")
+    report = write_search_report(study.name, open_study(study.name, study.search, f"sqlite:///{tmp_path / 'search.db'}"),
+                                 [arm.name for arm in study.arms], folder / "trials", tmp_path)
+    assert report.read_text() == (folder / "report.md").read_text()
