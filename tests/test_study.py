@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -238,3 +239,14 @@ def test_a_study_whose_lr_tuning_ran_before_it_was_committed_is_not_pre_register
     assert json.loads((folder / "relu_seed1.json").read_text())["run"]["study"]["commit"]  # the final run alone looks declared
     assert ("**Pre-registration**: **Not pre-registered**: the study file (sha256 `"
             in (folder / "report.md").read_text()), "a choice made before the declaration is not pre-registered"
+
+
+def test_a_tie_between_tuning_candidates_goes_to_the_smaller_lr_and_a_missing_one_leaves_no_choice(tiny_argv, tmp_path):
+    from search.tuning import Candidate, chosen_lrs
+
+    assert train_simple.main(tiny_argv(tmp_path / "run", "--keep", "best")) == 0
+    for name in ("larger", "smaller"):  # the same run under two names: the same selection loss
+        shutil.copy(tmp_path / "run" / "relu_seed3.json", tmp_path / f"{name}.json")
+    tied = [Candidate("relu", 2e-3, tmp_path / "larger.json"), Candidate("relu", 1e-3, tmp_path / "smaller.json")]
+    assert chosen_lrs(tied) == {"relu": 1e-3}
+    assert chosen_lrs([*tied, Candidate("relu", 4e-3, tmp_path / "not_run_yet.json")]) is None
