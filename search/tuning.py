@@ -79,7 +79,11 @@ class Candidate:
 def chosen_lrs(candidates: list[Candidate]) -> dict[str, float] | None:
     """Each arm's lr: its candidate with the lowest objective (the smaller lr on a tie); None until
     every candidate has finished, or when all of an arm's candidates diverged."""
-    objectives = [(c, c.objective()) for c in candidates]
+    return choose([(c, c.objective()) for c in candidates])
+
+
+def choose(objectives: list[tuple[Candidate, float | None]]) -> dict[str, float] | None:
+    """chosen_lrs, from each candidate's objective as read once."""
     if any(value is None for _, value in objectives):
         return None
     best: dict[str, tuple[float, float]] = {}
@@ -92,12 +96,12 @@ def chosen_lrs(candidates: list[Candidate]) -> dict[str, float] | None:
 
 def markdown_tuning(candidates: list[Candidate], tuning: Tuning) -> str:
     """The candidates' table: each arm's lrs, their objectives, and which one was chosen."""
-    chosen = chosen_lrs(candidates) or {}
+    objectives = [(c, c.objective()) for c in candidates]  # each log read once
+    chosen = choose(objectives) or {}
     lines = [f"Each arm's lr was chosen on the selection split before its final seeds: every candidate trained "
              f"once on the tuning seed {tuning.seed}, and the lowest selection loss at its best point wins.", "",
              "| arm | lr | selection loss (best point) | chosen |", "|---|---:|---:|---|"]
-    for candidate in candidates:
-        value = candidate.objective()
+    for candidate, value in objectives:
         shown = "not finished" if value is None else "diverged" if math.isinf(value) else f"{value:.4f}"
         lines.append(f"| {candidate.arm} | {candidate.lr:g} | {shown} | "
                      f"{'yes' if chosen.get(candidate.arm) == candidate.lr else ''} |")
