@@ -100,12 +100,17 @@ def best_per_arm(rows: list[dict], arms: list[str]) -> dict[str, dict]:
     return best
 
 
+def best_overall(best: dict[str, dict]) -> dict:
+    """The best configuration of all arms: the lowest objective."""
+    return min(best.values(), key=lambda r: r["value"])
+
+
 def allowed_study(best: dict[str, dict], baselines: dict) -> str:
     """The search's rule, read on the selection split: which primary metric a study may use."""
     if not best or not baselines:
         return "Not decided yet: no complete trial."
     bigram = baselines["bigram_kn"]["val"]["loss"]
-    top = min(best.values(), key=lambda r: r["value"])
+    top = best_overall(best)
     gain = top["final"].get("val", {}).get("interp_gain")
     said = (f"The best configuration ({top['name']}) reaches {top['value']:.4f} on the selection split; the "
             f"Kneser-Ney bigram {bigram:.4f}, so the rule's bar is {bigram - STOP_MARGIN:.4f}.")
@@ -137,15 +142,22 @@ PER_RUN_FLAGS = {"activation", "match_params", "lr", "seeds", "run_name", "outpu
 
 
 def command_flags(command: list[str]) -> dict:
-    """train_simple.py's flags in a logged command, in order: a switch -> True, else its value as typed."""
-    flags: dict = {}
+    """train_simple.py's flags in a logged command, in order: a switch -> True, one value -> it as typed,
+    several (a --weight_decay sweep) -> their list; study.flag_args turns such a dict back into arguments."""
+    values: dict[str, list] = {}
     for token in command[1:]:
         if token.startswith("--"):
             name = token[2:]
-            flags[name] = True
+            values[name] = []
         else:
-            flags[name] = toml_value(token)
-    return flags
+            values[name].append(toml_value(token))
+    return {name: logged_value(given) for name, given in values.items()}
+
+
+def logged_value(given: list):
+    if not given:
+        return True  # a switch
+    return given[0] if len(given) == 1 else given
 
 
 def toml_value(text: str):
@@ -167,7 +179,7 @@ def study_declaration(best: dict[str, dict]) -> str:
     logged command: what a study of this configuration declares, with no flag copied by hand."""
     if not best:
         return "No trial is complete yet."
-    top = min(best.values(), key=lambda r: r["value"])
+    top = best_overall(best)
     flags = command_flags(top["log"]["run"]["command"])
     table = "\n".join(f"{name} = {toml_literal(value)}" for name, value in flags.items() if name not in PER_RUN_FLAGS)
     return (f"From {top['name']} ({top['params'].get('arm', next(iter(best)))}), as a study file declares it; its "
