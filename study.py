@@ -201,7 +201,8 @@ def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = No
 
 
 def tuning_runs(study: Study) -> list[tuple[Arm, float, str]]:
-    """(arm, candidate lr, run name) of every run of the study's [tuning], arm by arm."""
+    """(arm, candidate lr, run name) of every run of the study's [tuning], arm by arm; each lr rounded
+    to the 6 significant digits its run name shows (0.0041 x 3 is 0.0123, not 0.012300000000000002)."""
     return [(arm, lr, run_name(arm, lr, study.tuning.seed)) for arm in study.arms
             for lr in (float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in study.tuning.lr_multipliers)]
 
@@ -276,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    wrong_kind = ("--list is for a study: a search draws its trials as it runs (--report_only lists them)"
-                  if args.list and study.search else
-                  "--report_only is for a search: a study's report is analyze_results.py --study FILE"
-                  if args.report_only and not study.search else None)
-    if wrong_kind:
-        print(f"error: {wrong_kind}", file=sys.stderr)
+    if args.list and study.search:
+        print("error: --list is for a study: a search draws its trials as it runs (--report_only lists them)",
+              file=sys.stderr)
+        return 2
+    if args.report_only and not study.search:
+        print("error: --report_only is for a search: a study's report is analyze_results.py --study FILE",
+              file=sys.stderr)
         return 2
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     warning = None if args.list or args.report_only else uncommitted_warning(declaration(args.study))
