@@ -164,13 +164,17 @@ def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
     assert len(drawn) == len(set(drawn))  # the workers drew apart: no configuration trained twice
 
 
+def long_trials(path):
+    """The search, its trials long enough to be caught training: 40 epochs, no patience, no pruner."""
+    path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
+                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the search", "Ctrl-C: SIGINT to its group"])
 def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file, to_group):
-    path = search_file(2)
-    # trials long enough to be caught training: 40 epochs, no patience, no pruner
-    path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
-                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+    path = long_trials(search_file(2))
     folder = path.parent / "trials"
     search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path), "--jobs", "2"], cwd=ROOT,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -208,9 +212,7 @@ def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_t
 @pytest.mark.slow
 def test_a_one_worker_search_stops_cleanly_too(search_file):
     # one worker (the default): the trial is watched from the main thread, where the stop's handler runs too
-    path = search_file(2)
-    path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
-                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+    path = long_trials(search_file(2))
     log_path = path.parent / "trials" / "trial000.json"
     search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -110,14 +110,6 @@ def test_a_bad_study_file_is_one_line(tmp_path, body, message):
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
 
 
-def test_a_study_has_no_search_report(tmp_path):
-    path = tmp_path / "study.toml"
-    path.write_text(ONE_RUN)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), "--report_only"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "--report_only is for a search" in result.stderr
-
-
 def test_the_study_runner_knows_the_registrys_gated_activations():
     from study import GATED
     from transformer_from_scratch import ACTIVATIONS
@@ -133,6 +125,14 @@ lrs = [1e-3]
 [[arms]]
 activation = "relu"
 """
+
+
+def test_a_study_has_no_search_report(tmp_path):
+    path = tmp_path / "study.toml"
+    path.write_text(ONE_RUN)
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), "--report_only"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "--report_only is for a search" in result.stderr
 
 
 def run_study(folder, *extra):
