@@ -346,6 +346,35 @@ def test_a_stopped_run_is_not_trained_further(tiny_argv, corpus_dir, tmp_path):
     assert result.returncode == 2 and "stopped early" in result.stderr
 
 
+def keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path) -> tuple[list[str], dict]:
+    """An overfitting run under --keep best, complete at --max_steps 8 with what training it further
+    needs (--keep_optimizer): its best point lies before its last step, and the steps after 8 are
+    worse still, so a longer run must report the best point's saved weights again."""
+    argv = overfitting_argv(tiny_argv, corpus_dir, "--keep", "best", "--keep_optimizer")
+    assert train_simple.main([*argv, "--max_steps", "8"]) == 0
+    log = read_log(tmp_path / "out" / f"{RUN}.json")
+    assert log["final"]["step"] < log["progress"]["step"] == 8  # the best point is an earlier one
+    return argv, log
+
+
+def test_a_keep_best_run_trained_further_still_reports_its_best_point(tiny_argv, corpus_dir, tmp_path):
+    argv, first = keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path)
+    assert train_simple.main([*argv, "--max_steps", "12", "--resume"]) == 0
+    log = read_log(tmp_path / "out" / f"{RUN}.json")
+    assert log["status"] == "complete" and log["progress"]["step"] == 12
+    assert log["final"]["step"] == first["final"]["step"] and log["final"]["val"] == first["final"]["val"]
+
+
+def test_resuming_a_keep_best_run_without_its_best_weights_fails_before_training(tiny_argv, corpus_dir, tmp_path):
+    argv, first = keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path)
+    (tmp_path / "out" / "checkpoints" / f"{RUN}.best.safetensors").unlink()  # copied without it
+    result = run_cli([*argv, "--max_steps", "12", "--resume"])
+    error = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: --keep best")
+    assert f"weights (step {first['final']['step']})" in error and f"{RUN}.best.safetensors" in error
+    assert read_log(tmp_path / "out" / f"{RUN}.json") == first  # nothing trained, nothing lost
+
+
 # ---------------------------------------------------------------------------------------------
 # Shapes other than the seed's
 

@@ -4,7 +4,8 @@ While a run is unfinished: the whole training state in ``checkpoints/<name>.pt``
 moments, position in the data, what was measured, RNG states), for --resume. Once it completes:
 its final weights alone in ``checkpoints/<name>.safetensors`` (a third of the size), and the full
 checkpoint is deleted unless --keep_optimizer asked to keep it, which a run that may be trained
-further needs. Both files hold only tensors and plain values: the full checkpoint is loaded with
+further needs. Under --keep best, the best point's weights (``<name>.best.safetensors``) are part of
+that state: the run reads them back when it ends. Both files hold only tensors and plain values: the full checkpoint is loaded with
 ``weights_only=True`` and the final weights are safetensors, so nothing in a file is ever executed.
 Both are written atomically: a crash or a full disk leaves the previous file intact.
 """
@@ -15,6 +16,7 @@ import io
 import json
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
@@ -55,6 +57,15 @@ def write_final_weights(path: Path, weights: dict[str, Tensor], about: dict) -> 
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in weights.items()}
     metadata = {"format": FINAL_WEIGHTS_FORMAT, "about": json.dumps(about, sort_keys=True)}
     atomic_write(path, safetensors.torch.save(tensors, metadata=metadata))
+
+
+def final_weights_step(path: Path) -> int | None:
+    """The step a final-weights file says it holds (its metadata), None when it is missing or unreadable."""
+    try:
+        with safetensors.safe_open(path, framework="pt") as weights:
+            return json.loads(weights.metadata()["about"])["step"]
+    except Exception:  # missing, damaged or foreign: all mean "not the weights asked for"
+        return None
 
 
 def read_final_weights(checkpoints: Path, name: str) -> dict[str, Tensor]:

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from training.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint, write_final_weights
+from training.checkpoint import (final_weights_step, read_checkpoint, rng_state, set_rng_state, write_checkpoint,
+                                 write_final_weights)
 from training.data import Data
 from training.decide import differing_settings
 from training.distributed import Distributed
@@ -135,12 +136,12 @@ def save_final_weights(spec: RunSpec, state: TrainingState, rt: Runtime) -> None
 
 
 def drop_full_checkpoint(spec: RunSpec, rt: Runtime) -> None:
-    """A complete run keeps its full checkpoint (AdamW state) only under --keep_optimizer; the best
-    point's weights (--keep best) are its final weights by now."""
-    if rt.ddp.main:
+    """A complete run keeps what training it further needs only under --keep_optimizer: its full
+    checkpoint (AdamW state) and, under --keep best, its best point's weights, which are its final
+    weights by now but which a longer run that finds no better point reports again."""
+    if rt.ddp.main and not rt.flags["keep_optimizer"]:
         spec.best_weights_path.unlink(missing_ok=True)
-        if not rt.flags["keep_optimizer"]:
-            spec.ckpt_path.unlink(missing_ok=True)
+        spec.ckpt_path.unlink(missing_ok=True)
 
 
 def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
@@ -159,6 +160,7 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if "rng" in ckpt:  # checkpoints before dropout existed have none, and needed none
         set_rng_state(ckpt["rng"], rt.device)
     state.history = History(**ckpt["history"])
+    require_best_weights(spec, state.progress)
     if not finished(spec, state.progress):
         # A run stopped mid-epoch by --max_steps evaluated that partial epoch; it goes on now, so the
         # partial entries are dropped and measured again when the epoch really ends.
@@ -168,6 +170,20 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"],
                                   "git_commit": rt.facts["git_commit"], "git_dirty": rt.facts["git_dirty"]})
     return state
+
+
+def require_best_weights(spec: RunSpec, progress: Progress) -> None:
+    """Under --keep best a run reads its best point's weights back when it ends; resumed without them
+    (a checkpoint copied without its .best.safetensors) it would train to the end and fail there, so
+    it fails before training."""
+    if spec.train_config["keep"] != "best" or not progress.best_step:
+        return
+    found = final_weights_step(spec.best_weights_path)
+    if found != progress.best_step:
+        held = "is missing or unreadable" if found is None else f"holds step {found}"
+        raise UsageError(f"--keep best: the best point's weights (step {progress.best_step}) are not beside the "
+                         f"checkpoint: {spec.best_weights_path} {held}; copy it from where the run began, or "
+                         "train afresh with --overwrite")
 
 
 def finished(spec: RunSpec, progress: Progress) -> bool:
