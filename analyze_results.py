@@ -4,11 +4,11 @@
     python analyze_results.py --results_dir results/my_study --baseline gelu --metric val_bpb
 
 Writes report.md (the document to read first), summary.md, summary.csv (for tools), and the figures
-training_curves.png, training_dynamics.png and attention.png. The analysis's life, in the order
-``analyze`` reads: read the logs -> group them (runs are pooled over seeds only when every setting
-but activation and seed agrees) -> per group, its n-gram baselines -> its verdicts on the declared
-comparisons -> its tables -> its figures -> the lr sweeps across groups -> the summary and the
-report. Failed and unfinished runs are listed, not dropped; two logs of the same run count once.
+verdicts.png (where a declared comparison was tested), training_curves.png, training_dynamics.png and
+attention.png. The analysis's life, in the order ``analyze`` reads: read the logs -> group them (runs
+are pooled over seeds only when every setting but activation and seed agrees) -> per group, its n-gram
+baselines -> its verdicts on the declared comparisons -> its tables -> its figures -> the lr sweeps
+across groups -> the summary and the report. Failed and unfinished runs are listed, not dropped; two logs of the same run count once.
 The parts live in analysis/ (runs, stats, verdicts, findings, tables, figures, report). Needs no
 torch: logs are read through run_log.py.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis import report
 from analysis.figures import FIGURE_GUIDE, draw_group_figures, plot_lr_sweep
-from analysis.findings import markdown_baselines, markdown_verdicts
+from analysis.findings import judge_group, markdown_baselines, markdown_verdicts
 from analysis.runs import METRICS, POINTS, AnalysisError, Run, describe_group, differences, group_runs, \
     kept_baselines, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
@@ -102,12 +102,13 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
     against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
     arms = sorted({r.variant for r in group})
     comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
-    verdicts = "\n\n".join([markdown_verdicts(group, comparisons, args.metric, args.point, args.margin, args.alpha),
-                             *(f"**Secondary metric `{metric}`**, declared as such: "
-                               + markdown_verdicts(group, comparisons, metric, args.point, args.margin, args.alpha)
-                               for metric in args.secondary)])
+    primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha)
+                           for metric in (args.metric, *args.secondary))
+    verdicts = "\n\n".join([markdown_verdicts(group, primary),
+                             *(f"**Secondary metric `{j.metric}`**, declared as such: " + markdown_verdicts(group, j)
+                               for j in secondary)])
     tables = group_tables(group, table, paired, verdicts, args.metric, args.point)
-    figures = draw_group_figures(group, baselines, args.baseline, out_dir, "" if i == 1 else f"_group{i}")
+    figures = draw_group_figures(group, baselines, args.baseline, out_dir, "" if i == 1 else f"_group{i}", primary)
     described = describe_group(group) + "."
     return GroupAnalysis(f"**Group {i}** ({note})\n\n{against_baselines}",
                          [f"## Group {i}: {note}", "", described, "", tables, ""],

@@ -1,6 +1,6 @@
-"""The analysis's figures (matplotlib, files only): training curves with the baselines, dynamics,
-attention, compute-matched curves and lr sweeps. One colour per activation in every figure, fixed by
-the activation registry's order; bands are 95% confidence intervals over seeds."""
+"""The analysis's figures (matplotlib, files only): the verdicts, training curves with the baselines,
+dynamics, attention, compute-matched curves and lr sweeps. One colour per activation in every
+figure, fixed by the activation registry's order; bands are 95% confidence intervals over seeds."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.findings import Judgement, split_label  # noqa: E402
 from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
     has_probes, one_machine_alone, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
@@ -22,6 +23,11 @@ from analysis.tables import sweep_table  # noqa: E402
 
 
 FIGURE_GUIDE = {
+    "verdicts": "The declared comparisons on the primary metric: each difference, first arm minus second (left of zero "
+                "the first is better), as the verdicts' two-way model estimates it (diamond; bar: its confidence "
+                "interval, unadjusted, as in the verdict table), each seed's paired difference (dots) and the "
+                "equivalence margin (grey band). The verdict beside each row is the Holm-adjusted tests', not read "
+                "off the bar.",
     "training_curves": "Training loss per logged step; the loss on the selection split and on the report split (the "
                        "primary metric) at each evaluation, each with the n-gram baselines on its own targets (dotted, "
                        "named with their split); and each activation's report loss minus the baseline arm's, paired "
@@ -355,9 +361,45 @@ def plot_lr_sweep(family: list[list[Run]], metric: str, path: Path) -> None:
     plt.close(fig)
 
 
-def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, folder: Path, suffix: str) -> list[tuple[str, str]]:
-    """Every figure a group has data for, drawn into ``folder``; (file name, how to read it) of each."""
-    figures = {"training_curves": functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm)}
+def plot_verdicts(group: list[Run], path: Path, judgement: Judgement) -> None:
+    fig = verdicts_figure(group, judgement)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdicts_figure(group: list[Run], judgement: Judgement) -> plt.Figure:
+    """One row per tested comparison, the first declared on top: the model's estimate with its CI,
+    the seeds' paired differences, the ±margin band and zero, the verdict written at the right."""
+    tested, j = judgement.tested, judgement
+    colors = variant_colors([v.arm for v in tested])
+    fig, ax = plt.subplots(figsize=(8.5, 1.6 + 0.6 * len(tested)), constrained_layout=True)
+    ax.axvspan(-j.margin, j.margin, color="0.88", zorder=0, label=f"equivalence margin ±{j.margin}")
+    ax.axvline(0, color="0.3", linewidth=1)
+    for row, v in enumerate(tested):
+        y = len(tested) - 1 - row
+        seeds = j.paired_differences(v)
+        ax.plot(seeds, [y] * len(seeds), "o", color=colors[v.arm], alpha=0.4, markersize=4)
+        ax.errorbar([v.difference], [y], xerr=[[v.difference - v.ci_low], [v.ci_high - v.difference]], fmt="D",
+                    color=colors[v.arm], capsize=4, markersize=7)
+        ax.annotate(v.verdict, xy=(1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=10)
+    ax.set_yticks(range(len(tested)), [f"{v.arm} − {v.against}" for v in reversed(tested)])
+    ax.set_ylim(-0.6, len(tested) - 0.4)
+    split = split_label(group, j.metric).replace("`", "")
+    ax.set_xlabel(f"difference in {split} at the {j.point} point (lower is better)")
+    ax.set_title(f"Declared comparisons: estimate and {100 * (1 - j.alpha):.0f}% CI (diamond, bar), each seed's paired "
+                 f"difference (dots)\nverdicts: Holm-adjusted tests over {len(j.verdicts)} comparison(s), alpha "
+                 f"{j.alpha}", fontsize=10)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, folder: Path, suffix: str,
+                       judgement: Judgement | None = None) -> list[tuple[str, str]]:
+    """Every figure a group has data for, drawn into ``folder``; (file name, how to read it) of each.
+    The verdict figure comes first (the claims), where a declared comparison was tested."""
+    figures = {"verdicts": functools.partial(plot_verdicts, judgement=judgement)} if judgement and judgement.tested else {}
+    figures["training_curves"] = functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm)
     if has_probes(group):
         figures["training_dynamics"] = plot_dynamics
     if has_attention(group):

@@ -8,6 +8,7 @@ Runs are analysis.runs.Run objects (``variant``, ``seed``, ``log``, ``metric_at`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -100,27 +101,55 @@ def verdict_sentence(v: Verdict, margin: float) -> str:
     return f"{v.arm} vs {v.against}: **{meaning}** ({interval})"
 
 
-def markdown_verdicts(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
-                      alpha: float) -> str:
-    """The verdict table of the declared comparisons present in this group, and the power statement."""
+@dataclass(frozen=True)
+class Judgement:
+    """The verdicts on one metric of a group's declared comparisons, with what they were read from:
+    the verdict table and the verdict figure are drawn from this one object."""
+
+    metric: str
+    point: str
+    margin: float
+    alpha: float
+    values: dict[tuple[str, int], float]  # (arm, seed) -> the metric at the point
+    verdicts: list[Verdict]  # one per declared comparison with both its arms in the group
+
+    @property
+    def tested(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.verdict != NOT_TESTED]
+
+    def paired_differences(self, v: Verdict) -> list[float]:
+        """Each shared seed's difference, arm minus the arm it is compared with (finite ones only)."""
+        seeds = sorted(s for arm, s in self.values if arm == v.arm and (v.against, s) in self.values)
+        differences = [self.values[v.arm, s] - self.values[v.against, s] for s in seeds]
+        return [d for d in differences if math.isfinite(d)]
+
+
+def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
+                alpha: float) -> Judgement:
+    """The declared comparisons present in this group, judged on ``metric`` at ``point``."""
     arms = {r.variant for r in group}
     declared = [(a, b) for a, b in comparisons if a in arms and b in arms]
-    if not declared:
+    values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group} if declared else {}
+    return Judgement(metric, point, margin, alpha, values, judge(values, declared, margin, alpha))
+
+
+def markdown_verdicts(group: list, judgement: Judgement) -> str:
+    """The verdict table of a judgement, its sentences and the power statement."""
+    j = judgement
+    if not j.verdicts:
         return "No declared comparison has both its arms in this group."
-    values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group}
-    verdicts = judge(values, declared, margin, alpha)
-    lines = [f"**Verdicts** on the {split_label(group, metric)} at the {point} point (lower is better). Model: "
-             f"{metric} ~ arm + seed, OLS with pooled error; difference test and two one-sided tests (TOST) against "
-             f"±{margin}, both Holm-adjusted over the {len(declared)} declared comparison(s), alpha {alpha}; "
-             f"CI: {100 * (1 - alpha):.0f}%, unadjusted.", "",
+    lines = [f"**Verdicts** on the {split_label(group, j.metric)} at the {j.point} point (lower is better). Model: "
+             f"{j.metric} ~ arm + seed, OLS with pooled error; difference test and two one-sided tests (TOST) against "
+             f"±{j.margin}, both Holm-adjusted over the {len(j.verdicts)} declared comparison(s), alpha {j.alpha}; "
+             f"CI: {100 * (1 - j.alpha):.0f}%, unadjusted.", "",
              "| comparison | seeds | difference | CI | p difference (Holm) | p equivalence (Holm) | verdict |",
              "|---|---|---|---|---|---|---|"]
-    for v in verdicts:
+    for v in j.verdicts:
         cells = ([f"{v.difference:+.4f}", f"[{v.ci_low:+.4f}, {v.ci_high:+.4f}]", f"{v.p_difference:.4f}",
                   f"{v.p_equivalence:.4f}"] if v.verdict != NOT_TESTED else ["n/a"] * 4)
         lines.append(f"| {v.arm} vs {v.against} | {v.pairs} | " + " | ".join(cells) + f" | {v.verdict} |")
-    lines += ["", *(f"- {verdict_sentence(v, margin)}" for v in verdicts), "", power_statement(
-        power(values, len(declared), margin, alpha), len(declared), margin, alpha)]
+    lines += ["", *(f"- {verdict_sentence(v, j.margin)}" for v in j.verdicts), "", power_statement(
+        power(j.values, len(j.verdicts), j.margin, j.alpha), len(j.verdicts), j.margin, j.alpha)]
     return "\n".join(lines)
 
 

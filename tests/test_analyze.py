@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import analyze_results
-from analysis import figures, runs, tables
+from analysis import figures, findings, runs, tables
 from analysis.stats import holm, paired_t_test
 from conftest import ROOT
 from run_log import SCHEMA_VERSION
@@ -507,6 +507,33 @@ def test_the_curves_figure_draws_the_report_split_and_leaves_no_panel_empty(tmp_
     assert "one seed: no band" in fig.get_suptitle()
 
 
+def test_the_verdict_figure_draws_each_comparison_where_its_table_row_says(results):
+    group = [runs.load_run(path) for path in sorted(results.glob("*_seed*.json"))]
+    declared = [("gelu", "relu"), ("swiglu (matched)", "relu")]
+    judgement = findings.judge_group(group, declared, "val_loss", "final", 0.02, 0.05)
+    ax = figures.verdicts_figure(group, judgement).axes[0]
+    rows = {label.get_text(): y for label, y in zip(ax.get_yticklabels(), ax.get_yticks())}
+    assert list(rows) == ["swiglu (matched) − relu", "gelu − relu"]  # bottom to top: the first declared on top
+    written = {round(t.xy[1]): t.get_text() for t in ax.texts}
+    for v, bar in zip(judgement.verdicts, ax.containers):
+        y = rows[f"{v.arm} − {v.against}"]
+        assert (bar.lines[0].get_xdata()[0], bar.lines[0].get_ydata()[0]) == (v.difference, y) and v.difference < 0
+        (low, _), (high, _) = bar.lines[2][0].get_segments()[0]
+        assert (low, high) == pytest.approx((v.ci_low, v.ci_high)) and written[y] == v.verdict
+    gelu_seeds = [line for line in ax.lines if list(line.get_ydata()) == [rows["gelu − relu"]] * 3][0]
+    assert sorted(gelu_seeds.get_xdata()) == pytest.approx(sorted(VAL_LOSS["gelu"][s] - VAL_LOSS["relu"][s]
+                                                                  for s in (1, 2, 3)))
+    band = ax.patches[0]
+    assert (band.get_x(), band.get_x() + band.get_width()) == pytest.approx((-0.02, 0.02))
+
+
+def test_no_verdict_figure_is_drawn_where_no_comparison_was_tested(tmp_path):
+    for act in ("relu", "gelu"):  # one seed each: nothing to test
+        (tmp_path / f"{act}_seed1.json").write_text(json.dumps(synthetic_log(act, 1, VAL_LOSS[act][1])))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert not (tmp_path / "verdicts.png").exists() and "verdicts.png" not in (tmp_path / "report.md").read_text()
+
+
 def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):
     for seed, bf16 in ((1, False), (2, False), (3, True)):
         (tmp_path / f"relu_{seed}.json").write_text(json.dumps(synthetic_log("relu", seed, 5.0, bf16=bf16)))
@@ -535,6 +562,6 @@ def test_a_folder_is_read_as_its_logs_and_the_output_ends_with_where_everything_
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3] == f"report: {results / 'report.md'}"  # the report first
     assert lines[-2] == f"summary: {results / 'summary.md'} and summary.csv"
-    assert lines[-1].startswith("figures: training_curves.png, training_dynamics.png")
+    assert lines[-1].startswith("figures: verdicts.png, training_curves.png, training_dynamics.png")
     assert all((results / name.strip()).exists() for name in lines[-1].removeprefix("figures: ").split(","))
     assert "runs in 1 group" in (results / "summary.md").read_text()
