@@ -8,9 +8,9 @@ verdicts.png (where a declared comparison was tested), training_curves.png, trai
 attention.png. The analysis's life, in the order ``analyze`` reads: read the logs -> group them (runs
 are pooled over seeds only when every setting but activation and seed agrees) -> per group, its n-gram
 baselines -> its verdicts on the declared comparisons -> its tables -> its figures -> the lr sweeps
-across groups -> the summary and the report. Failed and unfinished runs are listed, not dropped; two logs of the same run count once.
-The parts live in analysis/ (runs, stats, verdicts, findings, tables, figures, report). Needs no
-torch: logs are read through run_log.py.
+across groups -> the summary and the report. Failed and unfinished runs are listed, not dropped; two
+logs of the same run count once. The parts live in analysis/ (runs, stats, verdicts, findings,
+tables, figures, report). Needs no torch: logs are read through run_log.py.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.runs import SPLIT_ROLES
-from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, judge, power
+from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, common_seeds, judge, power
 
 
 def split_label(runs: list, metric: str) -> str:
@@ -119,8 +119,8 @@ class Judgement:
 
     def paired_differences(self, v: Verdict) -> list[float]:
         """Each shared seed's difference, arm minus the arm it is compared with (finite ones only)."""
-        seeds = sorted(s for arm, s in self.values if arm == v.arm and (v.against, s) in self.values)
-        differences = [self.values[v.arm, s] - self.values[v.against, s] for s in seeds]
+        differences = [self.values[v.arm, s] - self.values[v.against, s]
+                       for s in common_seeds(self.values, v.arm, v.against)]
         return [d for d in differences if math.isfinite(d)]
 
 

@@ -78,14 +78,15 @@ def tost_p(estimate: float, se: float, df: float, margin: float) -> float:
     return float(max(above_lower, below_upper))
 
 
-def shared_seeds(values: dict[tuple[str, int], float], a: str, b: str) -> int:
-    return len({s for (arm, s) in values if arm == a} & {s for (arm, s) in values if arm == b})
+def common_seeds(values: dict[tuple[str, int], float], a: str, b: str) -> list[int]:
+    """The seeds both arms ran, in order: the pairs a paired comparison of ``a`` with ``b`` rests on."""
+    return sorted({s for (arm, s) in values if arm == a} & {s for (arm, s) in values if arm == b})
 
 
 def judge(values: dict[tuple[str, int], float], comparisons: list[tuple[str, str]], margin: float,
           alpha: float) -> list[Verdict]:
     """One verdict per comparison (arm, against); ``values``: (arm, seed) -> metric, lower is better."""
-    testable = [(a, b) for a, b in comparisons if shared_seeds(values, a, b) >= MIN_PAIRS]
+    testable = [(a, b) for a, b in comparisons if len(common_seeds(values, a, b)) >= MIN_PAIRS]
     estimates = {}
     if testable:
         fit, column = two_way_fit(values)
@@ -102,7 +103,7 @@ def judge(values: dict[tuple[str, int], float], comparisons: list[tuple[str, str
     adjusted_equiv = dict(zip(testable, holm([estimates[c][4] for c in testable])))
     out = []
     for a, b in comparisons:
-        pairs = shared_seeds(values, a, b)
+        pairs = len(common_seeds(values, a, b))
         if (a, b) not in estimates:
             out.append(Verdict(a, b, pairs, math.nan, math.nan, math.nan, math.nan, math.nan, NOT_TESTED))
             continue

@@ -5,9 +5,10 @@ moments, position in the data, what was measured, RNG states), for --resume. Onc
 its final weights alone in ``checkpoints/<name>.safetensors`` (a third of the size), and the full
 checkpoint is deleted unless --keep_optimizer asked to keep it, which a run that may be trained
 further needs. Under --keep best, the best point's weights (``<name>.best.safetensors``) are part of
-that state: the run reads them back when it ends. Both files hold only tensors and plain values: the full checkpoint is loaded with
-``weights_only=True`` and the final weights are safetensors, so nothing in a file is ever executed.
-Both are written atomically: a crash or a full disk leaves the previous file intact.
+that state: the run reads them back when it ends. Both files hold only tensors and plain values: the
+full checkpoint is loaded with ``weights_only=True`` and the final weights are safetensors, so
+nothing in a file is ever executed. Both are written atomically: a crash or a full disk leaves the
+previous file intact.
 """
 
 from __future__ import annotations

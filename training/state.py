@@ -153,6 +153,7 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if ckpt["data"] != data.identity():
         changed = [role for role in ckpt["data"] if ckpt["data"][role] != data.identity()[role]]
         raise UsageError(f"checkpoint {spec.ckpt_path} was trained on other data ({', '.join(changed)} differ)")
+    require_best_weights(spec, Progress(**ckpt["progress"]))
     state = fresh_state(spec, data, rt)
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
@@ -160,7 +161,6 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if "rng" in ckpt:  # checkpoints before dropout existed have none, and needed none
         set_rng_state(ckpt["rng"], rt.device)
     state.history = History(**ckpt["history"])
-    require_best_weights(spec, state.progress)
     if not finished(spec, state.progress):
         # A run stopped mid-epoch by --max_steps evaluated that partial epoch; it goes on now, so the
         # partial entries are dropped and measured again when the epoch really ends.
