@@ -206,7 +206,7 @@ def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, t
     ``evaluated``: role -> (tokens, lengths, scored bytes); ``selection`` names the role whose loss
     picks the unigram's k (nothing is chosen on the others).
     """
-    scored = {role: grams(t, l, 1) for role, (t, l, _) in evaluated.items()}
+    scored = {role: grams(tokens, lengths, 1) for role, (tokens, lengths, _) in evaluated.items()}
     counts = target_counts(*train, d_vocab)
     k = min(ADD_K_GRID, key=lambda k: unigram_nll_sum(counts, k, scored[selection].targets))
     per_target = {"unigram": {role: -unigram_log_probs(counts, k)[g.targets] for role, g in scored.items()}}
@@ -214,9 +214,9 @@ def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, t
     trigram_nll = {}
     for name, order in (("bigram_kn", 2), ("trigram_kn", 3)):
         model = KneserNey(*train, d_vocab, order)
-        at_places = {role: model.token_nll(t, l) for role, (t, l, _) in evaluated.items()}
+        at_places = {role: model.token_nll(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
         per_target[name] = {role: at_places[role][g.rows, g.cols] for role, g in scored.items()}
-        sums[name] = {role: model.nll_sum(t, l) for role, (t, l, _) in evaluated.items()}
+        sums[name] = {role: model.nll_sum(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
         trigram_nll = at_places
     losses = {name: {role: loss_breakdown(nll, counts[scored[role].targets] > 0, evaluated[role][2], sums[name][role])
                      for role, nll in by_role.items()} for name, by_role in per_target.items()}

@@ -299,7 +299,7 @@ def plot_attention(group: list[Run], path: Path) -> None:
     for layer in range(n_layers):
         for col, head in enumerate([None, *range(n_heads)]):
             ax = axes[layer, col]
-            plot_per_epoch(ax, variants, colors, lambda r, l=layer, h=head: attention_entropy(r, l, h), group)
+            plot_per_epoch(ax, variants, colors, lambda r, at=layer, h=head: attention_entropy(r, at, h), group)
             ax.axhline(layers[layer]["heads"][0]["max_entropy"], color="gray", linestyle=":", linewidth=1)
             ax.set_title(f"layer {layer}, {head_title(head, n_heads)}", fontsize=10)
             ax.grid(alpha=0.3)
@@ -324,8 +324,8 @@ def plot_dynamics(group: list[Run], path: Path) -> None:
         offset = 0.3 * (layer - (n_layers - 1) / 2) / max(n_layers - 1, 1)
         for ax, key in ((axes[1], "dead_fraction"), (axes[2], "active_fraction")):
             plot_per_epoch(ax, variants, colors,
-                           lambda r, k=key, l=layer: pd.Series({d["epoch"]: d["mlp"][l][k] for d in r.log["dynamics"]},
-                                                                 dtype=float),
+                           lambda r, k=key, at=layer: pd.Series(
+                               {d["epoch"]: d["mlp"][at][k] for d in r.log["dynamics"]}, dtype=float),
                            group, style=styles[layer % 4], marker=markers[layer % 5], offset=offset,
                            label_suffix=f", layer {layer}")
     axes[0].set(title="gradient norm before clipping", xlabel="optimizer step (moving average of 5)", ylabel="L2 norm")

@@ -55,13 +55,13 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
         "progress": {"step": 20, "epoch": 3, "batch_in_epoch": 0}, "evals": [],
         "epochs": epochs,
         "dynamics": [{"epoch": e, "partial": False, "layer_grad_norms": {},
-                      "mlp": [{"layer": l, "dead_fraction": 0.01 * seed, "active_fraction": 0.4 + 0.01 * l,
+                      "mlp": [{"layer": layer, "dead_fraction": 0.01 * seed, "active_fraction": 0.4 + 0.01 * layer,
                                "pre_mean": 0.0, "pre_std": 1.0,
                                "pre_quantiles": {f"p{q:02d}": (q - 50) / 25 for q in (1, 5, 25, 50, 75, 95, 99)}}
-                              for l in range(2)],
-                      "attention": [{"layer": l, "heads": [
+                              for layer in range(2)],
+                      "attention": [{"layer": layer, "heads": [
                           {"head": h, "entropy": 1.5 - 0.1 * e - 0.2 * h + 0.05 * seed, "max_entropy": 2.0,
-                           "prev_token": 0.2 + 0.1 * h, "first_token": 0.1} for h in range(2)]} for l in range(2)]}
+                           "prev_token": 0.2 + 0.1 * h, "first_token": 0.1} for h in range(2)]} for layer in range(2)]}
                      for e in (1, 2)],
         "samples": [{"epoch": e, "partial": False, "step": 10 * e, "prompts": [
             {"prompt": f" Prompt {i} about |pipes| .", "greedy": f" {act} greedy {i}", "sampled": f" {act} sampled {i}"}
