@@ -9,6 +9,9 @@ A file with a [search] table (search/space.py documents it) is a search, not a s
 searched over with its [train] flags fixed, on its tuning seed, and its report says which study the
 search allows; seeds, baseline and comparisons are then optional.
 
+SIGTERM or Ctrl-C stops a study cleanly: its runs in flight checkpoint, no other starts, and running
+it again continues them.
+
 The study file lives in its results folder (logs, summary and report go beside it), so a committed
 folder carries its declaration, and the commit that added the file before its runs is the
 pre-registration. Keys (unknown keys are an error):
@@ -50,6 +53,7 @@ from analysis.runs import METRICS, POINTS
 from preregistration import declaration, uncommitted_warning
 from search.space import Search, StudyError, load_search
 from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
+from training.signals import StopRuns
 
 ROOT = Path(__file__).resolve().parent
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
@@ -291,30 +295,37 @@ def main(argv: list[str] | None = None) -> int:
         print(warning, file=sys.stderr)
     if study.search is not None:
         return search_main(study, args, threads)
-    tuned = None
-    if study.tuning is not None:
-        tuned = tune(study, args, threads)
-        if tuned is None:
-            return 0 if args.list else 1
-    commands = run_commands(study, threads, tuned)
-    if args.list:
-        print("\n".join(shlex.join(c) for c in commands))
-        return 0
-    failed = run_all(commands, args.jobs)
+    with StopRuns("the study") as stop:
+        tuned = None
+        if study.tuning is not None:
+            tuned = tune(study, args, threads, stop)
+            if stop.signum is not None:
+                return stop.exit_code
+            if tuned is None:
+                return 0 if args.list else 1
+        commands = run_commands(study, threads, tuned)
+        if args.list:
+            print("\n".join(shlex.join(c) for c in commands))
+            return 0
+        failed = run_all(commands, args.jobs, stop)
+        if stop.signum is not None:
+            return stop.exit_code
     analysed = subprocess.run([sys.executable, str(ROOT / "analyze_results.py"), "--study", str(args.study)]).returncode
     for command in failed:
         print(f"error: failed: {shlex.join(command)} (rerun the study to resume it)", file=sys.stderr)
     return 1 if failed or analysed else 0
 
 
-def tune(study: Study, args: argparse.Namespace, threads: int) -> dict[str, float] | None:
+def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -> dict[str, float] | None:
     """Train the tuning's candidates (under --list: print their commands), then each arm's chosen lr;
     None (with a line on stderr) while there is no choice."""
     commands = tuning_commands(study, threads)
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
     else:
-        failed = run_all(commands, args.jobs)
+        failed = run_all(commands, args.jobs, stop)
+        if stop.signum is not None:
+            return None
         for command in failed:
             print(f"error: failed: {shlex.join(command)}", file=sys.stderr)
     candidates = tuning_candidates(study)
@@ -327,10 +338,11 @@ def tune(study: Study, args: argparse.Namespace, threads: int) -> dict[str, floa
     return tuned
 
 
-def run_all(commands: list[list[str]], jobs: int) -> list[list[str]]:
-    """Run the commands, ``jobs`` at a time; the ones that failed."""
+def run_all(commands: list[list[str]], jobs: int, stop: StopRuns) -> list[list[str]]:
+    """Run the commands, ``jobs`` at a time, until they are done or ``stop`` comes (then the runs in
+    flight checkpoint and the rest never start); the ones that failed."""
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        codes = list(pool.map(lambda command: subprocess.run(command).returncode, commands))
+        codes = list(pool.map(stop.run, commands))
     return [command for command, code in zip(commands, codes) if code]
 
 

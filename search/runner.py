@@ -32,7 +32,7 @@ from pathlib import Path
 
 from run_log import COMPLETE, PRUNED, read_log
 from search.space import Search
-from training.signals import SignalHandlers
+from training.signals import StopRuns
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
 
@@ -149,45 +149,15 @@ def trial_name(trial) -> str:
     return run_name_of(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
 
 
-class Stop(SignalHandlers):
-    """Stops a search cleanly on SIGINT or SIGTERM, and is the Optuna callback that finishes the stop.
-
-    On the signal, each trial's run in flight gets SIGTERM (one that got the signal itself too, from
-    a terminal's Ctrl-C or a scheduler, takes the two as one stop), and the trial is failed with that
-    reason once its run has exited. As a callback, it queues each stopped trial again, with its
-    parameters and under its run name (the same record a heartbeat-stale trial's retry gets), and
-    ends the search's loop. Its handlers are installed while it is entered, in the main thread.
+class Stop(StopRuns):
+    """Stops a search cleanly on SIGINT or SIGTERM (StopRuns: each trial's run in flight gets
+    SIGTERM), and is the Optuna callback that finishes the stop: a stopped trial is failed with that
+    reason once its run has exited, and the callback queues it again, with its parameters and under
+    its run name (the same record a heartbeat-stale trial's retry gets), and ends the search's loop.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self) -> None:
-        self.signum: int | None = None
-        # Reentrant: with one job the main thread starts trials, and a signal can arrive while it holds the lock
-        self.lock = threading.RLock()
-        self.processes: set[subprocess.Popen] = set()
-
-    def _handle(self, signum: int, _frame) -> None:
-        with self.lock:
-            if self.signum is None:
-                print(f"{signal.Signals(signum).name}: stopping the search: its trials in flight checkpoint and are "
-                      "queued again; run it again to continue them", file=sys.stderr)
-            self.signum = signum
-            for process in self.processes:
-                process.send_signal(signal.SIGTERM)
-
-    def start(self, command: list[str]) -> subprocess.Popen:
-        """Start a trial's run, tracked for the stop (stopped at once if the stop came first)."""
-        with self.lock:
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            self.processes.add(process)
-            if self.signum is not None:
-                process.send_signal(signal.SIGTERM)
-            return process
-
-    def finished(self, process: subprocess.Popen) -> None:
-        with self.lock:
-            self.processes.discard(process)
+        super().__init__("the search", after="its trials are queued again; run it again to continue them")
 
     def __call__(self, study, trial) -> None:
         import optuna
@@ -212,7 +182,7 @@ def train_trial(trial, run: TrialRun, stop: Stop) -> float:
     trial.set_user_attr("run_name", run.name)
     trial.set_user_attr("command", shlex.join(run.command))
     started_ns = time.time_ns()
-    process = stop.start(run.command)
+    process = stop.start(run.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the run
     reader.start()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -250,3 +253,37 @@ def test_a_tie_between_tuning_candidates_goes_to_the_smaller_lr_and_a_missing_on
     tied = [Candidate("relu", 2e-3, tmp_path / "larger.json"), Candidate("relu", 1e-3, tmp_path / "smaller.json")]
     assert chosen_lrs(tied) == {"relu": 1e-3}
     assert chosen_lrs([*tied, Candidate("relu", 4e-3, tmp_path / "not_run_yet.json")]) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the study", "Ctrl-C: SIGINT to its group"])
+def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resumes(tmp_path, corpus_dir,
+                                                                                      tiny_tokenizer_dir, to_group):
+    folder = tmp_path / "study"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED.replace("[1, 2, 3]", "[1, 2]"))
+    path = folder / "study.toml"
+    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 40\nnum_epochs = 10"))  # to be caught
+    first = folder / "relu_seed1.json"
+    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=tmp_path,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (first.exists() and json.loads(first.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):
+        assert time.time() < deadline and study.poll() is None, "relu_seed1 was never seen training"
+        time.sleep(0.2)
+    if to_group:  # as a terminal's Ctrl-C: the study and its run at once
+        os.killpg(study.pid, signal.SIGINT)
+    else:  # the study alone: it stops its run
+        study.send_signal(signal.SIGTERM)
+    stderr = study.communicate(timeout=300)[1]
+    assert study.returncode == (130 if to_group else 143), stderr[-2000:]
+    assert "stopping the study" in stderr and "Traceback" not in stderr
+    stopped = json.loads(first.read_text())
+    assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
+    assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads(first.read_text())
+    assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
+    assert [point["at_step"] for point in resumed["run"]["resumed"]] == [stopped["progress"]["step"]]
+    assert sorted(p.name for p in folder.glob("*.json")) == [f"{a}_seed{s}.json" for a in ("gelu", "relu") for s in (1, 2)]

@@ -7,7 +7,7 @@
     evaluation    the selection and report splits at each evaluation, the best point, text samples
     decide        train, resume, skip or refuse, from an existing log and checkpoint
     lock          one writer per run
-    signals       SIGINT/SIGTERM: finish the step, checkpoint, exit
+    signals       SIGINT/SIGTERM: finish the step, checkpoint, exit (a study or search: its runs too)
     checkpoint    the full checkpoint while a run is unfinished, the final weights once it completes
     distributed   DDP plumbing
     machine       device, loss kernel, allocator, CPU facts, git state
