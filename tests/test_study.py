@@ -286,4 +286,5 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
     resumed = json.loads(first.read_text())
     assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
     assert [point["at_step"] for point in resumed["run"]["resumed"]] == [stopped["progress"]["step"]]
-    assert sorted(p.name for p in folder.glob("*.json")) == [f"{a}_seed{s}.json" for a in ("gelu", "relu") for s in (1, 2)]
+    every_run = [f"{arm}_seed{seed}.json" for arm in ("gelu", "relu") for seed in (1, 2)]
+    assert sorted(p.name for p in folder.glob("*.json")) == every_run

@@ -14,7 +14,8 @@ import time
 
 class SignalHandlers:
     """A context manager that routes each of ``SIGNALS`` to ``self._handle`` while it is entered (in
-    the main thread); the previous handlers come back on exit."""
+    the main thread); the previous handlers come back on exit. A subclass keeps the signal that came
+    in ``signum``."""
 
     SIGNALS: tuple[signal.Signals, ...] = ()
 
@@ -28,6 +29,11 @@ class SignalHandlers:
 
     def _handle(self, signum: int, _frame) -> None:
         raise NotImplementedError
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status a process stopped by the signal that came gives (SIGINT's when none did)."""
+        return 128 + (self.signum or signal.SIGINT)
 
 
 class StopSignal(SignalHandlers):
@@ -58,10 +64,6 @@ class StopSignal(SignalHandlers):
         """Whether the signal was a search's pruner stopping this run (SIGUSR1)."""
         return self.signum == signal.SIGUSR1
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
 
 class StopRuns(SignalHandlers):
     """Stops the runs a study or a search started, cleanly, on SIGINT or SIGTERM.
@@ -75,7 +77,7 @@ class StopRuns(SignalHandlers):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, what: str = "the study", after: str = "run it again to continue them") -> None:
+    def __init__(self, what: str, after: str = "run it again to continue them") -> None:
         self.message = f"stopping {what}: its runs in flight checkpoint; {after}"
         self.signum: int | None = None
         # Reentrant: a signal can arrive while the main thread, starting a run, holds the lock
@@ -113,7 +115,3 @@ class StopRuns(SignalHandlers):
         code = process.wait()
         self.finished(process)
         return code
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
