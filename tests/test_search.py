@@ -86,6 +86,14 @@ def trial_states(path) -> dict[str, list[int]]:
     return states
 
 
+def trial_arms(path) -> dict[int, str]:
+    """Each trial's arm, as the sampler drew it."""
+    import optuna
+
+    study = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}")
+    return {t.number: t.params["arm"] for t in study.get_trials() if "arm" in t.params}
+
+
 @pytest.mark.slow
 def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
     path = search_file(6)
@@ -103,7 +111,13 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
     report = (path.parent / "report.md").read_text()
     first = report.index("## First: the n-gram baselines")
     assert first < report.index("## Every trial") and all(f"trial{n:03d}" in report for n in range(6))
-    assert "## The best configuration per arm" in report and "| swiglu (matched) |" in report
+    # each arm with a complete trial has a row naming its best one (which arms the sampler drew is chance)
+    assert "## The best configuration per arm" in report
+    arm_of = trial_arms(path)
+    for arm in {arm_of[n] for n in states["complete"]}:
+        mine = [n for n in states["complete"] if arm_of[n] == arm]
+        best_of_arm = min(mine, key=lambda n: logs[f"trial{n:03d}"]["final"]["val"]["loss"])
+        assert f"| {arm} | trial{best_of_arm:03d} |" in report
     # the best configuration as a study declares it: the best trial's own flags, mlp_ratio already d_mlp
     declared = tomllib.loads(report.split("```toml\n")[1].split("```")[0])
     best = min((logs[f"trial{n:03d}"] for n in states["complete"]), key=lambda log: log["final"]["val"]["loss"])
