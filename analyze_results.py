@@ -101,7 +101,8 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
     paired = paired_comparisons(group, args.baseline, args.metric, args.point)
     against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
     arms = sorted({r.variant for r in group})
-    comparisons = args.comparisons or [(arm, args.baseline) for arm in arms if arm != args.baseline]
+    implied = [(arm, args.baseline) for arm in arms if arm != args.baseline] if args.baseline in arms else []
+    comparisons = args.comparisons or implied  # a study's declared ones, else each arm against the baseline
     primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha)
                            for metric in (args.metric, *args.secondary))
     verdicts = "\n\n".join([markdown_verdicts(group, primary),

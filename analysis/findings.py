@@ -111,7 +111,7 @@ class Judgement:
     margin: float
     alpha: float
     values: dict[tuple[str, int], float]  # (arm, seed) -> the metric at the point
-    verdicts: list[Verdict]  # one per declared comparison with both its arms in the group
+    verdicts: list[Verdict]  # one per comparison (declared, or each arm against the baseline), in order
 
     @property
     def tested(self) -> list[Verdict]:
@@ -126,18 +126,17 @@ class Judgement:
 
 def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
                 alpha: float) -> Judgement:
-    """The declared comparisons present in this group, judged on ``metric`` at ``point``."""
-    arms = {r.variant for r in group}
-    declared = [(a, b) for a, b in comparisons if a in arms and b in arms]
-    values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group} if declared else {}
-    return Judgement(metric, point, margin, alpha, values, judge(values, declared, margin, alpha))
+    """Every declared comparison, judged on ``metric`` at ``point`` in this group; one whose arms have
+    no shared seeds here (a study in progress) is listed as not tested, never dropped."""
+    values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group} if comparisons else {}
+    return Judgement(metric, point, margin, alpha, values, judge(values, comparisons, margin, alpha))
 
 
 def markdown_verdicts(group: list, judgement: Judgement) -> str:
     """The verdict table of a judgement, its sentences and the power statement."""
     j = judgement
     if not j.verdicts:
-        return "No declared comparison has both its arms in this group."
+        return "No comparison to judge: none was declared, and the baseline has no runs in this group."
     lines = [f"**Verdicts** on the {split_label(group, j.metric)} at the {j.point} point (lower is better). Model: "
              f"{j.metric} ~ arm + seed, OLS with pooled error; difference test and two one-sided tests (TOST) against "
              f"±{j.margin}, both Holm-adjusted over the {len(j.verdicts)} declared comparison(s), alpha {j.alpha}; "

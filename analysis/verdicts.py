@@ -8,7 +8,8 @@ with one pooled error (statsmodels). A comparison is a contrast of two arm effec
     difference   two-sided t-test of  a - b = 0
     equivalence  two one-sided t-tests (TOST, Schuirmann 1987) of  a - b <= -margin  and  a - b >= margin
 
-Both families of p-values are Holm-adjusted over the declared comparisons. The verdict, in this
+Both families of p-values are Holm-adjusted over the declared comparisons, all of them: one
+that could not be tested counts as p = 1. The verdict, in this
 order: **equivalent** when TOST rejects (the difference is smaller than the margin, whichever its
 sign); **better** / **worse** when the difference test rejects (lower is better); else
 **inconclusive**. With fewer than MIN_PAIRS seeds shared by the two arms there is no test at all.
@@ -99,8 +100,10 @@ def judge(values: dict[tuple[str, int], float], comparisons: list[tuple[str, str
             p_diff = float(np.squeeze(test.pvalue))
             p_equiv = tost_p(estimate, se, fit.df_resid, margin) if se > 0 else float(abs(estimate) < margin)
             estimates[a, b] = (estimate, float(low), float(high), p_diff, p_equiv)
-    adjusted_diff = dict(zip(testable, holm([estimates[c][3] for c in testable])))
-    adjusted_equiv = dict(zip(testable, holm([estimates[c][4] for c in testable])))
+    # Holm over the whole declared family: a comparison not tested counts as p = 1, so it rejects
+    # nothing and leaves the others' correction as strict as the declaration made it.
+    adjusted_diff = dict(zip(comparisons, holm([estimates[c][3] if c in estimates else 1.0 for c in comparisons])))
+    adjusted_equiv = dict(zip(comparisons, holm([estimates[c][4] if c in estimates else 1.0 for c in comparisons])))
     out = []
     for a, b in comparisons:
         pairs = len(common_seeds(values, a, b))

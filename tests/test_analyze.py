@@ -527,6 +527,33 @@ def test_the_verdict_figure_draws_each_comparison_where_its_table_row_says(resul
     assert (band.get_x(), band.get_x() + band.get_width()) == pytest.approx((-0.02, 0.02))
 
 
+def test_a_study_in_progress_lists_a_declared_comparison_without_runs_and_corrects_for_it(results):
+    # silu has no runs yet: its comparison is a "not tested" row, and Holm still counts it (gelu vs
+    # relu's p is twice what it is alone)
+    study = results / "study.toml"
+    declared = 'comparisons = [["gelu", "relu"], ["silu", "relu"]]' + "".join(
+        f'\n[[arms]]\nactivation = "{act}"' for act in ("relu", "gelu", "silu"))
+    study.write_text(f'name = "in progress"\nbaseline = "relu"\nseeds = [1, 2, 3]\nlrs = [1e-3]\nmetric = "val_loss"\n'
+                     f'{declared}\n')
+    assert analyze_results.main(["--study", str(study)]) == 0
+    report = (results / "report.md").read_text()
+    assert "| silu vs relu | 0 | n/a | n/a | n/a | n/a | not tested |" in report
+    assert "Holm-adjusted over the 2 declared comparison(s)" in report
+    group = [runs.load_run(path) for path in sorted(results.glob("*_seed*.json"))]  # the report's one group
+    [alone] = findings.judge_group(group, [("gelu", "relu")], "val_loss", "final", 0.02, 0.05).verdicts
+    assert f"| gelu vs relu | 3 | {alone.difference:+.4f} |" in report
+    assert f"| {min(1.0, 2 * alone.p_difference):.4f} |" in report
+
+
+def test_without_a_study_no_comparison_is_implied_against_a_baseline_that_has_no_runs(tmp_path):
+    for act in ("gelu", "swiglu"):
+        for seed, loss in VAL_LOSS[act].items():
+            (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(synthetic_log(act, seed, loss)))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0  # the baseline is relu by default
+    report = (tmp_path / "report.md").read_text()
+    assert "No comparison to judge" in report and "vs relu" not in report
+
+
 def test_no_verdict_figure_is_drawn_where_no_comparison_was_tested(tmp_path):
     for act in ("relu", "gelu"):  # one seed each: nothing to test
         (tmp_path / f"{act}_seed1.json").write_text(json.dumps(synthetic_log(act, 1, VAL_LOSS[act][1])))

@@ -49,6 +49,17 @@ def test_holm_runs_over_the_declared_comparisons_only():
     assert both.difference == pytest.approx(alone.difference, abs=1e-12)  # the same contrast
 
 
+def test_holm_counts_a_declared_comparison_that_could_not_be_tested():
+    # A study in progress: "late" has no runs yet. Its comparison stays in the family as p = 1, so
+    # "a" is corrected as one of two (2p), not as the only comparison (p).
+    values = design(a=[-0.02, -0.01, -0.03, -0.015, -0.025])
+    alone = judge(values, [("a", "base")], 0.02, 0.05)[0]
+    a, late = judge(values, [("a", "base"), ("late", "base")], 0.02, 0.05)
+    assert late.verdict == NOT_TESTED and late.pairs == 0
+    assert 0 < alone.p_difference < 0.5 and a.p_difference == pytest.approx(2 * alone.p_difference, rel=1e-12)
+    assert a.p_equivalence == pytest.approx(min(1.0, 2 * alone.p_equivalence), rel=1e-12)
+
+
 def test_fewer_than_three_pairs_are_not_tested():
     values = {k: v for k, v in design(b=[0.1] * 5).items() if k[1] < 2}
     [v] = judge(values, [("b", "base")], 0.02, 0.05)
