@@ -217,16 +217,37 @@ def describe_group(group: list[Run]) -> str:
             f"selection split `{data['val']['split']}` ({data['val']['tokens']:,} tokens, {data['val']['bytes']:,} bytes)"
             f"{', report split `' + data['test']['split'] + '`' if data.get('test') else ''}"
             f"{' (no report split: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
-            f"{train['layout']} layout, batch {train['batch_size']}, lr {train['lr']}, "
-            f"{log['final']['step']} steps (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
-            f"preset {log['model_config']['preset']}")
+            f"{train['layout']} layout, batch {train['batch_size']}, {lr_text(group)}, "
+            f"{training_length(group)} (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
+            f"preset {log['model_config']['preset']}{kept_text(group)}")
+
+
+def lr_text(group: list[Run], spec: str = "") -> str:
+    """The group's lr: one value, or each arm's where a study gave the arms their own."""
+    lrs = {r.variant: r.log["train_config"]["lr"] for r in sorted(group, key=lambda r: r.variant)}
+    if len(set(lrs.values())) == 1:
+        return f"lr {format(next(iter(lrs.values())), spec)}"
+    return "lr per arm: " + ", ".join(f"{arm} {lr:{spec or 'g'}}" for arm, lr in lrs.items())
+
+
+def training_length(group: list[Run]) -> str:
+    """The steps the runs trained: one count, or the range where some stopped early."""
+    trained = sorted({(r.log.get("progress") or {}).get("step", r.log["final"]["step"]) for r in group})
+    return f"{trained[0]} steps" if len(trained) == 1 else f"{trained[0]}-{trained[-1]} steps"
+
+
+def kept_text(group: list[Run]) -> str:
+    """Where the runs' final numbers come from, when not from their last step."""
+    if all(r.log["final"].get("kept") == "best" for r in group):
+        return "; each run's final numbers are its best selection point's (`--keep best`)"
+    return ""
 
 
 def fixed_settings(group: list[Run]) -> str:
     """The settings every run of a figure shares, for its title."""
     log = group[0].log
     cfg, train = log["model_config"], log["train_config"]
-    return (f"lr {train['lr']:g}, preset {cfg['preset']}, d_model {cfg['d_model']}, d_mlp {cfg['d_mlp']}, "
+    return (f"{lr_text(group, 'g')}, preset {cfg['preset']}, d_model {cfg['d_model']}, d_mlp {cfg['d_mlp']}, "
             f"{cfg['n_layers']} layers, {log['data']['train']['layout']}, batch {train['batch_size']}")
 
 

@@ -545,6 +545,27 @@ def test_a_study_in_progress_lists_a_declared_comparison_without_runs_and_correc
     assert f"| {min(1.0, 2 * alone.p_difference):.4f} |" in report
 
 
+def test_a_group_description_reads_every_run_not_the_first(tmp_path):
+    # a study that tuned each arm's lr and kept each run's best point: relu stopped early at step 12,
+    # its best point at step 8; the description must not take relu's lr, steps or point for the group's
+    paths = []
+    for act, lr, trained, best in (("relu", 1e-3, 12, 8), ("gelu", 2e-3, 20, 20)):
+        log = synthetic_log(act, 1, VAL_LOSS[act][1], lr=lr)
+        log["progress"]["step"] = trained
+        log["final"].update(step=best, kept="best")
+        paths.append(tmp_path / f"{act}.json")
+        paths[-1].write_text(json.dumps(log))
+    group = [runs.load_run(p) for p in paths]
+    described = runs.describe_group(group)
+    assert "lr per arm: gelu 0.002, relu 0.001" in described and "12-20 steps" in described
+    assert "best selection point" in described
+    assert runs.fixed_settings(group).startswith("lr per arm: gelu 0.002, relu 0.001,")
+    log = json.loads(paths[1].read_text())
+    log["final"]["kept"] = "last"
+    paths[1].write_text(json.dumps(log))
+    assert "best selection point" not in runs.describe_group([runs.load_run(p) for p in paths])
+
+
 def test_without_a_study_no_comparison_is_implied_against_a_baseline_that_has_no_runs(tmp_path):
     for act in ("gelu", "swiglu"):
         for seed, loss in VAL_LOSS[act].items():
