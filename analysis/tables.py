@@ -129,17 +129,18 @@ def curve_metric(metric: str) -> str:
 def markdown_curves(group: list[Run], metric: str) -> str:
     """The validation metric at every evaluation (mean over seeds, rank in brackets), the pairs of
     activations whose order changes at any evaluation (do the curves cross?), and how far each run
-    ended above its own lowest point (overfitting)."""
+    trained past its own lowest point (overfitting): its last evaluation, not its final numbers, which
+    under --keep best are that lowest point's."""
     key = curve_metric(metric)
     curves = {v: [step_curve(r, key) for r in runs] for v, runs in by_variant(group).items()}
     means = pd.DataFrame({v: pd.concat(c, axis=1).mean(axis=1) for v, c in curves.items()}).T  # rows: variants
     ranks = means.rank(axis=0, method="min")
     rises = {v: summarize([float(c.iloc[-1] - c.min()) for c in cs]) for v, cs in curves.items()}
     header = ["variant"] + [step_label(int(s), group[0]) for s in means.columns] + ["lowest mean at step",
-                                                                                     "final − own lowest"]
+                                                                                     "last − own lowest"]
     lines = [f"The selection split's {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
-             f"each run's final value minus its lowest, averaged over seeds: above zero, the run ended past its best "
-             f"point (overfitting).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"each run's last evaluation minus its lowest, averaged over seeds: above zero, the run trained past its "
+             f"best point (overfitting; a run that kept its best weights reports that point).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in means.index:
         cells = [f"{fmt(means.loc[variant, x])} ({int(ranks.loc[variant, x])})" for x in means.columns]
         rise = fmt_ci(rises[variant].mean, rises[variant].ci95)
