@@ -140,7 +140,8 @@ def markdown_curves(group: list[Run], metric: str) -> str:
                                                                                      "last − own lowest"]
     lines = [f"The selection split's {key} at every evaluation (mean over seeds; rank in brackets, 1 = best). The last column is "
              f"each run's last evaluation minus its lowest, averaged over seeds: above zero, the run trained past its "
-             f"best point (overfitting; a run that kept its best weights reports that point).", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"best point (overfitting; a run that kept its best weights reports that point).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant in means.index:
         cells = [f"{fmt(means.loc[variant, x])} ({int(ranks.loc[variant, x])})" for x in means.columns]
         rise = fmt_ci(rises[variant].mean, rises[variant].ci95)

@@ -8,11 +8,10 @@ with one pooled error (statsmodels). A comparison is a contrast of two arm effec
     difference   two-sided t-test of  a - b = 0
     equivalence  two one-sided t-tests (TOST, Schuirmann 1987) of  a - b <= -margin  and  a - b >= margin
 
-Both families of p-values are Holm-adjusted over the declared comparisons, all of them: one
-that could not be tested counts as p = 1. The verdict, in this
-order: **equivalent** when TOST rejects (the difference is smaller than the margin, whichever its
-sign); **better** / **worse** when the difference test rejects (lower is better); else
-**inconclusive**. With fewer than MIN_PAIRS seeds shared by the two arms there is no test at all.
+Both families of p-values are Holm-adjusted over the declared comparisons, all of them: one that
+could not be tested counts as p = 1. The verdict, in this order: **equivalent** when TOST rejects
+(the difference is smaller than the margin, whichever its sign); **better** / **worse** when the
+difference test rejects (lower is better); else **inconclusive**. With fewer than MIN_PAIRS seeds shared by the two arms there is no test at all.
 
 Power: the smallest difference the design detects with 80% power with the test it uses (the
 two-way model's contrast, at the first Holm step's alpha / m), from the pooled residual SD, and the
@@ -84,6 +83,13 @@ def common_seeds(values: dict[tuple[str, int], float], a: str, b: str) -> list[i
     return sorted({s for (arm, s) in values if arm == a} & {s for (arm, s) in values if arm == b})
 
 
+def holm_over_declared(comparisons: list[tuple[str, str]],
+                       p_values: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """Holm over the whole declared family: a comparison not tested (no p-value) counts as p = 1, so it
+    rejects nothing and leaves the others' correction as strict as the declaration made it."""
+    return dict(zip(comparisons, holm([p_values.get(c, 1.0) for c in comparisons])))
+
+
 def judge(values: dict[tuple[str, int], float], comparisons: list[tuple[str, str]], margin: float,
           alpha: float) -> list[Verdict]:
     """One verdict per comparison (arm, against); ``values``: (arm, seed) -> metric, lower is better."""
@@ -100,10 +106,8 @@ def judge(values: dict[tuple[str, int], float], comparisons: list[tuple[str, str
             p_diff = float(np.squeeze(test.pvalue))
             p_equiv = tost_p(estimate, se, fit.df_resid, margin) if se > 0 else float(abs(estimate) < margin)
             estimates[a, b] = (estimate, float(low), float(high), p_diff, p_equiv)
-    # Holm over the whole declared family: a comparison not tested counts as p = 1, so it rejects
-    # nothing and leaves the others' correction as strict as the declaration made it.
-    adjusted_diff = dict(zip(comparisons, holm([estimates[c][3] if c in estimates else 1.0 for c in comparisons])))
-    adjusted_equiv = dict(zip(comparisons, holm([estimates[c][4] if c in estimates else 1.0 for c in comparisons])))
+    adjusted_diff = holm_over_declared(comparisons, {c: e[3] for c, e in estimates.items()})
+    adjusted_equiv = holm_over_declared(comparisons, {c: e[4] for c, e in estimates.items()})
     out = []
     for a, b in comparisons:
         pairs = len(common_seeds(values, a, b))

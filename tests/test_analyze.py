@@ -284,7 +284,8 @@ def test_curve_table_shows_crossings_and_overfitting(tmp_path):
     assert relu[4] == "10" and gelu[4] == "20"  # the step where the mean curve is lowest
     header = row_cells(summary, "variant", "The selection split's val_loss at every evaluation")
     assert header[1:4] == ["step 5", "step 10 (epoch 1)", "step 20 (epoch 2)"]  # by step, epochs where whole
-    assert relu[5].startswith("0.1850 ± ") and gelu[5] == "0.0000 ± 0.0000"  # the last evaluation minus each run's own lowest
+    # the last evaluation minus each run's own lowest
+    assert relu[5].startswith("0.1850 ± ") and gelu[5] == "0.0000 ± 0.0000"
     assert "3 of 3 pairs of activations change order at least once between evaluations (their mean curves " \
            "cross): gelu / relu, gelu / silu, relu / silu." in summary
 
