@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from run_log import is_finished, read_log
+from run_log import is_finished, last_step, read_log
 
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb", "val_interp_loss",
@@ -232,7 +232,7 @@ def lr_text(group: list[Run], spec: str = "") -> str:
 
 def training_length(group: list[Run]) -> str:
     """The steps the runs trained: one count, or the range where some stopped early."""
-    trained = sorted({(r.log.get("progress") or {}).get("step", r.log["final"]["step"]) for r in group})
+    trained = sorted({last_step(r.log) for r in group})
     return f"{trained[0]} steps" if len(trained) == 1 else f"{trained[0]}-{trained[-1]} steps"
 
 
