@@ -76,22 +76,23 @@ def run_study(path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=600, **kwargs)
 
 
-def trial_states(path) -> dict[str, list[int]]:
+def search_trials(path) -> list:
+    """The tiny search's Optuna trials, from its storage beside ``path``."""
     import optuna
 
-    study = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}")
+    return optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}").get_trials()
+
+
+def trial_states(path) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}
-    for t in study.get_trials():
+    for t in search_trials(path):
         states.setdefault(t.state.name.lower(), []).append(t.number)
     return states
 
 
 def trial_arms(path) -> dict[int, str]:
     """Each trial's arm, as the sampler drew it."""
-    import optuna
-
-    study = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}")
-    return {t.number: t.params["arm"] for t in study.get_trials() if "arm" in t.params}
+    return {t.number: t.params["arm"] for t in search_trials(path) if "arm" in t.params}
 
 
 @pytest.mark.slow
@@ -171,10 +172,7 @@ def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
     assert len(started) == len(set(started)) >= 6  # each trial started by one worker only
     for log in (path.parent / "trials").glob("*.json"):
         assert json.loads(log.read_text())["run"]["resumed"] == []  # and trained in one piece
-    import optuna
-
-    trials = optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}").get_trials()
-    drawn = [json.dumps(t.params, sort_keys=True) for t in trials]
+    drawn = [json.dumps(t.params, sort_keys=True) for t in search_trials(path)]
     assert len(drawn) == len(set(drawn))  # the workers drew apart: no configuration trained twice
 
 
