@@ -95,7 +95,8 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
 
 def verdict_sentence(v: Verdict, margin: float) -> str:
     if v.verdict == NOT_TESTED:
-        return f"{v.arm} vs {v.against}: not tested ({v.pairs} shared seeds; a verdict needs 3)"
+        shared = f"{v.pairs} shared seed" + ("" if v.pairs == 1 else "s")
+        return f"{v.arm} vs {v.against}: not tested ({shared}; a verdict needs 3)"
     interval = f"difference {v.difference:+.4f}, CI [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
     meaning = {EQUIVALENT: f"equivalent within ±{margin}"}.get(v.verdict, v.verdict)
     return f"{v.arm} vs {v.against}: **{meaning}** ({interval})"

@@ -147,6 +147,7 @@ def test_output_is_reproducible(results, tmp_path):
 
 COMMITTED_ANALYSES = {  # results folder -> the flags its committed summary was made with
     "wikitext2_pilot/stage1_packed_cosine": ["--point", "best_selection"],
+    "wikitext2_study": ["--study", str(ROOT / "results" / "wikitext2_study" / "study.toml")],  # as study.py runs it
 }
 
 
