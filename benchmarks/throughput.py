@@ -161,7 +161,7 @@ def lines_batches(data_dir: Path, tokenizer_dir: Path, n_batches: int):
     return batches
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (after one warm-up)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
@@ -177,7 +177,81 @@ def main(argv: list[str] | None = None) -> int:
                         "each against the matmul ceiling at its width, with what an evaluation costs (shapes.py)")
     p.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256], help="--shapes: the d_model values")
     p.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4], help="--shapes: the n_layers values")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def against_hf(models: dict, cfg: TransformerConfig, precisions: list[str], rounds: int, device: str) -> dict:
+    """Training and evaluation tokens/s of both models on one random dense batch, in each precision,
+    their ratios, and the matmul ceiling (fp32, and bf16 where measured) with the fraction of it we reach."""
+    tokens = torch.randint(0, cfg.d_vocab, (BATCH, SEQ)).to(device)
+    dense_tokens = BATCH * (SEQ - 1)  # scored targets per dense batch
+    # Every (precision, model) pair alternates with the others in one loop: no figure comes from
+    # another minute of this drifting machine than its peers.
+    train = interleaved({(p, w): (lambda p=p, w=w: train_step(w, *models[w], tokens, tokens, p == "bf16"))
+                         for p in precisions for w in models}, rounds)
+    evaluate = interleaved({(p, w): (lambda p=p, w=w: eval_step(w, models[w][0], tokens, tokens, p == "bf16"))
+                            for p in precisions for w in models}, rounds)
+    ceiling = matmul_ceiling(dense_tokens, cfg, rounds, device=device)
+    result = {"matmul_gflops": ceiling}
+    for precision in precisions:  # fp32 figures keep their plain names; bf16 ones are prefixed
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        for phase, seconds in (("train", train), ("eval", evaluate)):
+            ours, hf = dense_tokens / seconds[precision, "ours"], dense_tokens / seconds[precision, "hf"]
+            result.update({f"{prefix}{phase}_tokens_per_s": ours, f"{prefix}hf_{phase}_tokens_per_s": hf,
+                           f"{prefix}{phase}_ratio": ours / hf})
+    if "fp32" in precisions:
+        result["train_ceiling_fraction"] = result["train_tokens_per_s"] * train_flops_per_token(cfg, SEQ) / (ceiling * 1e9)
+    if "bf16" in precisions:
+        result["bf16_matmul_gflops"] = matmul_ceiling(dense_tokens, cfg, rounds, torch.bfloat16, device)
+        result["bf16_matmul_speedup"] = result["bf16_matmul_gflops"] / ceiling
+        if "fp32" in precisions:
+            result["bf16_train_speedup"] = result["bf16_train_tokens_per_s"] / result["train_tokens_per_s"]
+    return result
+
+
+def lines_against_hf(models: dict, data_dir: Path, tokenizer_dir: Path, rounds: int, device: str) -> dict:
+    """fp32 training tokens/s of both models on real `lines` batches (scored tokens; the first batch warms up)."""
+    batches = lines_batches(data_dir, tokenizer_dir, rounds + 1)
+    scored = sum(n for _, _, n in batches[1:])
+    per_batch = {w: [] for w in models}
+    for i, (x, labels, _) in enumerate(batches):
+        for w in models:
+            start = time.perf_counter()
+            train_step(w, *models[w], x.to(device), labels.to(device))
+            synchronize()
+            if i:
+                per_batch[w].append(time.perf_counter() - start)
+    ours, hf = scored / sum(per_batch["ours"]), scored / sum(per_batch["hf"])
+    return {"lines_train_tokens_per_s": ours, "hf_lines_train_tokens_per_s": hf, "lines_train_ratio": ours / hf}
+
+
+def print_report(result: dict, precisions: list[str], rounds: int) -> None:
+    allocator = " ".join(f"{name}={value}" for name, value in result["malloc_env"].items()) or "default"
+    print(f"threads {result['threads']}, {rounds} interleaved rounds, medians; batch {BATCH} x {SEQ} tokens; "
+          f"glibc allocator {allocator}")
+    for precision in precisions:
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        for phase in ("train", "eval"):
+            print(f"{phase:5s} {precision}  ours {result[f'{prefix}{phase}_tokens_per_s']:7.0f} tok/s   HF "
+                  f"{result[f'{prefix}hf_{phase}_tokens_per_s']:7.0f} tok/s   ratio {result[f'{prefix}{phase}_ratio']:.2f}x")
+    if "bf16_matmul_gflops" in result:
+        verdict = "pays" if result["bf16_matmul_speedup"] > 1.1 else "does not pay"
+        print(f"bf16 matmul {result['bf16_matmul_gflops']:.0f} GFLOP/s, {result['bf16_matmul_speedup']:.2f}x fp32 on this "
+              f"CPU (native bf16: {'yes' if result['native_bf16'] else 'no'}): --bf16 {verdict} here"
+              + (f"; our bf16 training is {result['bf16_train_speedup']:.2f}x our fp32" if "bf16_train_speedup" in result else ""))
+    if "lines_train_ratio" in result:
+        print(f"lines  ours {result['lines_train_tokens_per_s']:7.0f} tok/s   HF {result['hf_lines_train_tokens_per_s']:7.0f}"
+              f" tok/s   ratio {result['lines_train_ratio']:.2f}x   (real WikiText-2 batches, scored tokens)")
+    if "train_ceiling_fraction" in result:
+        print(f"matmul ceiling {result['matmul_gflops']:.0f} GFLOP/s (fp32) on the unembedding's shape; an fp32 training "
+              f"step reaches {100 * result['train_ceiling_fraction']:.0f}% of it")
+    if "peak_memory_mb" in result:
+        print(f"peak memory growth of a training step: ours {result['peak_memory_mb']:.0f} MB, "
+              f"HF {result['hf_peak_memory_mb']:.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -194,73 +268,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = TransformerConfig()
     models = {which: build(which, cfg, args.device) for which in ("ours", "hf")}
-    tokens = torch.randint(0, cfg.d_vocab, (BATCH, SEQ)).to(args.device)
-    dense_tokens = BATCH * (SEQ - 1)  # scored targets per dense batch
-    # Every (precision, model) pair alternates with the others in one loop: no figure comes from
-    # another minute of this drifting machine than its peers.
-    train = interleaved({(p, w): (lambda p=p, w=w: train_step(w, *models[w], tokens, tokens, p == "bf16"))
-                         for p in precisions for w in models}, args.rounds)
-    evaluate = interleaved({(p, w): (lambda p=p, w=w: eval_step(w, models[w][0], tokens, tokens, p == "bf16"))
-                            for p in precisions for w in models}, args.rounds)
-    ceiling = matmul_ceiling(dense_tokens, cfg, args.rounds, device=args.device)
-    result = {"matmul_gflops": ceiling, "threads": torch.get_num_threads(), "native_bf16": native_bf16(),
-              "device": args.device,
-              "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}}
-    for precision in precisions:  # fp32 figures keep their plain names; bf16 ones are prefixed
-        prefix = "" if precision == "fp32" else f"{precision}_"
-        for phase, seconds in (("train", train), ("eval", evaluate)):
-            ours, hf = dense_tokens / seconds[precision, "ours"], dense_tokens / seconds[precision, "hf"]
-            result.update({f"{prefix}{phase}_tokens_per_s": ours, f"{prefix}hf_{phase}_tokens_per_s": hf,
-                           f"{prefix}{phase}_ratio": ours / hf})
-    if "fp32" in precisions:
-        result["train_ceiling_fraction"] = result["train_tokens_per_s"] * train_flops_per_token(cfg, SEQ) / (ceiling * 1e9)
-    if "bf16" in precisions:
-        result["bf16_matmul_gflops"] = matmul_ceiling(dense_tokens, cfg, args.rounds, torch.bfloat16, args.device)
-        result["bf16_matmul_speedup"] = result["bf16_matmul_gflops"] / ceiling
-        if "fp32" in precisions:
-            result["bf16_train_speedup"] = result["bf16_train_tokens_per_s"] / result["train_tokens_per_s"]
+    result = {"threads": torch.get_num_threads(), "native_bf16": native_bf16(), "device": args.device,
+              "malloc_env": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")},
+              **against_hf(models, cfg, precisions, args.rounds, args.device)}
     if args.data_dir.is_dir() and args.tokenizer.is_dir():
-        batches = lines_batches(args.data_dir, args.tokenizer, args.rounds + 1)
-        scored = sum(n for _, _, n in batches[1:])
-        per_batch = {w: [] for w in models}
-        for i, (x, labels, _) in enumerate(batches):
-            for w in models:
-                start = time.perf_counter()
-                train_step(w, *models[w], x.to(args.device), labels.to(args.device))
-                synchronize()
-                if i:
-                    per_batch[w].append(time.perf_counter() - start)
-        result["lines_train_tokens_per_s"] = scored / sum(per_batch["ours"])
-        result["hf_lines_train_tokens_per_s"] = scored / sum(per_batch["hf"])
-        result["lines_train_ratio"] = result["lines_train_tokens_per_s"] / result["hf_lines_train_tokens_per_s"]
+        result.update(lines_against_hf(models, args.data_dir, args.tokenizer, args.rounds, args.device))
     if not args.skip_memory and args.device == "cpu":  # resident memory: what a CPU run costs
         result["peak_memory_mb"] = peak_memory_mb("ours")
         result["hf_peak_memory_mb"] = peak_memory_mb("hf")
     if args.json:
         print(json.dumps(result, indent=1))
-        return 0
-    allocator = " ".join(f"{name}={value}" for name, value in result["malloc_env"].items()) or "default"
-    print(f"threads {result['threads']}, {args.rounds} interleaved rounds, medians; batch {BATCH} x {SEQ} tokens; "
-          f"glibc allocator {allocator}")
-    for precision in precisions:
-        prefix = "" if precision == "fp32" else f"{precision}_"
-        for phase in ("train", "eval"):
-            print(f"{phase:5s} {precision}  ours {result[f'{prefix}{phase}_tokens_per_s']:7.0f} tok/s   HF "
-                  f"{result[f'{prefix}hf_{phase}_tokens_per_s']:7.0f} tok/s   ratio {result[f'{prefix}{phase}_ratio']:.2f}x")
-    if "bf16_matmul_gflops" in result:
-        verdict = "pays" if result["bf16_matmul_speedup"] > 1.1 else "does not pay"
-        print(f"bf16 matmul {result['bf16_matmul_gflops']:.0f} GFLOP/s, {result['bf16_matmul_speedup']:.2f}x fp32 on this "
-              f"CPU (native bf16: {'yes' if result['native_bf16'] else 'no'}): --bf16 {verdict} here"
-              + (f"; our bf16 training is {result['bf16_train_speedup']:.2f}x our fp32" if "bf16_train_speedup" in result else ""))
-    if "lines_train_ratio" in result:
-        print(f"lines  ours {result['lines_train_tokens_per_s']:7.0f} tok/s   HF {result['hf_lines_train_tokens_per_s']:7.0f}"
-              f" tok/s   ratio {result['lines_train_ratio']:.2f}x   (real WikiText-2 batches, scored tokens)")
-    if "train_ceiling_fraction" in result:
-        print(f"matmul ceiling {ceiling:.0f} GFLOP/s (fp32) on the unembedding's shape; an fp32 training step reaches "
-              f"{100 * result['train_ceiling_fraction']:.0f}% of it")
-    if "peak_memory_mb" in result:
-        print(f"peak memory growth of a training step: ours {result['peak_memory_mb']:.0f} MB, "
-              f"HF {result['hf_peak_memory_mb']:.0f} MB")
+    else:
+        print_report(result, precisions, args.rounds)
     return 0
 
 
