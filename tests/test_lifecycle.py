@@ -270,6 +270,24 @@ def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, 
 
 
 @pytest.mark.slow
+def test_an_interrupted_run_whose_checkpoint_is_gone_starts_again_and_says_why(tiny_argv, tmp_path, capsys):
+    """A fresh clone holds a committed `interrupted` log but not its (ignored) checkpoint."""
+    long_run = ("--num_epochs", "30")
+    log_path, ckpt_path = paths(tmp_path)
+    proc = start_training(tiny_argv(tmp_path, *long_run))
+    wait_for(lambda: log_step(log_path) >= 3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    stopped_at = read_log(log_path)["progress"]["step"]
+    ckpt_path.unlink()
+    assert train_simple.main(tiny_argv(tmp_path, *long_run, "--resume")) == 0
+    assert (f"starting again from step 0 (interrupted at step {stopped_at}, and no checkpoint {ckpt_path}"
+            in capsys.readouterr().err)
+    assert train_simple.main(tiny_argv(tmp_path / "whole", *long_run)) == 0
+    assert_same_run(tmp_path / "whole", tmp_path)
+
+
+@pytest.mark.slow
 def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tiny_argv, tmp_path):
     argv = tiny_argv(None, "--num_epochs", "30")
     log_path, ckpt_path = paths(tmp_path / "out")

@@ -50,9 +50,10 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
     their log: refuse | a checkpoint whose log is missing or unreadable: resume (rebuilding the log)
     with --resume, else refuse | complete, same settings: skip |
     complete, longer num_epochs/max_steps under --resume: resume | other settings: refuse | failed with
-    a non-finite loss: stays failed | unfinished: resume with --resume (from step 0 if it stopped
-    before its first checkpoint), else refuse. Only --overwrite ever deletes a checkpoint or final
-    weights (a complete run's full checkpoint goes when --keep_optimizer did not ask to keep it).
+    a non-finite loss: stays failed | unfinished: resume with --resume (from step 0 if it has no
+    checkpoint: it stopped before its first, or the checkpoint was deleted), else refuse. Only
+    --overwrite ever deletes a checkpoint or final weights (a complete run's full checkpoint goes when
+    --keep_optimizer did not ask to keep it).
     """
     if overwrite:
         return Decision(TRAIN)
@@ -98,7 +99,8 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
         return Decision(REFUSE, f"{spec.log_path} holds an unfinished run ({status}, step {last_step(log)}); "
                                 f"--resume continues it, --overwrite starts it again")
     if not has_checkpoint:
-        return Decision(TRAIN, f"{spec.name}: starting again from step 0 ({status} before its first checkpoint)")
+        return Decision(TRAIN, f"{spec.name}: starting again from step 0 ({status} at step {last_step(log)}, and no "
+                                   f"checkpoint {spec.ckpt_path} to resume from)")
     return Decision(RESUME, f"{spec.name}: resuming from its checkpoint ({status} at step {last_step(log)})")
 
 
