@@ -100,7 +100,7 @@ def decide(spec: RunSpec, resume: bool, overwrite: bool) -> Decision:
                                 f"--resume continues it, --overwrite starts it again")
     if not has_checkpoint:
         return Decision(TRAIN, f"{spec.name}: starting again from step 0 ({status} at step {last_step(log)}, and no "
-                                   f"checkpoint {spec.ckpt_path} to resume from)")
+                               f"checkpoint {spec.ckpt_path} to resume from)")
     return Decision(RESUME, f"{spec.name}: resuming from its checkpoint ({status} at step {last_step(log)})")
 
 
