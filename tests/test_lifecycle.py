@@ -249,16 +249,22 @@ def start_training(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def train_until_signalled(argv: list[str], log_path: Path, signum: int) -> tuple[int, str]:
+    """Train in a process of its own and send it `signum` once its log has step 3: its exit code and stderr."""
+    proc = start_training(argv)
+    wait_for(lambda: log_step(log_path) >= 3)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, tmp_path, signum, code):
     long_run = ("--num_epochs", "30")
     log_path, ckpt_path = paths(tmp_path / "stopped")
-    proc = start_training(tiny_argv(tmp_path / "stopped", *long_run))
-    wait_for(lambda: log_step(log_path) >= 3)
-    proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, stderr[-2000:]
+    returncode, stderr = train_until_signalled(tiny_argv(tmp_path / "stopped", *long_run), log_path, signum)
+    assert returncode == code, stderr[-2000:]
     log = read_log(log_path)
     assert log["status"] == "interrupted" and "Traceback" not in stderr
     stopped_at = torch.load(ckpt_path, weights_only=True)["progress"]["step"]
@@ -274,10 +280,7 @@ def test_an_interrupted_run_whose_checkpoint_is_gone_starts_again_and_says_why(t
     """A fresh clone holds a committed `interrupted` log but not its (ignored) checkpoint."""
     long_run = ("--num_epochs", "30")
     log_path, ckpt_path = paths(tmp_path)
-    proc = start_training(tiny_argv(tmp_path, *long_run))
-    wait_for(lambda: log_step(log_path) >= 3)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    train_until_signalled(tiny_argv(tmp_path, *long_run), log_path, signal.SIGTERM)
     stopped_at = read_log(log_path)["progress"]["step"]
     ckpt_path.unlink()
     assert train_simple.main(tiny_argv(tmp_path, *long_run, "--resume")) == 0
