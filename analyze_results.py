@@ -30,6 +30,7 @@ from analysis.runs import METRICS, POINTS, AnalysisError, Run, describe_group, d
     kept_baselines, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
     markdown_sweep, paired_comparisons, sweep_families
+from analysis.verdicts import SEEDS_AND_ARTICLES, UNCERTAINTIES
 from baselines import baselines_for
 from cli import Parser
 import preregistration
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "selection (validation) loss")
     p.add_argument("--margin", type=float, default=0.02, help="equivalence margin of the verdicts (metric units)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (Holm-adjusted)")
+    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=SEEDS_AND_ARTICLES,
+                   help="what the verdicts' uncertainty covers: seeds, or seeds and the report split's articles "
+                        "(needs logs with per-article losses; older logs fall back to seeds, said in the report)")
     p.add_argument("--pool_precisions", action="store_true",
                    help="pool runs that differ only in precision (--bf16); by default they are never compared")
     p.add_argument("--study", type=Path, default=None,
@@ -75,6 +79,7 @@ def apply_study(args: argparse.Namespace) -> tuple[str | None, list[dict]]:
     study = load_study(args.study)
     args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
+    args.uncertainty = study.uncertainty
     args.secondary = list(study.secondary)
     if study.per_arm_lr:
         args.ignore_settings = args.ignore_settings | {"train.lr"}
@@ -98,13 +103,13 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
                   out_dir: Path) -> GroupAnalysis:
     """Baselines, then verdicts, then tables, then figures, for one group of runs."""
     table = group_table(group, args.metric)
-    paired = paired_comparisons(group, args.baseline, args.metric, args.point)
     against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
     arms = sorted({r.variant for r in group})
     implied = [(arm, args.baseline) for arm in arms if arm != args.baseline] if args.baseline in arms else []
     comparisons = args.comparisons or implied  # a study's declared ones, else each arm against the baseline
-    primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha)
-                           for metric in (args.metric, *args.secondary))
+    primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha,
+                                       args.uncertainty) for metric in (args.metric, *args.secondary))
+    paired = paired_comparisons(group, args.baseline, args.metric, args.point, primary.n_tests)
     verdicts = "\n\n".join([markdown_verdicts(group, primary),
                              *(f"**Secondary metric `{j.metric}`**, declared as such: " + markdown_verdicts(group, j)
                                for j in secondary)])

@@ -13,15 +13,29 @@ scored, and no n-gram reaches across two sequences):
     trigram_kn  the same one order up: raw counts at the top, continuation counts (N1+(. v w)) below;
                 the first target of a sequence, with one token of context, gets the bigram level
 
-N1+ counts distinct types; each level's discount is D = n1 / (n1 + 2 n2) from its own count of
-counts. An unseen context falls through to the level below, so every probability is positive and
+    kn2..kn4    modified Kneser-Ney of orders 2 to 4 (Chen & Goodman 1998, section 3): interpolated, with
+                three discounts per level, D1, D2, D3+ for counts 1, 2 and 3 or more,
+                p(w | h) = (max(c(h w) - D(c(h w)), 0) + (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) p(w | h')) / c(h .)
+                raw counts at the top, continuation counts N1+(. h' w) below, the uniform 1 / V under
+                the unigram level; each level's discounts from its own counts of counts n1..n4:
+                Y = n1 / (n1 + 2 n2), D1 = 1 - 2 Y n2 / n1, D2 = 2 - 3 Y n3 / n2, D3+ = 3 - 4 Y n4 / n3
+                (where some n_k is 0 and they are undefined, all three are Y: the one-discount form).
+                The strongest standard n-gram: the bar a model must clear (the report's first lines).
+
+N1+ counts distinct types; each level's discount of the one-discount models is D = n1 / (n1 + 2 n2)
+from its own count of counts. An unseen context falls through to the level below, so every probability is positive and
 each level sums to one over the vocabulary (a test checks). Vectorised with numpy: a few seconds for
 WikiText-2. Needs no torch.
 
+A target with fewer tokens before it in its sequence than a model's context gets the level its
+context allows (the first target of a 4-gram model: the bigram level). Order 5 is left out: its
+keys overflow int64 over the 50,257-type vocabulary.
+
 Where the loss goes: each loss is also split by whether the target's type ever occurs as a training
 target ("seen") or not ("unseen", the types every softmax step pushes down and nothing holds up;
-Mielke & Eisner 2019 report loss by training frequency). The trigram's loss of every scored target
-is kept as well (``token_nll``), so that a model can be interpolated with it (metrics.py).
+Mielke & Eisner 2019 report loss by training frequency). The loss of every scored target under the
+strongest modified Kneser-Ney model (chosen on the selection split) is kept as well (``token_nll``),
+so that a model can be interpolated with it (metrics.py).
 """
 
 from __future__ import annotations
@@ -31,9 +45,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASELINES_VERSION = 2  # 2: seen/unseen losses and the trigram's per-target losses. Bump when a baseline's definition changes: cached values are then recomputed
+BASELINES_VERSION = 3  # 2: seen/unseen losses and the trigram's per-target losses; 3: modified KN, the strongest's per-target losses. Bump when a baseline's definition changes: cached values are then recomputed
 ADD_K_GRID = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
-BASELINE_NAMES = ("unigram", "bigram_kn", "trigram_kn")
+MODIFIED_KN_ORDERS = {"kn2_modified": 2, "kn3_modified": 3, "kn4_modified": 4}
+BASELINE_NAMES = ("unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,94 @@ class KneserNey:
         return float(later - np.log(self.p_mid(*first.contexts, first.targets)).sum())
 
 
+def modified_discounts(counts: np.ndarray) -> np.ndarray:
+    """[0, D1, D2, D3+] of one level from its counts (Chen & Goodman 1998, eq. 26); where a count of
+    counts n1..n4 is 0 they are undefined, and all three are the one-discount Y = n1 / (n1 + 2 n2)."""
+    n1, n2, n3, n4 = (int((counts == k).sum()) for k in (1, 2, 3, 4))
+    y = n1 / (n1 + 2 * n2) if n1 + n2 else 0.5
+    if min(n1, n2, n3, n4) == 0:
+        return np.array([0.0, y, y, y])
+    return np.array([0.0, 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3])
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of a modified Kneser-Ney model: its n-gram types (int64 keys, sorted) with their counts,
+    and per context (the key without its last token) the total count and the mass set aside for the
+    level below, D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)."""
+
+    keys: np.ndarray
+    counts: np.ndarray
+    discounts: np.ndarray  # [0, D1, D2, D3+]
+    context_keys: np.ndarray
+    context_totals: np.ndarray
+    context_backoff: np.ndarray
+
+    @classmethod
+    def of(cls, keys: np.ndarray, counts: np.ndarray, d_vocab: int) -> "Level":
+        discounts = modified_discounts(counts)
+        context_keys, context = np.unique(keys // d_vocab, return_inverse=True)
+        totals = np.bincount(context, weights=counts, minlength=len(context_keys))
+        backoff = np.bincount(context, weights=discounts[np.minimum(counts, 3)], minlength=len(context_keys))
+        return cls(keys, counts, discounts, context_keys, totals, backoff)
+
+    def discounted(self, keys: np.ndarray) -> np.ndarray:
+        """max(c - D(c), 0) of each queried n-gram (0 for one never seen)."""
+        counts = lookup(self.keys, self.counts, keys)
+        return np.maximum(counts - self.discounts[np.minimum(counts, 3)], 0.0)
+
+
+class ModifiedKneserNey:
+    """Interpolated modified Kneser-Ney of order 2 to 4 over a vocabulary of ``d_vocab`` ids (see the
+    module's docstring): ``levels[k]`` holds the k-grams, raw counts at the top and continuation
+    counts below."""
+
+    def __init__(self, train_tokens: np.ndarray, train_lengths: np.ndarray, d_vocab: int, order: int) -> None:
+        if not 2 <= order <= 4:
+            raise ValueError(f"modified Kneser-Ney of order {order}: orders 2 to 4 fit int64 keys")
+        self.V, self.order = d_vocab, order
+        top = grams(train_tokens, train_lengths, order - 1)
+        self.levels = {order: Level.of(*np.unique(self.key(top.contexts, top.targets), return_counts=True), d_vocab)}
+        for k in range(order - 1, 0, -1):  # continuation counts: the distinct tokens seen before each k-gram
+            longer = grams(train_tokens, train_lengths, k)
+            types = np.unique(self.key(longer.contexts, longer.targets))
+            keys, counts = np.unique(types % d_vocab**k, return_counts=True)
+            self.levels[k] = Level.of(keys, counts, d_vocab)
+
+    def key(self, contexts: tuple[np.ndarray, ...], last: np.ndarray) -> np.ndarray:
+        """One int64 per (context..., last) tuple."""
+        key = np.zeros(len(last), dtype=np.int64)
+        for ids in (*contexts, last):
+            key = key * self.V + ids
+        return key
+
+    def prob(self, contexts: tuple[np.ndarray, ...], targets: np.ndarray) -> np.ndarray:
+        """p(target | context) at the level of len(contexts) + 1 (oldest context token first)."""
+        level = self.levels[len(contexts) + 1]
+        if not contexts:  # the unigram level, over the uniform distribution
+            unigram = level.context_totals[0], level.context_backoff[0]
+            return (level.discounted(targets.astype(np.int64)) + unigram[1] / self.V) / unigram[0]
+        below = self.prob(contexts[1:], targets)
+        context = self.key(contexts[:-1], contexts[-1])
+        total = lookup(level.context_keys, level.context_totals, context)
+        backoff = lookup(level.context_keys, level.context_backoff, context)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = (level.discounted(self.key(contexts, targets)) + backoff * below) / total
+        return np.where(total > 0, p, below)  # a context never seen: the level below alone
+
+    def token_nll(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The NLL (nats) of every scored target, at its place in ``tokens`` (NaN where nothing is
+        scored); a target at position i < order - 1 gets the level of its i tokens of context."""
+        out = np.full(tokens.shape, np.nan)
+        for context in range(1, self.order):
+            g = grams(tokens, lengths, context)
+            if context < self.order - 1:  # only targets at exactly this position: later ones see more
+                at = g.cols == context
+                g = Grams(tuple(c[at] for c in g.contexts), g.targets[at], g.rows[at], g.cols[at])
+            out[g.rows, g.cols] = -np.log(self.prob(g.contexts, g.targets))
+        return out
+
+
 def unigram_log_probs(counts: np.ndarray, k: float) -> np.ndarray:
     """log p(w) of the add-k unigram: what the output bias ``log_unigram`` starts at."""
     return np.log((counts + k) / (counts.sum() + k * len(counts)))
@@ -191,8 +294,9 @@ def loss_breakdown(nll: np.ndarray, seen: np.ndarray, n_bytes: int, total: float
 @dataclass(frozen=True)
 class Baselines:
     """The baselines of one run's data: ``losses[name][role]`` (loss_breakdown's keys; the unigram's
-    add_k beside the roles), and the trigram's NLL of every scored target of each evaluated split, at
-    its place in that split's tokens (``token_nll[role]``, NaN where nothing is scored)."""
+    add_k beside the roles; ``"strongest": True`` beside the roles of the modified KN model with the
+    lowest selection loss), and that model's NLL of every scored target of each evaluated split, at its place
+    in that split's tokens (``token_nll[role]``, NaN where nothing is scored)."""
 
     losses: dict[str, dict]
     token_nll: dict[str, np.ndarray]
@@ -211,17 +315,23 @@ def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, t
     k = min(ADD_K_GRID, key=lambda k: unigram_nll_sum(counts, k, scored[selection].targets))
     per_target = {"unigram": {role: -unigram_log_probs(counts, k)[g.targets] for role, g in scored.items()}}
     sums = {"unigram": {role: unigram_nll_sum(counts, k, g.targets) for role, g in scored.items()}}
-    trigram_nll = {}
+    at_places = {}
     for name, order in (("bigram_kn", 2), ("trigram_kn", 3)):
         model = KneserNey(*train, d_vocab, order)
-        at_places = {role: model.token_nll(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
-        per_target[name] = {role: at_places[role][g.rows, g.cols] for role, g in scored.items()}
+        at_places[name] = {role: model.token_nll(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
+        per_target[name] = {role: at_places[name][role][g.rows, g.cols] for role, g in scored.items()}
         sums[name] = {role: model.nll_sum(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
-        trigram_nll = at_places
+    for name, order in MODIFIED_KN_ORDERS.items():
+        model = ModifiedKneserNey(*train, d_vocab, order)
+        at_places[name] = {role: model.token_nll(tokens, lengths) for role, (tokens, lengths, _) in evaluated.items()}
+        per_target[name] = {role: at_places[name][role][g.rows, g.cols] for role, g in scored.items()}
+        sums[name] = {role: float(nll.sum()) for role, nll in per_target[name].items()}
     losses = {name: {role: loss_breakdown(nll, counts[scored[role].targets] > 0, evaluated[role][2], sums[name][role])
                      for role, nll in by_role.items()} for name, by_role in per_target.items()}
     losses["unigram"]["add_k"] = k
-    return Baselines(losses, trigram_nll)
+    strongest = min(MODIFIED_KN_ORDERS, key=lambda name: losses[name][selection]["loss"])
+    losses[strongest]["strongest"] = True  # chosen on the selection split, like every other choice
+    return Baselines(losses, at_places[strongest])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +346,18 @@ def data_identity(data: dict) -> dict:
 
 
 def baselines_for(log: dict, kept: list[dict]) -> dict:
-    """The log's own baselines, else those of a kept entry ({identity, baselines}) for its data."""
-    if log["data"].get("baselines"):
-        return log["data"]["baselines"]
+    """The log's own baselines, with those of a kept entry ({identity, baselines}) for its data that
+    the log lacks (a log from before modified Kneser-Ney gets it from the folder's baselines.json)."""
     identity = data_identity(log["data"])
-    return next((entry["baselines"] for entry in kept if entry.get("identity") == identity), {})
+    kept_here = next((entry["baselines"] for entry in kept if entry.get("identity") == identity), {})
+    return {**kept_here, **(log["data"].get("baselines") or {})}
+
+
+def strongest_ngram(baselines: dict) -> str | None:
+    """The modified Kneser-Ney model chosen as the bar (lowest selection loss), None before there were any."""
+    return next((name for name in MODIFIED_KN_ORDERS if baselines.get(name, {}).get("strongest")), None)
+
+
+def interpolation_partner(baselines: dict) -> str:
+    """The n-gram a run's model was interpolated with: the strongest, or the trigram in older logs."""
+    return strongest_ngram(baselines) or "trigram_kn"

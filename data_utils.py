@@ -48,7 +48,7 @@ DATA_DIR_ENV = "WIKITEXT2_DIR"  # a folder with the wiki.*.raw files
 TOKENIZER_ENV = "GPT2_TOKENIZER"  # a hub name or a local tokenizer folder
 CACHE_DIR_ENV = "ACTIVATION_STUDY_CACHE"
 LAYOUTS = ("lines", "packed")
-CACHE_FORMAT = 2  # bump when the cached tensors' meaning changes (2: safetensors, checked claims)
+CACHE_FORMAT = 3  # bump when the cached tensors' meaning changes (2: safetensors, checked claims; 3: articles)
 
 
 class DataError(ValueError):
@@ -68,6 +68,16 @@ class SplitText:
     def describe(self) -> dict:
         described = {"split": self.name, "source": self.source, "sha256": self.sha256, "rows": len(self.rows)}
         return {**described, "articles": self.articles} if self.articles else described
+
+    def row_articles(self) -> list[int]:
+        """The article each row belongs to, numbered from 0 in this text (see article_half); a text
+        with no title line is one article."""
+        starts = article_starts(self.rows)
+        article, out = 0, []
+        for i in range(len(self.rows)):
+            article += article < len(starts) - 1 and i == starts[article + 1]
+            out.append(article)
+        return out
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -96,6 +106,13 @@ HALVES = ("A", "B")
 ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")  # " = Title = "; sections are " = = Section = = "
 
 
+def article_starts(rows: list[str]) -> list[int]:
+    """The row where each article starts: 0, then every title line after the first (rows before the
+    first title belong to the first article)."""
+    titles = [i for i, row in enumerate(rows) if ARTICLE_TITLE.match(row.rstrip("\n"))]
+    return [0, *titles[1:]]
+
+
 def article_half(text: SplitText, half: str) -> SplitText:
     """Half of a split's articles: A the even-numbered ones (0, 2, 4, ...), B the odd ones, so both
     halves span the whole split and neither shares an article with the other. An article runs from
@@ -104,7 +121,7 @@ def article_half(text: SplitText, half: str) -> SplitText:
     if len(starts) < 2:
         raise DataError(f"split {text.name!r} has {len(starts)} article title line(s) (' = Title = '); "
                         f"halving it needs at least two")
-    bounds = [0, *starts[1:], len(text.rows)]
+    bounds = [*article_starts(text.rows), len(text.rows)]
     articles = [text.rows[a:b] for a, b in zip(bounds, bounds[1:])]
     parity = HALVES.index(half)
     rows = [row for i, article in enumerate(articles) if i % 2 == parity for row in article]
@@ -274,13 +291,24 @@ def token_byte_lengths(tokenizer) -> Int[Tensor, " d_vocab"]:
 @dataclass
 class TokenizedSplit:
     """Fixed-length sequences of one split; ``lengths`` says how many leading tokens are real.
-    ``reference_nll``, when set, is the Kneser-Ney trigram's NLL of each scored token at its place
-    (NaN elsewhere): what an evaluation interpolates the model with (metrics.py)."""
+    ``reference_nll``, when set, is the strongest n-gram's NLL of each scored token at its place
+    (NaN elsewhere): what an evaluation interpolates the model with (metrics.py). ``articles``, when
+    set, is the article each token comes from (-1 on padding): evaluations sum their loss per article,
+    so that an analysis can resample the articles as well as the seeds."""
 
     tokens: Int[Tensor, "n_seq max_length"]
     lengths: Int[Tensor, " n_seq"]
     info: dict = field(default_factory=dict)
     reference_nll: Float[Tensor, "n_seq max_length"] | None = None
+    articles: Int[Tensor, "n_seq max_length"] | None = None
+
+    def subset(self, index: Int[Tensor, " n"]) -> "TokenizedSplit":
+        """These sequences, with everything known of them per token."""
+        def rows(values: Tensor | None) -> Tensor | None:
+            return None if values is None else values[index]
+
+        return TokenizedSplit(self.tokens[index], self.lengths[index], dict(self.info), rows(self.reference_nll),
+                              rows(self.articles))
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -349,8 +377,8 @@ def cache_claims(text: SplitText, tokenizer, layout: str, max_length: int) -> di
             "rows": str(len(text.rows)), "layout": layout, "max_length": str(max_length)}
 
 
-def load_cache(path: Path, claims: dict[str, str], d_vocab: int) -> tuple[Tensor, Tensor, dict] | None:
-    """The cached (tokens, lengths, layout info), or None (with a warning) when the file is missing,
+def load_cache(path: Path, claims: dict[str, str], d_vocab: int) -> tuple[Tensor, Tensor, Tensor, dict] | None:
+    """The cached (tokens, lengths, articles, layout info), or None (with a warning) when the file is missing,
     unreadable, or holds anything other than what ``claims`` says. safetensors holds only tensors
     and strings, so reading a hostile file cannot run code."""
     if not path.is_file():
@@ -358,8 +386,9 @@ def load_cache(path: Path, claims: dict[str, str], d_vocab: int) -> tuple[Tensor
     try:
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            tokens, lengths = f.get_tensor("tokens"), f.get_tensor("lengths")
-        problem = cache_problem(metadata, claims, tokens, lengths, d_vocab)
+            tokens, lengths, articles = (f.get_tensor(name) for name in ("tokens", "lengths", "articles"))
+        problem = cache_problem(metadata, claims, tokens, lengths, d_vocab) or (
+            None if articles.shape == tokens.shape and articles.dtype == torch.int64 else "articles do not fit the tokens")
         info = json.loads(metadata.get("info", "null"))
     except Exception as err:  # SafetensorError, a missing tensor, bad JSON: anything but a valid cache
         problem = f"unreadable ({type(err).__name__})"
@@ -368,7 +397,7 @@ def load_cache(path: Path, claims: dict[str, str], d_vocab: int) -> tuple[Tensor
     if problem is not None:
         warn(f"ignoring tokenized-data cache {path}: {problem}; rebuilding it")
         return None
-    return tokens, lengths, info
+    return tokens, lengths, articles, info
 
 
 def cache_problem(metadata: dict, claims: dict, tokens: Tensor, lengths: Tensor, d_vocab: int) -> str | None:
@@ -388,11 +417,12 @@ def cache_problem(metadata: dict, claims: dict, tokens: Tensor, lengths: Tensor,
     return None
 
 
-def save_cache(path: Path, claims: dict[str, str], tokens: Tensor, lengths: Tensor, info: dict) -> None:
+def save_cache(path: Path, claims: dict[str, str], tokens: Tensor, lengths: Tensor, articles: Tensor,
+               info: dict) -> None:
     """Write the cache; a cache that cannot be written (read-only, full disk) only costs time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, save_safetensors({"tokens": tokens, "lengths": lengths},
+        atomic_write(path, save_safetensors({"tokens": tokens, "lengths": lengths, "articles": articles},
                                             metadata={**claims, "info": json.dumps(info)}))
     except (OSError, WriteError) as err:
         warn(f"could not cache tokenized data: {err}")
@@ -416,16 +446,19 @@ def tokenize_split(
     cache_file = (cache_dir or default_cache_dir()) / f"{key}.safetensors"
     cached = load_cache(cache_file, claims, len(tokenizer))
     if cached is not None:
-        tokens, lengths, layout_info = cached
+        tokens, lengths, articles, layout_info = cached
     else:
         token_lists = tokenizer(text.rows, add_special_tokens=False)["input_ids"] if text.rows else []
         try:
             tokens, lengths, layout_info = layout_sequences(token_lists, layout, max_length, tokenizer.eos_token_id)
         except DataError as err:
             raise DataError(f"split {text.name!r}: {err}") from None
+        # each token's article, laid out exactly as the tokens are (padding: -1)
+        article_lists = [[article] * len(ids) for article, ids in zip(text.row_articles(), token_lists)]
+        articles = layout_sequences(article_lists, layout, max_length, -1)[0]
         layout_info = {**layout_info, "text_tokens": sum(map(len, token_lists))}
-        save_cache(cache_file, claims, tokens, lengths, layout_info)
-    split = TokenizedSplit(tokens, lengths)
+        save_cache(cache_file, claims, tokens, lengths, articles, layout_info)
+    split = TokenizedSplit(tokens, lengths, articles=articles)
     scored = split.scored_targets()
     if byte_lengths is None:
         byte_lengths = token_byte_lengths(tokenizer)
@@ -437,5 +470,6 @@ def tokenize_split(
         **layout_info,
         "tokens": int(scored.numel()),
         "bytes": int(byte_lengths[scored].sum()),
+        "n_articles": int(articles.max()) + 1,
     }
     return split

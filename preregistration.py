@@ -4,6 +4,8 @@ A study's declared comparisons are confirmatory only if the file that declared t
 any run began. Git is the record: the commit that first held the file's present text, and its time,
 set against the time each run started. study.py records this in every run's log (``run.study``);
 the analysis says in the report's header whether the study was pre-registered, and if not, why not.
+The code is declared the same way: a declared study's run starts only from a clean tree (its commit
+names the code), or stores its uncommitted change beside its log (``--allow_dirty``).
 Pure Python and git: the analysis reads it without torch.
 """
 
@@ -14,13 +16,18 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+from run_log import atomic_write
+
+
+CODE_ROOT = Path(__file__).resolve().parent  # the toolkit's checkout
+
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10,
+    return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=30,
                           check=True).stdout.strip()
 
 
@@ -75,6 +82,52 @@ def verdict(records: list[tuple[dict | None, str]], present_sha256: str | None) 
                 f"{record['committed_at']}, after its first run began ({first_start}).")
     return (f"Pre-registered: the study file ({short}) was committed in `{record['commit'][:10]}` at "
             f"{record['committed_at']}, unmodified, before its first run began ({first_start}).")
+
+
+GIT_KEYS = ("git_commit", "git_dirty", "git_diff", "git_diff_sha256")  # what a log records of the code, per segment
+CODE = (".", ":(exclude)results")  # git pathspecs of the code: results (logs, reports) are data, not code
+
+
+def code_change() -> str:
+    """The uncommitted change to the code, as a patch: ``git diff HEAD`` outside results/, then each
+    untracked file that git does not ignore, as a new file (they can change what runs too)."""
+    def patch(*args: str) -> str:  # unstripped: patches end in a newline; exit 1 of --no-index means "differs"
+        return subprocess.run(["git", "-C", str(CODE_ROOT), *args], capture_output=True, text=True, timeout=30).stdout
+
+    untracked = git(CODE_ROOT, "ls-files", "--others", "--exclude-standard", "-z", "--", *CODE).split("\0")
+    git(CODE_ROOT, "rev-parse", "HEAD")  # outside a checkout: CalledProcessError, as the callers expect
+    return patch("diff", "HEAD", "--binary", "--", *CODE) + "".join(
+        patch("diff", "--no-index", "--binary", "--", "/dev/null", name) for name in filter(None, untracked))
+
+
+def git_state() -> dict:
+    """The commit this code is at, whether the code differs from it (``git_dirty``: tracked or untracked
+    files outside results/), and that difference as a patch (``code_change``, "" when clean); None
+    outside a git checkout."""
+    try:
+        commit = git(CODE_ROOT, "rev-parse", "HEAD") or None
+        change = code_change()
+        return {"git_commit": commit, "git_dirty": bool(change), "code_change": change}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None, "code_change": ""}
+
+
+def store_code_change(change: str, output_dir: Path) -> dict:
+    """Write a dirty tree's patch beside the logs as code-<sha12>.diff (one file per distinct change);
+    what a log records of it: the file's name and its sha256."""
+    digest = hashlib.sha256(change.encode()).hexdigest()
+    name = f"code-{digest[:12]}.diff"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(output_dir / name, change.encode())
+    return {"git_diff": name, "git_diff_sha256": digest}
+
+
+def dirty_refusal(change: str) -> str:
+    """Why a declared study's run does not start from this tree: one line."""
+    files = sorted({line.rsplit(" b/", 1)[-1] for line in change.splitlines() if line.startswith("diff --git ")})
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return (f"refusing to run a declared study from a tree with uncommitted code changes ({shown}): commit them, "
+            f"or pass --allow_dirty to store the change beside the log")
 
 
 def parse(stamp: str) -> datetime.datetime:

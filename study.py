@@ -2,6 +2,7 @@
 
     python study.py results/my_study/study.toml --jobs 2        # train every run, then analyse
     python study.py results/my_study/study.toml --list          # the train_simple.py commands only
+    python study.py results/pilot/study.toml --plan --plan_margin 0.01   # seeds the next study needs
     python analyze_results.py --study results/my_study/study.toml
     python study.py results/my_search/search.toml --jobs 2      # a file with [search]: run the search
 
@@ -27,7 +28,11 @@ pre-registration. Keys (unknown keys are an error):
                                                over the comparisons, labelled secondary
     point        "final" | "best_selection"    where each run is read
     margin       0.02                          equivalence margin, metric units
-    alpha        0.05                          Holm-adjusted over the comparisons
+    alpha        0.05                          Holm-adjusted over both tests of every comparison
+    uncertainty  "seeds+articles" | "seeds"    what the verdicts' uncertainty covers (analysis/verdicts.py);
+                                               a file without the key was written before it existed and
+                                               is read as "seeds", as such studies were analysed: new
+                                               files say "seeds+articles"
     [[arms]]     activation = "swiglu", matched = true (gated: parameter-matched), lr = 2e-3 (optional)
     [train]      any train_simple.py flag, name = value (true for a switch, a list for several values)
     [tuning]     seed = 3000, lr_multipliers = [0.5, 1, 2]: each arm's lr tuned on the selection split
@@ -50,14 +55,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.runs import METRICS, POINTS
-from preregistration import declaration, uncommitted_warning
+from analysis.verdicts import SEEDS, UNCERTAINTIES
+from preregistration import declaration, dirty_refusal, git_state, uncommitted_warning
 from search.space import Search, StudyError, load_search
 from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
 from training.signals import StopRuns
 
 ROOT = Path(__file__).resolve().parent
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
-        "train", "search", "tuning"}
+        "train", "search", "tuning", "uncertainty"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
@@ -92,6 +98,7 @@ class Study:
     train: dict = field(default_factory=dict)
     search: Search | None = None
     tuning: Tuning | None = None
+    uncertainty: str = SEEDS  # a file without the key predates it: its studies were analysed over seeds
 
     @property
     def folder(self) -> Path:
@@ -156,12 +163,14 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
                          f"got {metrics}")
     if raw.get("point", "final") not in POINTS:
         raise StudyError(f"{path}: point must be one of {', '.join(POINTS)}, got {raw['point']!r}")
+    if raw.get("uncertainty", SEEDS) not in UNCERTAINTIES:
+        raise StudyError(f"{path}: uncertainty must be one of {', '.join(UNCERTAINTIES)}, got {raw['uncertainty']!r}")
     clash = RUN_FLAGS & set(raw.get("train", {}))
     if clash:
         raise StudyError(f"{path}: [train] may not set {', '.join(sorted(clash))}: the study sets them per run")
     return Study(path, raw["name"], arms, raw["baseline"], list(raw["seeds"]), list(lrs), comparisons,
                  metrics[0], tuple(metrics[1:]), raw.get("point", "final"), float(raw.get("margin", 0.02)),
-                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning)
+                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning, raw.get("uncertainty", SEEDS))
 
 
 def flag_args(settings: dict) -> list[str]:
@@ -176,12 +185,12 @@ def flag_args(settings: dict) -> list[str]:
 
 
 def train_command(study: Study, arm: Arm, lr, seed: int, name: str, folder: Path, threads: int,
-                  flags: dict | None = None, keep_best: bool = False) -> list[str]:
+                  flags: dict | None = None, keep_best: bool = False, allow_dirty: bool = False) -> list[str]:
     """The train_simple.py command of one run of the study: ``flags`` (default: its [train]) after its own."""
     return [sys.executable, str(ROOT / "train_simple.py"), "--activation", arm.activation,
             *(["--match_params"] if arm.matched else []), "--lr", str(lr), "--seeds", str(seed), "--run_name", name,
             "--output_dir", str(folder), "--threads", str(threads), "--resume",
-            *(["--keep", "best"] if keep_best else []),
+            *(["--keep", "best"] if keep_best else []), *(["--allow_dirty"] if allow_dirty else []),
             "--study_file", str(study.path), *flag_args(study.train if flags is None else flags)]
 
 
@@ -191,7 +200,8 @@ def run_name(arm: Arm, lr: float | None, seed: int) -> str:
             f"{'' if lr is None else f'_lr{lr:g}'}_seed{seed}")
 
 
-def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = None) -> list[list[str]]:
+def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = None,
+                 allow_dirty: bool = False) -> list[list[str]]:
     """One train_simple.py command per (arm, lr, seed), seed by seed so a study stopped early stays
     balanced; ``tuned``: each arm's lr as its tuning chose it (a study with [tuning])."""
     commands = []
@@ -200,7 +210,8 @@ def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = No
             lrs = [tuned[arm.name]] if tuned else study.base_lrs(arm)
             for lr in lrs:
                 name = run_name(arm, lr if len(lrs) > 1 else None, seed)
-                commands.append(train_command(study, arm, lr, seed, name, study.folder, threads))
+                commands.append(train_command(study, arm, lr, seed, name, study.folder, threads,
+                                              allow_dirty=allow_dirty))
     return commands
 
 
@@ -216,10 +227,10 @@ def tuning_candidates(study: Study) -> list[Candidate]:
     return [Candidate(arm.name, lr, study.folder / "tuning" / f"{name}.json") for arm, lr, name in tuning_runs(study)]
 
 
-def tuning_commands(study: Study, threads: int) -> list[list[str]]:
+def tuning_commands(study: Study, threads: int, allow_dirty: bool = False) -> list[list[str]]:
     """One train_simple.py command per candidate, keeping its best weights (the objective is read there)."""
-    return [train_command(study, arm, lr, study.tuning.seed, name, study.folder / "tuning", threads, keep_best=True)
-            for arm, lr, name in tuning_runs(study)]
+    return [train_command(study, arm, lr, study.tuning.seed, name, study.folder / "tuning", threads, keep_best=True,
+                          allow_dirty=allow_dirty) for arm, lr, name in tuning_runs(study)]
 
 
 def train_simple_flags() -> set[str]:
@@ -229,7 +240,7 @@ def train_simple_flags() -> set[str]:
     return {action.dest for action in build_parser()._actions}
 
 
-def trial_run(study: Study, trial, threads: int):
+def trial_run(study: Study, trial, threads: int, allow_dirty: bool = False):
     """One trial of a search: its flags drawn by Optuna (the arm too, when there are several), trained
     on the tuning seed with its best weights kept, in ``<study folder>/trials/``."""
     from search.runner import TrialRun, trial_name
@@ -242,7 +253,7 @@ def trial_run(study: Study, trial, threads: int):
     lr = params.pop("lr", (study.base_lrs(arm) or [None])[0])
     name, folder = trial_name(trial), study.folder / "trials"
     return TrialRun(name, folder, train_command(study, arm, lr, study.search.tuning_seed, name, folder, threads,
-                                                {**study.train, **params}, keep_best=True))
+                                                {**study.train, **params}, keep_best=True, allow_dirty=allow_dirty))
 
 
 def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
@@ -254,7 +265,8 @@ def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
     url = args.storage or storage_url(study.folder)
     stopped_by = None
     if not args.report_only:
-        stopped_by = run_search(study.name, study.search, url, lambda trial: trial_run(study, trial, threads), args.jobs)
+        stopped_by = run_search(study.name, study.search, url,
+                                lambda trial: trial_run(study, trial, threads, args.allow_dirty), args.jobs)
     report = write_search_report(study.name, open_study(study.name, study.search, url), [a.name for a in study.arms],
                                  study.folder / "trials", study.folder)
     print(f"search report: {report}\nfigures: {study.folder / 'search_history.png'}, "
@@ -272,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="a search's Optuna storage URL (default: sqlite:///<study folder>/search.db); workers on "
                         "other machines join the same search by giving the same URL")
     p.add_argument("--report_only", action="store_true", help="a search: write its report from what has run, train nothing")
+    p.add_argument("--plan", action="store_true",
+                   help="from this finished (pilot) study's runs, print the seeds per arm a next study needs to detect "
+                        "--plan_effect and to show equivalence within ±--plan_margin at 80%% power (analysis/plan.py), "
+                        "and train nothing")
+    p.add_argument("--plan_effect", type=float, default=None, help="the difference to detect (default: the margin)")
+    p.add_argument("--plan_margin", type=float, default=None, help="the equivalence margin (default: the study's)")
+    p.add_argument("--allow_dirty", action="store_true",
+                   help="run from a tree with uncommitted code changes, each run storing the change beside its log "
+                        "(train_simple.py --allow_dirty); without it such a study is refused before its first run")
     args = p.parse_args(argv)
     if args.jobs < 1:
         print("error: --jobs must be positive", file=sys.stderr)
@@ -289,8 +310,15 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --report_only is for a search: a study's report is analyze_results.py --study FILE",
               file=sys.stderr)
         return 2
+    if args.plan:
+        return print_plan(study, args)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    warning = None if args.list or args.report_only else uncommitted_warning(declaration(args.study))
+    trains = not (args.list or args.report_only)
+    change = git_state()["code_change"] if trains else ""
+    if change and not args.allow_dirty:
+        print(f"error: {dirty_refusal(change)}", file=sys.stderr)
+        return 2
+    warning = uncommitted_warning(declaration(args.study)) if trains else None
     if warning:
         print(warning, file=sys.stderr)
     if study.search is not None:
@@ -303,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 return stop.exit_code
             if tuned is None:
                 return 0 if args.list else 1
-        commands = run_commands(study, threads, tuned)
+        commands = run_commands(study, threads, tuned, args.allow_dirty)
         if args.list:
             print("\n".join(shlex.join(c) for c in commands))
             return 0
@@ -316,10 +344,30 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed or analysed else 0
 
 
+def print_plan(study: Study, args: argparse.Namespace) -> int:
+    """The next study's seeds, from this one's finished runs (the largest group of its folder)."""
+    from analysis.plan import markdown_plan, plan
+    from analysis.runs import folder_logs, group_runs, load_runs
+
+    margin = study.margin if args.plan_margin is None else args.plan_margin
+    effect = margin if args.plan_effect is None else args.plan_effect
+    if not (margin > 0 and effect > 0):
+        print("error: --plan_margin and --plan_effect must be positive", file=sys.stderr)
+        return 2
+    runs = load_runs(folder_logs(study.folder), strict=False, ignore={"train.lr"} if study.per_arm_lr else set()).finished
+    if not runs:
+        print(f"error: {study.folder} holds no finished runs to plan from", file=sys.stderr)
+        return 2
+    group = group_runs(runs)[0]
+    rows = plan(group, study.comparisons, study.metric, study.point, study.alpha, effect, margin)
+    print(markdown_plan(rows, effect, margin, study.alpha, 2 * len(study.comparisons), len({r.seed for r in group})))
+    return 0
+
+
 def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -> dict[str, float] | None:
     """Train the tuning's candidates (under --list: print their commands), then each arm's chosen lr;
     None (with a line on stderr) while there is no choice."""
-    commands = tuning_commands(study, threads)
+    commands = tuning_commands(study, threads, args.allow_dirty)
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
     else:

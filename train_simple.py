@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from data_utils import DataError, check_offline_inputs
-from preregistration import declaration
+from preregistration import declaration, dirty_refusal, store_code_change
 from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, PRUNED, RUNNING, SCHEMA_VERSION, WriteError, \
     remove_stale_temporaries, write_log
 from training.checkpoint import read_final_weights
@@ -397,6 +397,11 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             return 1 if failed else 0
         flags = {**group_flags(parser, args, "sources"), **group_flags(parser, args, "execution")}
         facts = run_facts(command, device, ddp) | ({"study": declaration(args.study_file)} if args.study_file else {})
+        change = facts.pop("code_change")
+        if change and args.study_file and not args.allow_dirty:
+            raise UsageError(dirty_refusal(change))
+        if change and (args.study_file or args.allow_dirty) and ddp.main:
+            facts |= store_code_change(change, args.output_dir)
         rt = Runtime(device, ddp, stop, flags, facts)
         data = load_data(args)
         for spec in todo:

@@ -387,8 +387,8 @@ def verdicts_figure(group: list[Run], judgement: Judgement) -> plt.Figure:
     split = split_label(group, j.metric).replace("`", "")
     ax.set_xlabel(f"difference in {split} at the {j.point} point (lower is better)")
     ax.set_title(f"Declared comparisons: estimate and {100 * (1 - j.alpha):.0f}% CI (diamond, bar), each seed's paired "
-                 f"difference (dots)\nverdicts: Holm-adjusted tests over {len(j.verdicts)} comparison(s), alpha "
-                 f"{j.alpha}", fontsize=10)
+                 f"difference (dots)\nverdicts: Holm over the {j.n_tests} tests of {len(j.verdicts)} comparison(s), alpha "
+                 f"{j.alpha}; uncertainty: {j.uncertainty}", fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return fig

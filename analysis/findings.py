@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.runs import SPLIT_ROLES
-from analysis.verdicts import EQUIVALENT, NOT_TESTED, Power, Verdict, common_seeds, judge, power
+from analysis.verdicts import EQUIVALENT, NOT_TESTED, SEEDS, SEEDS_AND_ARTICLES, ArticleLosses, Power, Verdict, \
+    common_seeds, judge_by_seeds, judge_by_seeds_and_articles, power
+from baselines import interpolation_partner, strongest_ngram
 
 
 def split_label(runs: list, metric: str) -> str:
@@ -38,11 +40,15 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
     values = {name: v for name, v in values.items() if math.isfinite(v)}
     if not values:
         return "These logs hold no n-gram baselines (written before they were recorded)."
-    best_name = min(values, key=values.get)
+    strongest = strongest_ngram(baselines)
+    best_name = strongest if strongest in values else min(values, key=values.get)
     best = values[best_name]
+    which = ("the strongest standard n-gram, modified Kneser-Ney with the order chosen on the selection split"
+             if best_name == strongest else "the best of these logs' baselines; they predate modified Kneser-Ney")
+    ranked = sorted(values, key=lambda n: (n != best_name, values[n]))  # the bar first, then the others by loss
     lines = [f"**Against the n-gram baselines** ({split_label(group, metric)}, trained on exactly the runs' "
-             f"training tokens, scored on the same targets): " + ", ".join(f"{n} {v:.4f}" for n, v in values.items())
-             + f". Each arm's mean at the {point} point minus the best baseline ({best_name}):", ""]
+             f"training tokens, scored on the same targets): " + ", ".join(f"{n} {values[n]:.4f}" for n in ranked)
+             + f". Each arm's mean at the {point} point minus {best_name} ({which}):", ""]
     beaten = False
     arms = sorted({r.variant for r in group})
     for arm in arms:
@@ -52,9 +58,10 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
         verb = f"beats it by {-gap:.4f}" if gap < 0 else f"does **not** beat it (+{gap:.4f})"
         lines.append(f"- {arm}: {mean:.4f}, {verb}")
     if not beaten:
-        lines = [f"> **Warning: no arm beats the {best_name} baseline.** These models have learned no more than "
-                 f"what counts of short word sequences capture; their differences are not about what the MLP "
-                 f"computes.", ""] + lines
+        lines = [f"> **Warning: no arm beats the {best_name} baseline.** On its own, no model here predicts better "
+                 f"than counts of short word sequences; the verdicts below compare models below that bar and are "
+                 f"not read as statements about what the MLP computes (what each adds to an n-gram: the "
+                 f"interpolation below).", ""] + lines
     breakdown = markdown_loss_breakdown(group, baselines, metric, point)
     return "\n".join(lines) + (f"\n\n{breakdown}" if breakdown else "")
 
@@ -64,7 +71,8 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
     those of types seen in training and the unseen ones; and for each arm, its interpolation with the
     Kneser-Ney trigram and the gain over the trigram alone. None for logs from before these existed."""
     role = metric.split("_", 1)[0]
-    if not baselines.get("trigram_kn", {}).get(role, {}).get("loss_seen"):
+    partner = interpolation_partner(group[0].log["data"].get("baselines") or {})
+    if not baselines.get(partner, {}).get(role, {}).get("loss_seen"):
         return None
 
     def cells(values: list[float | None]) -> str:
@@ -74,13 +82,13 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
         values = [r.metric_at(f"{role}_{key}", point) for r in group if r.variant == arm]
         return float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
 
-    unseen = baselines["trigram_kn"][role]["unseen_fraction"]
+    unseen = baselines[partner][role]["unseen_fraction"]
     lines = [f"**Where the loss goes** ({split_label(group, role + '_loss')}; {100 * unseen:.1f}% of its targets are "
-             f"of types never seen as a training target). Interpolated: the model mixed with the Kneser-Ney trigram, "
-             f"p = w p_model + (1 - w) p_trigram, w chosen on the selection split; gain: the trigram's loss minus the "
-             f"interpolation's, what the model knows that the trigram does not (arms at the {point} point, means "
+             f"of types never seen as a training target). Interpolated: the model mixed with {partner}, "
+             f"p = w p_model + (1 - w) p_ngram, w chosen on the selection split; gain: {partner}'s loss minus the "
+             f"interpolation's, what the model knows that the n-gram does not (arms at the {point} point, means "
              f"over seeds):", "",
-             "| | all | seen types | unseen types | interpolated with the trigram | gain over the trigram | w |",
+             f"| | all | seen types | unseen types | interpolated with {partner} | gain over {partner} | w |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name in sorted(n for n in baselines if isinstance(baselines[n].get(role), dict)):
         scores = baselines[name][role]
@@ -98,8 +106,33 @@ def verdict_sentence(v: Verdict, margin: float) -> str:
         shared = f"{v.pairs} shared seed" + ("" if v.pairs == 1 else "s")
         return f"{v.arm} vs {v.against}: not tested ({shared}; a verdict needs 3)"
     interval = f"difference {v.difference:+.4f}, CI [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
-    meaning = {EQUIVALENT: f"equivalent within ±{margin}"}.get(v.verdict, v.verdict)
+    meaning = {EQUIVALENT: f"equivalent within ±{margin}"}.get(v.verdict, v.verdict.replace("the margin", f"±{margin}"))
     return f"{v.arm} vs {v.against}: **{meaning}** ({interval})"
+
+
+def article_losses(group: list, metric: str, point: str) -> ArticleLosses | None:
+    """(arm, seed) -> the metric's NLL and targets per article, None unless every run recorded them."""
+    losses = {(r.variant, r.seed): r.article_losses_at(metric, point) for r in group}
+    return None if not losses or any(v is None for v in losses.values()) else losses
+
+
+def verdicts_with(uncertainty: str, values: dict, per_article: ArticleLosses | None,
+                  comparisons: list[tuple[str, str]], margin: float, alpha: float) -> list[Verdict] | None:
+    """The verdicts under one uncertainty; None where seeds+articles has no per-article losses."""
+    if uncertainty == SEEDS:
+        return judge_by_seeds(values, comparisons, margin, alpha)
+    return None if per_article is None else judge_by_seeds_and_articles(per_article, comparisons, margin, alpha)
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """What the declared verdicts are checked against, never tests of their own: the other
+    uncertainty, each seed left out, and the same procedure on the selection split's other text."""
+
+    other: list[Verdict] | None  # under the uncertainty not declared (None: no per-article losses)
+    flips: dict[tuple[str, str], list[int]]  # comparison -> the seeds whose leaving out changes its verdict
+    replication_metric: str | None  # the selection split's metric (None: the metric already is one)
+    replication: list[Verdict] | None
 
 
 @dataclass(frozen=True)
@@ -111,12 +144,20 @@ class Judgement:
     point: str
     margin: float
     alpha: float
+    uncertainty: str  # what the verdicts use: the declared one, or seeds where the logs have no per-article losses
+    declared_uncertainty: str
     values: dict[tuple[str, int], float]  # (arm, seed) -> the metric at the point
     verdicts: list[Verdict]  # one per comparison (declared, or each arm against the baseline), in order
+    robustness: Robustness | None = None
 
     @property
     def tested(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.verdict != NOT_TESTED]
+
+    @property
+    def n_tests(self) -> int:
+        """The family Holm adjusts over: both tests of every comparison."""
+        return 2 * len(self.verdicts)
 
     def paired_differences(self, v: Verdict) -> list[float]:
         """Each shared seed's difference, arm minus the arm it is compared with (finite ones only)."""
@@ -125,23 +166,62 @@ class Judgement:
         return [d for d in differences if math.isfinite(d)]
 
 
+def replication_metric(metric: str) -> str | None:
+    """The same metric on the selection split (test_loss -> val_loss); None for a selection metric."""
+    role, key = metric.split("_", 1)
+    return f"val_{key}" if role == "test" else None
+
+
 def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
-                alpha: float) -> Judgement:
-    """Every declared comparison, judged on ``metric`` at ``point`` in this group; one whose arms have
-    no shared seeds here (a study in progress) is listed as not tested, never dropped."""
+                alpha: float, uncertainty: str = SEEDS) -> Judgement:
+    """Every declared comparison, judged on ``metric`` at ``point`` in this group under the declared
+    ``uncertainty``, with its robustness; one whose arms have no shared seeds here (a study in progress)
+    is listed as not tested, never dropped."""
     values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group} if comparisons else {}
-    return Judgement(metric, point, margin, alpha, values, judge(values, comparisons, margin, alpha))
+    per_article = article_losses(group, metric, point) if comparisons else None
+    used = uncertainty if uncertainty == SEEDS or per_article is not None else SEEDS
+    verdicts = verdicts_with(used, values, per_article, comparisons, margin, alpha)
+    robustness = None
+    if any(v.verdict != NOT_TESTED for v in verdicts):
+        other = verdicts_with(SEEDS_AND_ARTICLES if used == SEEDS else SEEDS, values, per_article, comparisons, margin,
+                              alpha)
+        flips = {(v.arm, v.against): [] for v in verdicts}
+        for seed in sorted({s for _, s in values}):
+            kept_values = {k: x for k, x in values.items() if k[1] != seed}
+            kept_articles = None if per_article is None else {k: x for k, x in per_article.items() if k[1] != seed}
+            for v, w in zip(verdicts, verdicts_with(used, kept_values, kept_articles, comparisons, margin, alpha)):
+                if v.verdict != NOT_TESTED and w.verdict != v.verdict:
+                    flips[v.arm, v.against].append(seed)
+        again = replication_metric(metric)
+        replication = None
+        if again is not None:
+            again_values = {(r.variant, r.seed): r.metric_at(again, point) for r in group}
+            again_articles = article_losses(group, again, point)
+            replication = verdicts_with(used if used == SEEDS or again_articles is not None else SEEDS, again_values,
+                                        again_articles, comparisons, margin, alpha)
+        robustness = Robustness(other, flips, again, replication)
+    return Judgement(metric, point, margin, alpha, used, uncertainty, values, verdicts, robustness)
+
+
+UNCERTAINTY_WORDS = {SEEDS: "over seeds (two-way model arm + seed, OLS with pooled error, t tests)",
+                     SEEDS_AND_ARTICLES: "over seeds and the scored split's articles (a bootstrap resampling both, "
+                                         "paired; 10,000 samples)"}
 
 
 def markdown_verdicts(group: list, judgement: Judgement) -> str:
-    """The verdict table of a judgement, its sentences and the power statement."""
+    """The verdict table of a judgement, its sentences, the power statement and the robustness table."""
     j = judgement
     if not j.verdicts:
         return "No comparison to judge: none was declared, and the baseline has no runs in this group."
-    lines = [f"**Verdicts** on the {split_label(group, j.metric)} at the {j.point} point (lower is better). Model: "
-             f"{j.metric} ~ arm + seed, OLS with pooled error; difference test and two one-sided tests (TOST) against "
-             f"±{j.margin}, both Holm-adjusted over the {len(j.verdicts)} declared comparison(s), alpha {j.alpha}; "
-             f"CI: {100 * (1 - j.alpha):.0f}%, unadjusted.", "",
+    fallback = (f" Asked for: `{j.declared_uncertainty}`; these logs hold no per-article losses (they were written "
+                f"before those were recorded), so the verdicts use seeds."
+                if j.uncertainty != j.declared_uncertainty else "")
+    lines = [f"**Verdicts** on the {split_label(group, j.metric)} at the {j.point} point (lower is better). "
+             f"Uncertainty {UNCERTAINTY_WORDS[j.uncertainty]}.{fallback} Two tests per comparison, a difference test "
+             f"and two one-sided tests (TOST) against ±{j.margin}, Holm-adjusted together over the {j.n_tests} tests of "
+             f"the {len(j.verdicts)} declared comparison(s), alpha {j.alpha}; CI: {100 * (1 - j.alpha):.0f}%, "
+             f"unadjusted. A verdict names both answers: 'better, within the margin' is a difference shown and "
+             f"shown to be smaller than ±{j.margin}.", "",
              "| comparison | seeds | difference | CI | p difference (Holm) | p equivalence (Holm) | verdict |",
              "|---|---|---|---|---|---|---|"]
     for v in j.verdicts:
@@ -149,16 +229,50 @@ def markdown_verdicts(group: list, judgement: Judgement) -> str:
                   f"{v.p_equivalence:.4f}"] if v.verdict != NOT_TESTED else ["n/a"] * 4)
         lines.append(f"| {v.arm} vs {v.against} | {v.pairs} | " + " | ".join(cells) + f" | {v.verdict} |")
     lines += ["", *(f"- {verdict_sentence(v, j.margin)}" for v in j.verdicts), "", power_statement(
-        power(j.values, len(j.verdicts), j.margin, j.alpha), len(j.verdicts), j.margin, j.alpha)]
+        power(j.values, j.n_tests, j.margin, j.alpha), j.n_tests, j.margin, j.alpha)]
+    if j.robustness is not None:
+        lines += ["", markdown_robustness(group, j)]
     return "\n".join(lines)
 
 
-def power_statement(p: Power | None, n_comparisons: int, margin: float, alpha: float) -> str:
+def short_verdict(v: Verdict | None) -> str:
+    if v is None or v.verdict == NOT_TESTED:
+        return "not tested"
+    return f"{v.difference:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}] {v.verdict}"
+
+
+def markdown_robustness(group: list, j: Judgement) -> str:
+    """The robustness table: not further tests, and no verdict above changes by it."""
+    r = j.robustness
+    other = SEEDS_AND_ARTICLES if j.uncertainty == SEEDS else SEEDS
+    seeds = sorted({s for _, s in j.values})
+    replication = (f"the same procedure on the {split_label(group, r.replication_metric)}, where each run's point was "
+                   f"chosen (so its numbers lean its way): a replication on other text, not a second test"
+                   if r.replication_metric else None)
+    lines = [f"**Robustness of these verdicts** (not further tests: the verdicts above are the study's): the verdict "
+             f"under the uncertainty not used ({other}); the seeds whose leaving out (one at a time, of "
+             f"{len(seeds)}) changes a verdict" + (f"; and {replication}" if replication else "") + ".", "",
+             f"| comparison | verdict ({j.uncertainty}) | {other} | leave one seed out | "
+             + ("selection split (replication) |" if replication else ""),
+             "|---|---|---|---|" + ("---|" if replication else "")]
+    for i, v in enumerate(j.verdicts):
+        flips = r.flips[v.arm, v.against]
+        held = ("n/a" if v.verdict == NOT_TESTED else "holds without any one seed" if not flips else
+                f"changes without seed {', '.join(map(str, flips))}")
+        other_cell = short_verdict(r.other[i]) if r.other is not None else "no per-article losses in these logs"
+        cells = [f"{v.arm} vs {v.against}", v.verdict, other_cell, held]
+        if replication:
+            cells.append(short_verdict(r.replication[i]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def power_statement(p: Power | None, n_tests: int, margin: float, alpha: float) -> str:
     if p is None:
         return ("**Power**: fewer than 3 seeds (or no residual degrees of freedom): no p-values mean anything here, "
                 "and no difference can be established or excluded.")
-    seeds = "more than 100,000" if math.isinf(p.seeds_for_margin) else f"{p.seeds_for_margin:.0f}"
+    seeds = "more than 10,000" if math.isinf(p.seeds_for_margin) else f"{p.seeds_for_margin:.0f}"
     return (f"**Power**: with {p.seeds} seeds and an observed paired SD of {p.paired_sd:.4f}, the smallest difference "
-            f"this design detects with 80% power at alpha {alpha}/{n_comparisons} is {p.detectable:.4f}; detecting "
-            f"{margin} would need {seeds} seeds. A difference smaller than {p.detectable:.4f} that is not declared "
-            f"equivalent is unresolved, not absent.")
+            f"this design detects with 80% power at alpha {alpha}/{n_tests} (the first Holm step) is {p.detectable:.4f}; "
+            f"detecting {margin} would need {seeds} seeds. A difference smaller than {p.detectable:.4f} that is not "
+            f"declared equivalent is unresolved, not absent.")

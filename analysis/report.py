@@ -57,21 +57,57 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def machine_of(run: dict) -> str:
+    """Where a run ran, as exactly as its log says (older logs name no CPU class)."""
+    cpu = run.get("cpu") or run.get("platform", "unknown")
+    cpu_class = run.get("cpu_class") or "class not recorded"
+    flags = f"; {' '.join(run['cpu_flags'])}" if run.get("cpu_flags") else ""
+    threads = count(run["threads"], "thread") if run.get("threads") else "threads unknown"
+    return f"{cpu} ({cpu_class}{flags}), device {run.get('device', '?')}, {threads}"
+
+
+def runs_by_arm(runs: list) -> str:
+    """"relu seeds 1, 2; gelu seed 3": which runs, compactly."""
+    seeds: dict[str, list[int]] = {}
+    for r in sorted(runs, key=lambda r: (r.variant, r.seed)):
+        seeds.setdefault(r.variant, []).append(r.seed)
+    return "; ".join(f"{arm} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for arm, s in seeds.items())
+
+
+def code_state(runs: list) -> str:
+    """Whether every run names its exact code: a clean tree, or a stored diff (its sha256 in the log)."""
+    dirty = [r for r in runs if r.log["run"].get("git_dirty")]
+    if not dirty:
+        return "every run from a clean tree at its commit"
+    stored = [r for r in dirty if r.log["run"].get("git_diff_sha256")]
+    lost = [r for r in dirty if not r.log["run"].get("git_diff_sha256")]
+    parts = [f"{count(len(stored), 'run')} from a tree with uncommitted changes stored beside its log "
+             f"(`code-<sha12>.diff`)"] if stored else []
+    if lost:
+        parts.append(f"{count(len(lost), 'run')} from a tree whose uncommitted change was not stored (logs from "
+                     f"before the change was kept; what it was cannot be recovered): {runs_by_arm(lost)}")
+    return "; ".join(parts)
+
+
 def what_was_run(runs: list) -> str:
     logs = [r.log for r in runs]
     commits = Counter((log["run"].get("git_commit") or "unknown")[:7] for log in logs)
-    machines = Counter(f"{run.get('cpu') or run.get('platform', 'unknown')}, device {run.get('device', '?')}, "
-                       f"{count(run['threads'], 'thread') if run.get('threads') else 'threads unknown'}"
-                       for run in (log["run"] for log in logs))
+    by_machine: dict[str, list] = {}
+    for r in runs:
+        by_machine.setdefault(machine_of(r.log["run"]), []).append(r)
     variants = sorted({r.variant for r in runs})
     seeds = sorted({r.seed for r in runs})
     commit_list = ", ".join(f"`{c}` ({count(n, 'run')})" for c, n in commits.most_common())
-    machine_list = "; ".join(f"{m} ({count(n, 'run')})" for m, n in machines.most_common())
+    machine_list = "; ".join(f"{m} ({count(len(rs), 'run')})" for m, rs in
+                             sorted(by_machine.items(), key=lambda item: -len(item[1])))
+    where = ([f"- **Which runs ran where**: " + " | ".join(f"{m}: {runs_by_arm(rs)}" for m, rs in by_machine.items())]
+             if len(by_machine) > 1 else [])
     return "\n".join([
         f"- **Runs**: {count(len(runs), 'complete run')} of {count(len(variants), 'variant')} "
         f"({', '.join(variants)}), seeds {', '.join(map(str, seeds))}.",
-        f"- **Code**: commit {commit_list}; torch {', '.join(sorted({log['run'].get('torch', '?') for log in logs}))}.",
-        f"- **Machine**: {machine_list}.",
+        f"- **Code**: commit {commit_list}; {code_state(runs)}; torch "
+        f"{', '.join(sorted({log['run'].get('torch', '?') for log in logs}))}.",
+        f"- **Machine**: {machine_list}.", *where,
         f"- **Example command**: `{' '.join(logs[0]['run'].get('command', []))}`",
     ])
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from run_log import is_finished, last_step, read_log
@@ -68,6 +69,24 @@ class Run:
             return math.nan
         value = min(entries, key=lambda e: e["val_loss"]).get(name)
         return float(value) if value is not None else math.nan
+
+    def article_losses_at(self, name: str, point: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The NLL summed per article and the targets per article behind a loss metric (``*_loss``) at
+        ``point``, where the log recorded them (None in logs from before, or for another metric)."""
+        split, key = name.split("_", 1)
+        if key != "loss":
+            return None
+        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
+        if point == "final" and not stopped:
+            entry = self.log["final"].get(split) or {}
+            nll, tokens = entry.get("article_nll"), entry.get("article_tokens")
+        else:
+            entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
+            best = min(entries, key=lambda e: e["val_loss"]) if entries else {}
+            nll, tokens = best.get(f"{split}_article_nll"), best.get(f"{split}_article_tokens")
+        if nll is None or tokens is None:
+            return None
+        return np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
 
 
 def flatten(prefix: str, obj, out: dict) -> dict:

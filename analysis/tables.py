@@ -55,9 +55,11 @@ def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     return table
 
 
-def paired_comparisons(group: list[Run], baseline: str, metric: str, point: str = "final") -> pd.DataFrame:
+def paired_comparisons(group: list[Run], baseline: str, metric: str, point: str = "final",
+                       n_tests: int = 0) -> pd.DataFrame:
     """Each variant minus the baseline, paired by seed, each run read at ``point`` (as the verdicts
-    read it); Holm-corrected across variants."""
+    read it); Holm-corrected over the verdicts' family of ``n_tests`` tests (the tests not in this
+    table count as p = 1), or over the rows when that is smaller."""
     by_variant: dict[str, dict[int, float]] = defaultdict(dict)
     for run in group:
         by_variant[run.variant][run.seed] = run.metric_at(metric, point)
@@ -73,7 +75,9 @@ def paired_comparisons(group: list[Run], baseline: str, metric: str, point: str 
                      "ci95": test.ci95, "t": test.t, "p": test.p})
     table = pd.DataFrame(rows)
     if not table.empty:
-        table["p_holm"] = holm(list(table["p"]))
+        family = list(table["p"]) + [1.0] * max(n_tests - len(table), 0)
+        table["p_holm"] = holm(family)[:len(table)]
+        table.attrs["n_tests"] = len(family)
     return table
 
 
@@ -112,7 +116,8 @@ def markdown_paired(table: pd.DataFrame, metric: str, max_seeds: int, point: str
     where = "" if point == "final" else f" at the {point} point"
     lines = [f"Paired by seed against **{table['baseline'].iloc[0]}** ({metric}{where}, variant minus baseline; "
              f"negative = better than baseline):", "",
-             "| variant | pairs | mean difference ± 95% CI | t | p | p (Holm) |", "|---|---|---|---|---|---|"]
+             "| variant | pairs | mean difference ± 95% CI | t | p | p (Holm over "
+             f"{table.attrs.get('n_tests', len(table))} tests) |", "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         lines.append(f"| {r['variant']} | {r['pairs']} | {fmt(r['mean_diff'])} ± {fmt(r['ci95'])} | {fmt(r['t'], 2)} "
                      f"| {fmt(r['p'], 4)} | {fmt(r['p_holm'], 4)} |")

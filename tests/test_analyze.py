@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import analyze_results
-from analysis import figures, findings, runs, tables
+from analysis import figures, findings, runs, tables, verdicts
 from analysis.stats import holm, paired_t_test
 from conftest import ROOT
 from run_log import SCHEMA_VERSION
@@ -100,7 +100,9 @@ def test_tables_statistics_and_figures(results, capsys):
     assert gelu["val_loss_diff_vs_relu"] == pytest.approx(expected.mean_diff, rel=1e-5)
     assert gelu["p"] == pytest.approx(expected.p, rel=1e-4)
     swiglu = paired_t_test([VAL_LOSS["swiglu"][s] for s in (1, 2, 3)], [VAL_LOSS["relu"][s] for s in (1, 2, 3)])
-    assert gelu["p_holm"] == pytest.approx(holm([expected.p, swiglu.p])[0], rel=1e-4)
+    # Holm over the verdicts' family: both tests (difference, equivalence) of the two default comparisons,
+    # the two equivalence tests not in this table counting as p = 1
+    assert gelu["p_holm"] == pytest.approx(holm([expected.p, swiglu.p, 1.0, 1.0])[0], rel=1e-4)
     summary = (results / "summary.md").read_text()
     assert "swiglu (matched)" in summary and "Holm" in summary
     for name in ("training_curves.png", "training_dynamics.png"):
@@ -398,7 +400,7 @@ def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(resul
     assert analyze_results.main(["--results_dir", str(results), "--margin", "0.05"]) == 0
     summary = (results / "summary.md").read_text()
     verdicts = summary.split("**Verdicts**")[1]
-    assert "Holm-adjusted over the 2 declared comparison(s)" in verdicts and "±0.05" in verdicts
+    assert "Holm-adjusted together over the 4 tests of the 2 declared comparison(s)" in verdicts and "±0.05" in verdicts
     assert "| gelu vs relu | 3 |" in verdicts and "| swiglu (matched) vs relu | 3 |" in verdicts
     assert "**Power**: with 3 seeds" in verdicts
     assert summary.index("**Verdicts**") < summary.index("### Exploratory") or "### Exploratory" not in summary
@@ -540,11 +542,14 @@ def test_a_study_in_progress_lists_a_declared_comparison_without_runs_and_correc
     assert analyze_results.main(["--study", str(study)]) == 0
     report = (results / "report.md").read_text()
     assert "| silu vs relu | 0 | n/a | n/a | n/a | n/a | not tested |" in report
-    assert "Holm-adjusted over the 2 declared comparison(s)" in report
+    assert "Holm-adjusted together over the 4 tests of the 2 declared comparison(s)" in report
     group = [runs.load_run(path) for path in sorted(results.glob("*_seed*.json"))]  # the report's one group
     [alone] = findings.judge_group(group, [("gelu", "relu")], "val_loss", "final", 0.02, 0.05).verdicts
     assert f"| gelu vs relu | 3 | {alone.difference:+.4f} |" in report
-    assert f"| {min(1.0, 2 * alone.p_difference):.4f} |" in report
+    raw = verdicts.seed_estimates(findings.judge_group(group, [("gelu", "relu")], "val_loss", "final", 0.02,
+                                                       0.05).values, [("gelu", "relu")], 0.02, 0.05)["gelu", "relu"]
+    corrected = holm([raw.p_difference, 1.0, raw.p_equivalence, 1.0])  # silu's two tests count as p = 1
+    assert f"| {corrected[0]:.4f} | {corrected[2]:.4f} |" in report and corrected[0] > alone.p_difference
 
 
 def test_a_group_description_reads_every_run_not_the_first(tmp_path):

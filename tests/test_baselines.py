@@ -7,7 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from baselines import Grams, KneserNey, baseline_losses, grams, unigram_nll_sum
+from collections import Counter, defaultdict
+
+from baselines import MODIFIED_KN_ORDERS, Grams, KneserNey, ModifiedKneserNey, baseline_losses, grams, \
+    strongest_ngram, unigram_nll_sum
 from conftest import WIKITEXT_DIR, needs_shared_data
 from data_utils import DataError, SplitText, article_half, load_split_text
 
@@ -57,9 +60,110 @@ def test_baselines_score_each_role_and_choose_k_on_selection_only():
     train = (rng.integers(0, 20, (50, 8)), np.full(50, 8))
     val, test = (rng.integers(0, 20, (10, 8)), np.full(10, 8), 300), (rng.integers(0, 20, (10, 8)), np.full(10, 8), 280)
     out = baseline_losses(train, {"val": val, "test": test}, 20, "val").losses
-    assert set(out) == {"unigram", "bigram_kn", "trigram_kn"} and out["unigram"]["add_k"] in (0.01, 0.1, 0.3, 1, 3, 10)
-    for name in ("bigram_kn", "trigram_kn"):
+    assert set(out) == {"unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS}
+    assert out["unigram"]["add_k"] in (0.01, 0.1, 0.3, 1, 3, 10)
+    for name in ("bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS):
         assert out[name]["test"]["bpb"] == pytest.approx(out[name]["test"]["loss"] * 70 / (math.log(2) * 280))
+    # the bar is the modified KN order best on the selection split, whatever the report split says
+    assert strongest_ngram(out) == min(MODIFIED_KN_ORDERS, key=lambda n: out[n]["val"]["loss"])
+    assert [n for n in out if out[n].get("strongest")] == [strongest_ngram(out)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Modified Kneser-Ney (Chen & Goodman 1998)
+
+# One sequence over 4 types: bigram counts (0,1) 4, (1,0) 3, (2,2) 2, (1,2) 1, (2,3) 1, so the top level's
+# counts of counts are n1..n4 = 2, 1, 1, 1: Y = 2 / (2 + 2) = 0.5, D1 = 1 - 2 Y 1/2 = 0.5, D2 = 2 - 3 Y 1/1
+# = 0.5, D3+ = 3 - 4 Y 1/1 = 1. Continuation counts N1+(. w) = 1, 1, 2, 1 (total 5); n3 = n4 = 0, so that
+# level's three discounts are Y = 3 / (3 + 2) = 0.6: p1(w) = (max(N1+ - 0.6, 0) + 0.6 * 4 / 4) / 5
+# = 0.2, 0.2, 0.4, 0.2.
+TOY = (np.array([[0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 2, 3]]), np.array([12]))
+
+
+def test_modified_kneser_ney_bigram_by_hand():
+    model = ModifiedKneserNey(*TOY, 4, order=2)
+    np.testing.assert_allclose(model.levels[2].discounts, [0, 0.5, 0.5, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(model.prob((), np.arange(4)), [0.2, 0.2, 0.4, 0.2], rtol=1e-12)
+    context, targets = np.array([0, 0, 2, 2, 2, 3]), np.array([1, 2, 2, 3, 0, 2])
+    expected = [
+        (4 - 1.0) / 4 + (1.0 * 1 / 4) * 0.2,  # p(1|0): c = 4 takes D3+; N3+(0 .) = 1 sets aside 1 / 4
+        (1.0 * 1 / 4) * 0.4,  # p(2|0): unseen pair
+        (2 - 0.5) / 3 + (0.5 + 0.5) / 3 * 0.4,  # p(2|2) = 19/30: c(2 .) = 3, N1(2 .) = N2(2 .) = 1
+        (1 - 0.5) / 3 + (0.5 + 0.5) / 3 * 0.2,  # p(3|2) = 7/30
+        (0.5 + 0.5) / 3 * 0.2,  # p(0|2)
+        0.4,  # p(2|3): a context never seen falls through to the unigram level
+    ]
+    np.testing.assert_allclose(model.prob((context,), targets), expected, rtol=1e-12)
+    assert expected[2] == pytest.approx(19 / 30) and expected[3] == pytest.approx(7 / 30)
+
+
+def reference_modified_kn(sequences: list[list[int]], V: int, order: int):
+    """An independent modified Kneser-Ney, written from Chen & Goodman's formulas with dicts and
+    recursion (no arrays, no shared code): p(w, context) for a context tuple of up to order - 1 tokens."""
+    raw = Counter(tuple(s[i - order + 1:i + 1]) for s in sequences for i in range(order - 1, len(s)))
+    counts = {order: raw}
+    for k in range(order - 1, 0, -1):  # N1+(. g): distinct tokens before the k-gram g
+        left = defaultdict(set)
+        for s in sequences:
+            for i in range(k, len(s)):
+                left[tuple(s[i - k + 1:i + 1])].add(s[i - k])
+        counts[k] = Counter({g: len(before) for g, before in left.items()})
+
+    def discounts(level):
+        n = [sum(1 for c in counts[level].values() if c == k) for k in (1, 2, 3, 4)]
+        y = n[0] / (n[0] + 2 * n[1]) if n[0] + n[1] else 0.5
+        if 0 in n:
+            return {1: y, 2: y, 3: y}
+        return {1: 1 - 2 * y * n[1] / n[0], 2: 2 - 3 * y * n[2] / n[1], 3: 3 - 4 * y * n[3] / n[2]}
+
+    D = {level: discounts(level) for level in counts}
+
+    def p(w, context):
+        level = len(context) + 1
+        below = 1 / V if level == 1 else p(w, context[1:])
+        followers = {g[-1]: c for g, c in counts[level].items() if g[:-1] == context}
+        total = sum(followers.values())
+        if total == 0:
+            return below
+        c = followers.get(w, 0)
+        kept = max(c - D[level][min(c, 3)], 0) if c else 0
+        set_aside = sum(D[level][min(n, 3)] for n in followers.values())
+        return (kept + set_aside * below) / total
+
+    return p
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_modified_kneser_ney_matches_an_independent_implementation(order):
+    rng = np.random.default_rng(order)
+    lengths = rng.integers(2, 30, 40)
+    tokens = rng.zipf(1.6, (40, 30)) % 12  # skewed, so counts of 1 to 4 all occur at every level
+    model = ModifiedKneserNey(tokens, lengths, 12, order)
+    reference = reference_modified_kn([list(t[:n]) for t, n in zip(tokens, lengths)], 12, order)
+    queries = rng.integers(0, 12, (200, order))
+    for k in range(order):  # every context length, seen and unseen contexts alike
+        ours = model.prob(tuple(queries[:, j] for j in range(order - 1 - k, order - 1)), queries[:, -1])
+        theirs = [reference(int(q[-1]), tuple(int(t) for t in q[order - 1 - k:order - 1])) for q in queries]
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
+    assert min(model.levels[order].discounts[1:]) != max(model.levels[order].discounts[1:])  # three discounts
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_every_modified_kneser_ney_distribution_sums_to_one(order):
+    rng = np.random.default_rng(7)
+    model = ModifiedKneserNey(rng.zipf(1.5, (60, 9)) % 10, rng.integers(1, 10, 60), 10, order)
+    for context in [(0, 1, 2), (1, 1, 1), (9, 9, 9), (3, 0, 1)]:
+        probs = model.prob(tuple(np.full(10, c) for c in context[3 - order + 1:]), np.arange(10))
+        assert probs.sum() == pytest.approx(1.0, abs=1e-12) and (probs > 0).all()
+
+
+def test_modified_kneser_ney_scores_early_targets_with_the_context_they_have():
+    model = ModifiedKneserNey(*TOY, 4, order=3)
+    tokens = np.array([[0, 1, 0, 2]])
+    nll = model.token_nll(tokens, np.array([4]))
+    assert math.isnan(nll[0, 0])  # the first token is context only
+    assert nll[0, 1] == pytest.approx(-math.log(model.prob((np.array([0]),), np.array([1]))[0]))  # one token
+    assert nll[0, 3] == pytest.approx(-math.log(model.prob((np.array([1]), np.array([0])), np.array([2]))[0]))
 
 
 ARTICLES = [" = First = \n", " \n", " one . \n", " = = Section = = \n", " more one . \n",

@@ -72,7 +72,7 @@ def search_file(tmp_path, corpus_dir, tiny_tokenizer_dir):
 
 
 def run_study(path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), *extra], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), *extra], capture_output=True, text=True,
                           cwd=ROOT, timeout=600, **kwargs)
 
 
@@ -132,7 +132,7 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     path = search_file(6, heartbeat=3)
-    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path), "--jobs", "2"], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
     deadline = time.time() + 300
@@ -164,7 +164,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
 @pytest.mark.slow
 def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
     path = search_file(6)
-    workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT, text=True,
+    workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert all(w.returncode == 0 for w in workers), errors
@@ -188,7 +188,7 @@ def long_trials(path):
 def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file, to_group):
     path = long_trials(search_file(2))
     folder = path.parent / "trials"
-    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path), "--jobs", "2"], cwd=ROOT,
+    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # until both trials are training, past their first steps
@@ -226,7 +226,7 @@ def test_a_one_worker_search_stops_cleanly_too(search_file):
     # one worker (the default): the trial is watched from the main thread, where the stop's handler runs too
     path = long_trials(search_file(2))
     log_path = path.parent / "trials" / "trial000.json"
-    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=ROOT,
+    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (log_path.exists() and json.loads(log_path.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):

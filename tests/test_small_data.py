@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train_simple
-from baselines import baseline_losses, unigram_log_probs
+from baselines import MODIFIED_KN_ORDERS, baseline_losses, strongest_ngram, unigram_log_probs
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, final_weights, needs_shared_data, read_log, \
     run_cli
 from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, tokenize_split
@@ -43,14 +43,14 @@ def test_baselines_split_their_loss_by_seen_and_unseen_target_types():
                               out.losses["unigram"]["add_k"])
     assert unigram["loss_seen"] == pytest.approx(-(log_p[2] + log_p[3]) / 2)
     assert unigram["loss_unseen"] == pytest.approx(-(log_p[5] + log_p[6]) / 2)
-    for name in ("unigram", "bigram_kn", "trigram_kn"):
+    for name in ("unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS):
         scores = out.losses[name]["val"]
         assert scores["unseen_fraction"] == 0.5
         # the two parts add back up to the plain loss, to float64 rounding
         assert (scores["loss_seen"] + scores["loss_unseen"]) / 2 == pytest.approx(scores["loss"], rel=1e-12)
-    trigram = out.token_nll["val"]  # at each target's place in the tokens; nothing scored at position 0
-    assert np.isnan(trigram[0, 0]) and np.isfinite(trigram[0, 1:]).all()
-    assert trigram[0, 1:].mean() == pytest.approx(out.losses["trigram_kn"]["val"]["loss"], rel=1e-12)
+    ngram = out.token_nll["val"]  # the strongest's, at each target's place; nothing scored at position 0
+    assert np.isnan(ngram[0, 0]) and np.isfinite(ngram[0, 1:]).all()
+    assert ngram[0, 1:].mean() == pytest.approx(out.losses[strongest_ngram(out.losses)]["val"]["loss"], rel=1e-12)
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_the_report_split_takes_the_weight_the_selection_split_chose(tiny_split)
     reported = evaluate(model, perfect, byte_lengths, 4, CPU, interp_weight=selection["interp_weight"])
     assert reported["interp_weight"] == 1.0
     assert reported["interp_loss"] == pytest.approx(reported["loss"], rel=1e-6)  # weight 1: the model itself
-    assert reported["trigram_loss"] == pytest.approx(1e-6) and reported["interp_gain"] < 0
+    assert reported["ngram_loss"] == pytest.approx(1e-6) and reported["interp_gain"] < 0
     half = evaluate(model, perfect, byte_lengths, 4, CPU, interp_weight=0.5)
     assert half["interp_weight"] == 0.5 and INTERPOLATION_STEPS == 100
 
@@ -134,16 +134,19 @@ def three_splits(corpus_dir):
     return ["--test_split", str(test)]
 
 
-def test_a_run_records_where_its_loss_goes_and_its_gain_over_the_trigram(tiny_argv, three_splits, tmp_path):
+def test_a_run_records_where_its_loss_goes_and_its_gain_over_the_strongest_ngram(tiny_argv, three_splits, tmp_path):
     argv = [a for a in tiny_argv(None, "--eval_every", "3") if a not in ("--test_split", "none")]
     assert train_simple.main(argv + three_splits) == 0
     log = read_log(tmp_path / "out" / f"{RUN}.json")
+    baselines = log["data"]["baselines"]
+    strongest = strongest_ngram(baselines)  # the modified KN order with the lowest selection loss
+    assert strongest == min(MODIFIED_KN_ORDERS, key=lambda name: baselines[name]["val"]["loss"])
     for role in ("val", "test"):
-        baseline = log["data"]["baselines"]["trigram_kn"][role]
+        baseline = baselines[strongest][role]
         assert {"loss_seen", "loss_unseen", "unseen_fraction"} <= set(baseline)
         final = log["final"][role]
-        assert final["trigram_loss"] == pytest.approx(baseline["loss"], rel=1e-9)  # the same targets
-        assert final["interp_gain"] == pytest.approx(final["trigram_loss"] - final["interp_loss"])
+        assert final["ngram_loss"] == pytest.approx(baseline["loss"], rel=1e-9)  # the same targets
+        assert final["interp_gain"] == pytest.approx(final["ngram_loss"] - final["interp_loss"])
     # every evaluation reports its interpolation with the weight the selection split chose
     for entry in log["evals"] + log["epochs"]:
         assert entry["test_interp_weight"] == entry["val_interp_weight"]

@@ -50,6 +50,7 @@ comparisons = [["gelu", "relu"]]
 metric = "val_loss"
 secondary = ["val_bpb"]
 point = "best_selection"
+uncertainty = "seeds+articles"
 [[arms]]
 activation = "relu"
 [[arms]]
@@ -62,12 +63,20 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
                                                                                  tiny_tokenizer_dir):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--jobs", "2"],
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), "--jobs", "2"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in folder.glob("*.json")) == [f"{a}_seed{s}.json" for a in ("gelu", "relu") for s in (1, 2, 3)]
+    log = json.loads((folder / "relu_seed1.json").read_text())
+    for entry in (log["final"]["val"], *({"article_nll": e["val_article_nll"], "article_tokens": e["val_article_tokens"],
+                                           "loss": e["val_loss"]} for e in log["evals"])):
+        # valid.txt holds its one title twice: two articles, whose sums add up to the split's loss
+        assert len(entry["article_nll"]) == len(entry["article_tokens"]) == 2
+        # to the float32 rounding of the plain loss's batch sums (the per-article sums are float64)
+        assert sum(entry["article_nll"]) / sum(entry["article_tokens"]) == pytest.approx(entry["loss"], rel=1e-6)
+    assert "over seeds and the scored split's articles" in (folder / "summary.md").read_text()
     # an arm trained into the folder after the fact, with the same settings
-    listed = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--list"],
+    listed = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), "--list"],
                             capture_output=True, text=True, timeout=60).stdout.splitlines()
     argv = listed[0].split()[2:]  # relu, seed 1: the study's own flags
     argv[argv.index("relu")] = "silu"
@@ -82,6 +91,11 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
                   if row.startswith("| gelu vs relu")]
     assert len(difference) == 2 and difference[0] != difference[1]  # each table judges its own metric
     assert "| silu |" in summary  # described, never judged
+    planned = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--plan",
+                              "--plan_margin", "0.01"], capture_output=True, text=True, timeout=120)
+    assert planned.returncode == 0, planned.stderr
+    gelu = next(row for row in planned.stdout.splitlines() if row.startswith("| gelu vs relu |")).split(" | ")
+    assert float(gelu[2]) >= 0  # the articles' SE, read from the per-article losses these logs hold
 
 
 @pytest.mark.parametrize("body, message", [
@@ -92,6 +106,8 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
      '[[arms]]\nactivation = "relu"\n', "must name two different arms"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[train]\nseeds = 3\n',
      "may not set seeds"),
+    ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\nuncertainty = "articles"\n[[arms]]\nactivation = "relu"\n',
+     "uncertainty must be one of"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\nsecondary = ["val_los"]\n[[arms]]\nactivation = "relu"\n',
      "metric and secondary must be distinct names"),
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\nseed = 1\n'
@@ -108,7 +124,7 @@ def test_a_bad_study_file_is_one_line(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(StudyError, match=message):
         load_study(path)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), "--list"], capture_output=True,
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--list"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
 
@@ -133,13 +149,13 @@ activation = "relu"
 def test_a_study_has_no_search_report(tmp_path):
     path = tmp_path / "study.toml"
     path.write_text(ONE_RUN)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path), "--report_only"], capture_output=True,
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--report_only"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "--report_only is for a search" in result.stderr
 
 
 def run_study(folder, *extra):
-    return subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), *extra],
+    return subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), *extra],
                           capture_output=True, text=True, cwd=folder, timeout=600)
 
 
@@ -264,7 +280,7 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
     path = folder / "study.toml"
     path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 40\nnum_epochs = 10"))  # to be caught
     first = folder / "relu_seed1.json"
-    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), str(path)], cwd=tmp_path,
+    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=tmp_path,
                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (first.exists() and json.loads(first.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):
@@ -280,7 +296,7 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
     stopped = json.loads(first.read_text())
     assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
     assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads(first.read_text())
@@ -288,3 +304,43 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
     assert [point["at_step"] for point in resumed["run"]["resumed"]] == [stopped["progress"]["step"]]
     every_run = [f"{arm}_seed{seed}.json" for arm in ("gelu", "relu") for seed in (1, 2)]
     assert sorted(p.name for p in folder.glob("*.json")) == every_run
+
+
+def toolkit_copy(folder) -> None:
+    """A git checkout of the toolkit's code as committed here (results left out), with one commit."""
+    names = subprocess.run(["git", "ls-files", "-z", "--", ".", ":(exclude)results"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split("\0")
+    for name in filter(None, names):
+        if (ROOT / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, folder / name)
+    git(folder, "init", "-q")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-qm", "toolkit")
+
+
+@pytest.mark.slow
+def test_a_declared_study_refuses_a_dirty_tree_and_with_allow_dirty_stores_the_change(tmp_path, corpus_dir,
+                                                                                      tiny_tokenizer_dir):
+    code, folder = tmp_path / "toolkit", tmp_path / "toolkit" / "results" / "mine"
+    toolkit_copy(code)
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN)
+    with open(code / "metrics.py", "a") as f:  # a real uncommitted change to the code
+        f.write("\n# an uncommitted change\n")
+    (code / "helper.py").write_text("X = 1\n")  # an untracked file is code too
+    study = [sys.executable, str(code / "study.py"), str(folder / "study.toml")]
+    refused = subprocess.run(study, capture_output=True, text=True, cwd=folder, timeout=600)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "uncommitted code changes (helper.py, metrics.py)" in refused.stderr and "--allow_dirty" in refused.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["study.toml"]  # no run began, no log, no folder
+    allowed = subprocess.run([*study, "--allow_dirty"], capture_output=True, text=True, cwd=folder, timeout=600)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    run = json.loads((folder / "relu_seed1.json").read_text())["run"]
+    stored = folder / run["git_diff"]
+    assert run["git_dirty"] and hashlib.sha256(stored.read_bytes()).hexdigest() == run["git_diff_sha256"]
+    # the stored change, applied to a clean checkout of the commit, is the tree the run ran from
+    git(code, "stash", "-q", "--include-untracked", "--", "metrics.py", "helper.py")
+    git(code, "apply", str(stored))
+    assert (code / "metrics.py").read_text().endswith("# an uncommitted change\n")
+    assert (code / "helper.py").read_text() == "X = 1\n"
+    assert "from a tree with uncommitted changes stored beside its log" in (folder / "report.md").read_text()

@@ -118,9 +118,8 @@ def evaluation_subset(split: TokenizedSplit, n_tokens: int | None) -> TokenizedS
     order = torch.randperm(len(split), generator=derived_generator(0, "evaluation subset"))
     scored = torch.clamp(split.lengths[order] - 1, min=0).cumsum(0)
     chosen = order[: int(torch.searchsorted(scored, n_tokens)) + 1].sort().values
-    subset = TokenizedSplit(split.tokens[chosen], split.lengths[chosen],
-                            reference_nll=None if split.reference_nll is None else split.reference_nll[chosen])
-    subset.info = {**split.info, "sequences": len(subset), "tokens": int(scored[len(chosen) - 1])}
+    subset = split.subset(chosen)
+    subset.info |= {"sequences": len(subset), "tokens": int(scored[len(chosen) - 1])}
     return subset
 
 

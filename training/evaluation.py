@@ -17,9 +17,10 @@ from training.watch import evaluation_bar
 from transformer_from_scratch import Transformer, derived_generator
 
 
-# Where the loss goes and what the model adds to the trigram (metrics.py), in epoch entries beside the loss.
-BREAKDOWN_KEYS = ("loss_seen", "loss_unseen", "unseen_fraction", "interp_weight", "interp_loss", "trigram_loss",
-                  "interp_gain")
+# Where the loss goes, what the model adds to the strongest n-gram (metrics.py) and the loss per article, in
+# epoch entries beside the loss.
+BREAKDOWN_KEYS = ("loss_seen", "loss_unseen", "unseen_fraction", "interp_weight", "interp_loss", "ngram_loss",
+                  "interp_gain", "article_nll", "article_tokens")
 
 
 N_PROMPTS, PROMPT_TOKENS, SAMPLE_TOKENS = 3, 24, 40  # text samples at each epoch end
@@ -37,7 +38,7 @@ def evaluate_splits(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime
     """The validation (selection) split's metrics and the test (report) split's, {} without one: the
     whole splits, or the subsets evaluated during training. The report split is evaluated at every
     evaluation so that a point chosen on the selection split can be reported on a split nothing was
-    chosen on; its interpolation with the trigram takes the weight the selection split chose."""
+    chosen on; its interpolation with the n-gram takes the weight the selection split chose."""
     splits = {"val": data.val, "test": data.test} if whole else data.during_training
     val = split_metrics(spec, state, data, rt, splits["val"])
     if splits.get("test") is None:

@@ -7,11 +7,11 @@ import ctypes
 import datetime
 import os
 import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
+from preregistration import git_state
 from training.distributed import Distributed
 from training.settings import UsageError
 
@@ -51,20 +51,6 @@ def keep_freed_memory() -> str:
     return "glibc, freed memory kept" if kept else "default"
 
 
-def git_state() -> dict:
-    """The commit this code is at, and whether tracked files differ from it (``git_dirty``); None
-    outside a git checkout. Untracked files (logs, results) do not make a tree dirty."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
-                              timeout=10, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD") or None
-        return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
-
-
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -91,9 +77,28 @@ def cpu_model() -> str:
     return cpuinfo("model name") or platform.processor() or "unknown"
 
 
+NUMERIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the CPU features that change kernels
+
+
+def cpu_class() -> str:
+    """Which processor exactly: "AMD EPYC" names two generations, family/model/stepping tell them apart."""
+    ids = [f"{field} {cpuinfo(name)}" for field, name in (("family", "cpu family"), ("model", "model"),
+                                                         ("stepping", "stepping")) if cpuinfo(name) is not None]
+    return ", ".join(ids) or platform.machine()
+
+
+def torch_build() -> str:
+    """The torch build's kernels: its CPU capability (the vector ISA its kernels use) and CUDA version."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{torch.__version__}, CPU kernels {capability}, CUDA {torch.version.cuda or 'none'}"
+
+
 def run_facts(command: list[str], device: torch.device, ddp: Distributed) -> dict:
-    """What a log records about where and how it ran (threads are read when the log is written)."""
+    """What a log records about where and how it ran (threads are read when the log is written): the
+    code (git), the versions, and the machine exactly enough to tell two CPU classes apart."""
     return {"command": command, **git_state(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": __import__("transformers").__version__,
-            "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "device": str(device), "allocator": keep_freed_memory(), "world_size": ddp.world}
+            "torch": torch.__version__, "torch_build": torch_build(),
+            "transformers": __import__("transformers").__version__, "platform": platform.platform(),
+            "cpu": cpu_model(), "cpu_class": cpu_class(),
+            "cpu_flags": [f for f in NUMERIC_FLAGS if f in (cpuinfo("flags") or "").split()],
+            "cpu_count": os.cpu_count(), "device": str(device), "allocator": keep_freed_memory(), "world_size": ddp.world}

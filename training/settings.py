@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study file that declared this run (study.py passes it): its sha256 and the commit "
                         "holding it are recorded in the log (run.study), so the report can say whether the study "
                         "was committed before its runs began")
+    g.add_argument("--allow_dirty", action="store_true",
+                   help="run a declared study's run (--study_file) from a tree with uncommitted code changes; the "
+                        "change (git diff HEAD, and untracked files) is stored beside the log as "
+                        "<run_name>.<sha12>.diff, its sha256 in the log (run.git_diff_sha256). Without it such a "
+                        "run is refused: every number of a declared study names the exact code that made it")
     g.add_argument("--log_every", type=int, default=10,
                    help="record a step entry every N steps (and rewrite the log: it always shows where the run is)")
     g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",

@@ -14,6 +14,7 @@ from training.checkpoint import (final_weights_step, read_checkpoint, rng_state,
 from training.data import Data
 from training.decide import differing_settings
 from training.distributed import Distributed
+from preregistration import GIT_KEYS
 from training.machine import now
 from training.settings import RunSpec, UsageError
 from training.signals import StopSignal
@@ -56,7 +57,7 @@ class History:
     """Everything the run has measured so far, and when it started and resumed."""
 
     started: str = field(default_factory=now)
-    git: dict = field(default_factory=dict)  # git_commit, git_dirty of the first segment (resumed: the later ones)
+    git: dict = field(default_factory=dict)  # GIT_KEYS of the first segment (resumed: the later ones)
     study: dict | None = None  # the study file's declaration when the run first started (--study_file)
     resumed: list = field(default_factory=list)
     steps: list = field(default_factory=list)
@@ -102,7 +103,7 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if spec.train_config["compile"]:
         forward = torch.compile(forward)
     return TrainingState(model, optimizer, forward, Progress(),
-                         History(git={key: rt.facts[key] for key in ("git_commit", "git_dirty")},
+                         History(git={key: rt.facts[key] for key in GIT_KEYS if key in rt.facts},
                                  study=rt.facts.get("study")))
 
 
@@ -168,7 +169,7 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
         state.history.dynamics = [d for d in state.history.dynamics if not d["partial"]]
         state.history.samples = [d for d in state.history.samples if not d["partial"]]
     state.history.resumed.append({"at_step": state.progress.step, "time": now(), "command": rt.facts["command"],
-                                  "git_commit": rt.facts["git_commit"], "git_dirty": rt.facts["git_dirty"]})
+                                  **{key: rt.facts[key] for key in GIT_KEYS if key in rt.facts}})
     return state
 
 
