@@ -29,6 +29,9 @@ REQUIRED_KEYS = {
 COMPLETE, RUNNING, INTERRUPTED, FAILED = "complete", "running", "interrupted", "failed"
 PRUNED = "pruned"  # stopped for good by a search's pruner (SIGUSR1): listed by the analysis, never resumed
 NON_FINITE = "non-finite"  # the reason of a run whose loss or gradient stopped being finite
+# train_simple.py's exit statuses that study.py tells apart: bad input (one line; the study stops there), and
+# a run whose lock another process holds (it trains there: not a failure). 1 is a failed run, 128 + N a signal.
+EXIT_BAD_INPUT, EXIT_HELD = 2, 75
 
 
 def _object(required: dict, optional: dict | None = None) -> dict:

@@ -1,5 +1,6 @@
 """Continue prompts with a trained run: its log says which model, weights and tokenizer.
 
+    python sample.py results/relu_seed42.json                  # the default prompt, " The history of"
     python sample.py results/relu_seed42.json --prompt "The history of" --max_new_tokens 40
     python sample.py results/relu_seed42.json --prompt "The" --temperature 0.8 --top_k 50 --seed 1
 
@@ -11,6 +12,7 @@ tokenizer is the one the log names. Greedy at temperature 0 (the default).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from data_utils import DataError, load_tokenizer
 from run_log import is_finished, read_log
 from training.checkpoint import read_final_weights
 from transformer_from_scratch import Transformer, TransformerConfig
+
+DEFAULT_PROMPT = " The history of"
+MAX_NEW_TOKENS = 4096  # a bound stated in --help: an unbounded request would run silently for hours
 
 
 def run_log_path(log_or_dir: Path) -> Path:
@@ -46,7 +51,12 @@ def load_run_model(log_path: Path) -> tuple[Transformer, object]:
         raise ValueError(f"{log_path} is not a complete run (status {log['status']!r})")
     state = read_final_weights(log_path.parent / "checkpoints", log["run"]["name"])
     model = Transformer(TransformerConfig.from_dict(log["model_config"]))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors: weights of another model
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ValueError(f"the final weights of {log['run']['name']} do not fit the model its log describes "
+                         f"({first})") from None
     try:
         tokenizer = load_tokenizer(log["data"]["tokenizer"])
     except DataError as err:
@@ -57,21 +67,27 @@ def load_run_model(log_path: Path) -> tuple[Transformer, object]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Continue prompts with a complete run's final weights.")
     p.add_argument("log", type=Path, metavar="LOG_OR_DIR", help="the run's JSON log, or a folder with one complete run")
-    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    p.add_argument("--max_new_tokens", type=int, default=40, help="tokens to add to each prompt")
+    p.add_argument("--prompt", action="append", default=None,
+                   help=f"a prompt (repeat for several; default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--max_new_tokens", type=int, default=40,
+                   help=f"tokens to add to each prompt, at most {MAX_NEW_TOKENS} (the model reads only its last n_ctx "
+                        f"tokens, so a longer continuation adds repetition, not meaning)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sample from softmax(logits / T)")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k likeliest tokens only")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     args = p.parse_args(argv)
     try:
-        if args.max_new_tokens < 1 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
-            raise ValueError("--max_new_tokens and --top_k must be positive, --temperature non-negative")
+        if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS or (args.top_k is not None and args.top_k < 1):
+            raise ValueError(f"--max_new_tokens must be in 1..{MAX_NEW_TOKENS} and --top_k positive, got "
+                             f"{args.max_new_tokens} and {args.top_k}")
+        if not (math.isfinite(args.temperature) and args.temperature >= 0):
+            raise ValueError(f"--temperature must be a finite number, 0 or more, got {args.temperature}")
         model, tokenizer = load_run_model(run_log_path(args.log))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     generator = torch.Generator().manual_seed(args.seed)
-    for prompt in args.prompt:
+    for prompt in args.prompt or [DEFAULT_PROMPT]:
         tokens = torch.tensor([tokenizer.encode(prompt)[-model.cfg.n_ctx :] or [tokenizer.eos_token_id]])
         out = model.generate(tokens, args.max_new_tokens, args.temperature, args.top_k, generator)
         print(prompt + tokenizer.decode(out[0, tokens.shape[1] :].tolist()))

@@ -45,6 +45,7 @@ An arm is named as the analysis names it: the activation, with " (matched)" for 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import subprocess
@@ -59,6 +60,7 @@ from analysis.verdicts import SEEDS, UNCERTAINTIES
 from preregistration import declaration, dirty_refusal, git_state, uncommitted_warning
 from search.space import Search, StudyError, load_search
 from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
+from run_log import EXIT_BAD_INPUT, EXIT_HELD
 from training.signals import StopRuns
 
 ROOT = Path(__file__).resolve().parent
@@ -112,6 +114,63 @@ class Study:
         return [arm.lr] if arm.lr is not None else self.lrs
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_flag_value(value) -> bool:
+    """What a [train] value may be: a switch, a finite number, a string, or a non-empty list of those."""
+    if isinstance(value, list):
+        return bool(value) and all(is_flag_value(v) and not isinstance(v, list) for v in value)
+    return isinstance(value, (bool, str)) or (is_number(value) and math.isfinite(value))
+
+
+def check_values(raw: dict, path: Path) -> None:
+    """The study-level values a TOML file can get wrong in type or range (what only a run checks, the
+    seeds' range, an lr, an activation, a [train] flag, check_runs asks train_simple.py's own rules)."""
+    def need(ok: bool, what: str, value) -> None:
+        if not ok:
+            raise StudyError(f"{path}: {what}, got {value!r}")
+
+    need(isinstance(raw["name"], str) and bool(raw["name"].strip()), "name must be a non-empty string", raw["name"])
+    for key in ("baseline", "metric", "point", "uncertainty"):
+        if key in raw:
+            need(isinstance(raw[key], str), f"{key} must be a string", raw[key])
+    seeds = raw.get("seeds", [])
+    need(isinstance(seeds, list) and all(type(s) is int for s in seeds), "seeds must be a list of whole numbers", seeds)
+    need(len(set(seeds)) == len(seeds), "each seed must be listed once (a repeated seed would count twice in the "
+                                        "verdicts)", seeds)
+    need("search" in raw or bool(seeds), "seeds must not be empty", seeds)
+    lrs = raw.get("lrs", [])
+    need(isinstance(lrs, list) and all(is_number(lr) for lr in lrs), "lrs must be a list of numbers", lrs)
+    need(len(set(lrs)) == len(lrs), "each lr must be listed once", lrs)
+    if "margin" in raw:
+        need(is_number(raw["margin"]) and math.isfinite(raw["margin"]) and raw["margin"] > 0,
+             "margin must be a positive finite number", raw["margin"])
+    if "alpha" in raw:
+        need(is_number(raw["alpha"]) and 0 < raw["alpha"] < 1, "alpha must be a number between 0 and 1", raw["alpha"])
+    secondary = raw.get("secondary", [])
+    need(isinstance(secondary, list) and all(isinstance(m, str) for m in secondary), "secondary must be a list of "
+                                                                                      "metric names", secondary)
+    comparisons = raw.get("comparisons", [])
+    need(isinstance(comparisons, list) and all(isinstance(c, list) and all(isinstance(a, str) for a in c)
+                                               for c in comparisons), "comparisons must be a list of [arm, arm]",
+         comparisons)
+    need(isinstance(raw["arms"], list) and bool(raw["arms"]), "arms must be a non-empty list of [[arms]] tables",
+         raw["arms"])
+    for arm in raw["arms"]:
+        if isinstance(arm, dict):
+            need(isinstance(arm.get("activation"), str), "an arm's activation must be a string", arm.get("activation"))
+            need(isinstance(arm.get("matched", False), bool), "an arm's matched must be true or false",
+                 arm.get("matched"))
+            need("lr" not in arm or is_number(arm["lr"]), "an arm's lr must be a number", arm.get("lr"))
+    train = raw.get("train", {})
+    need(isinstance(train, dict), "[train] must be a table", train)
+    for key, value in train.items():
+        need(is_flag_value(value), f"[train] {key} must be true/false, a finite number, a string or a list of them",
+             value)
+
+
 def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     """The study in ``path``; StudyError (one line) for anything missing, unknown or inconsistent.
     ``known_flags``: train_simple.py's flags, which a [search] table may search (unchecked when None)."""
@@ -126,6 +185,7 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     missing = {"name", "arms", *(() if is_search else ("baseline", "seeds"))} - set(raw)
     if missing:
         raise StudyError(f"{path}: missing {', '.join(sorted(missing))}")
+    check_values(raw, path)
     arms = []
     for arm in raw["arms"]:
         if not isinstance(arm, dict) or "activation" not in arm or set(arm) - ARM_KEYS:
@@ -146,6 +206,8 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
         raise StudyError(f"{path}: baseline {raw['baseline']!r} is not one of the arms {names}")
     default = [[name, raw["baseline"]] for name in names if name != raw["baseline"]]
     comparisons = [tuple(pair) for pair in raw.get("comparisons", default)]
+    if len(set(comparisons)) != len(comparisons):
+        raise StudyError(f"{path}: a comparison is declared twice ({[list(c) for c in comparisons]})")
     for pair in comparisons:
         if len(pair) != 2 or not set(pair) <= set(names) or pair[0] == pair[1]:
             raise StudyError(f"{path}: comparison {list(pair)} must name two different arms of {names}")
@@ -256,6 +318,71 @@ def trial_run(study: Study, trial, threads: int, allow_dirty: bool = False):
                                                 {**study.train, **params}, keep_best=True, allow_dirty=allow_dirty))
 
 
+class ProbeTrial:
+    """Stands in for an Optuna trial when a search is checked: each parameter at the value given,
+    else at its low end (its first choice)."""
+
+    def __init__(self, values: dict) -> None:
+        self.values = values
+
+    def suggest_categorical(self, name: str, choices: list):
+        return self.values.get(name, choices[0])
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        return self.values.get(name, low)
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        return self.values.get(name, low)
+
+
+def search_probe_commands(study: Study, threads: int) -> list[list[str]]:
+    """Commands a search can draw: every arm with each searched flag at each of its choices and at both
+    ends of its range (the others at their low ends): what its trials could be refused for."""
+    from search.space import Choice
+    from training.settings import SIZES
+
+    width = study.train.get("d_model") or SIZES[study.train.get("size", "reference")]["d_model"]
+    probes = [{}] + [{name: value} for name, dim in study.search.space.items()
+                     for value in (dim.values if isinstance(dim, Choice) else (dim.low, dim.high))]
+    commands = []
+    for arm in study.arms:
+        for i, probe in enumerate(probes):
+            params = study.search.suggest(ProbeTrial(probe), width)
+            lr = params.pop("lr", (study.base_lrs(arm) or [None])[0])
+            commands.append(train_command(study, arm, lr, study.search.tuning_seed, f"probe{i}", study.folder / "trials",
+                                          threads, {**study.train, **params}, keep_best=True))
+    return commands
+
+
+def planned_commands(study: Study, threads: int) -> list[list[str]]:
+    """Every train_simple.py command the study can start: its lr tuning's and its final runs' (each arm
+    at the lr it starts from, while the tuning has not chosen), or those a search can draw."""
+    if study.search is not None:
+        return search_probe_commands(study, threads)
+    return [*(tuning_commands(study, threads) if study.tuning else []), *run_commands(study, threads)]
+
+
+def check_runs(study: Study, commands: list[list[str]]) -> None:
+    """Each command as train_simple.py would take it, by its own rules (its parser, validate, its run
+    specs and model checks): a value a run would refuse is the study's error, before any run starts."""
+    from training.settings import UsageError, build_parser, check_models, run_specs, validate
+
+    parser = build_parser()
+
+    def refuse(message: str):
+        raise UsageError(parser.suggest(message))
+
+    parser.error = refuse  # one line, raised here, instead of argparse's exit
+    for command in commands:
+        name = command[command.index("--run_name") + 1]
+        try:
+            args = parser.parse_args(command[2:])
+            validate(args)
+            check_models(run_specs(parser, args), export_hf=False)
+        except UsageError as err:
+            raise StudyError(f"{study.path}: run {name} would be refused: {err}") from None
+
+
 def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
     """Run the search (unless --report_only), then write its report beside the study file; 0, or 128 +
     the signal that stopped the search (its trials in flight then queued again)."""
@@ -297,8 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         print("error: --jobs must be positive", file=sys.stderr)
         return 2
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     try:
         study = load_study(args.study, train_simple_flags())
+        check_runs(study, planned_commands(study, threads))
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -312,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.plan:
         return print_plan(study, args)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
     trains = not (args.list or args.report_only)
     change = git_state()["code_change"] if trains else ""
     if change and not args.allow_dirty:
@@ -322,22 +450,30 @@ def main(argv: list[str] | None = None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     if study.search is not None:
-        return search_main(study, args, threads)
-    with StopRuns("the study") as stop:
-        tuned = None
-        if study.tuning is not None:
-            tuned = tune(study, args, threads, stop)
+        try:
+            return search_main(study, args, threads)
+        except StudyError as err:  # its storage: damaged, or another search's
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    try:
+        with StopRuns("the study") as stop:
+            tuned = None
+            if study.tuning is not None:
+                tuned = tune(study, args, threads, stop)
+                if stop.signum is not None:
+                    return stop.exit_code
+                if tuned is None:
+                    return 0 if args.list else 1
+            commands = run_commands(study, threads, tuned, args.allow_dirty)
+            if args.list:
+                print("\n".join(shlex.join(c) for c in commands))
+                return 0
+            failed = run_all(commands, args.jobs, stop)
             if stop.signum is not None:
                 return stop.exit_code
-            if tuned is None:
-                return 0 if args.list else 1
-        commands = run_commands(study, threads, tuned, args.allow_dirty)
-        if args.list:
-            print("\n".join(shlex.join(c) for c in commands))
-            return 0
-        failed = run_all(commands, args.jobs, stop)
-        if stop.signum is not None:
-            return stop.exit_code
+    except RunRefused as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     analysed = subprocess.run([sys.executable, str(ROOT / "analyze_results.py"), "--study", str(args.study)]).returncode
     for command in failed:
         print(f"error: failed: {shlex.join(command)} (rerun the study to resume it)", file=sys.stderr)
@@ -386,12 +522,39 @@ def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -
     return tuned
 
 
+class RunRefused(Exception):
+    """A run exited with train_simple.py's bad-input status: the study stops there."""
+
+
+def run_name_of(command: list[str]) -> str:
+    return command[command.index("--run_name") + 1]
+
+
 def run_all(commands: list[list[str]], jobs: int, stop: StopRuns) -> list[list[str]]:
     """Run the commands, ``jobs`` at a time, until they are done or ``stop`` comes (then the runs in
-    flight checkpoint and the rest never start); the ones that failed."""
+    flight checkpoint and the rest never start); the ones that failed. A run that refuses its input
+    (exit 2, its one line above) starts no other and raises RunRefused once those in flight end; a run
+    another process holds (exit 75) is that process's: said, not counted as failed."""
+    refused: list[list[str]] = []
+
+    def run(command: list[str]) -> int | None:
+        if refused:
+            return None
+        code = stop.run(command)
+        if code == EXIT_BAD_INPUT:
+            refused.append(command)
+        return code
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        codes = list(pool.map(stop.run, commands))
-    return [command for command, code in zip(commands, codes) if code]
+        codes = list(pool.map(run, commands))
+    if refused:
+        raise RunRefused(f"run {run_name_of(refused[0])} refused its settings (its error is above): the study stops "
+                         f"here; correct the study file and run it again")
+    for command, code in zip(commands, codes):
+        if code == EXIT_HELD:
+            print(f"note: run {run_name_of(command)} is held by another process (another study.py trains it there)",
+                  file=sys.stderr)
+    return [command for command, code in zip(commands, codes) if code not in (0, None, EXIT_HELD)]
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from data_utils import DataError, check_offline_inputs
 from preregistration import declaration, dirty_refusal, store_code_change
-from run_log import COMPLETE, FAILED, INTERRUPTED, NON_FINITE, PRUNED, RUNNING, SCHEMA_VERSION, WriteError, \
-    remove_stale_temporaries, write_log
+from run_log import COMPLETE, EXIT_BAD_INPUT, EXIT_HELD, FAILED, INTERRUPTED, NON_FINITE, PRUNED, RUNNING, \
+    SCHEMA_VERSION, WriteError, remove_stale_temporaries, write_log
 from training.checkpoint import read_final_weights
 from training.data import Data, load_data
 from training.decide import KEEP_FAILED, REFUSE, RESUME, SKIP, TRAIN, Decision, decide
@@ -422,9 +422,12 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
                 failed += try_export(spec, args)
             failed += code
         return 1 if failed else 0
-    except (UsageError, DataError, RunLocked) as err:
+    except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except RunLocked as err:  # not bad input: the run is another process's now (study.py says so)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_HELD
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return stop.exit_code

@@ -148,6 +148,13 @@ def load_runs(paths: list[Path], strict: bool, ignore: set[str] = frozenset()) -
                 raise AnalysisError(f"{path}: status {run.log['status']!r}")
             loaded.unfinished.append(run)
             continue
+        broken = non_finite_final(run.log)
+        if broken:
+            if strict:
+                raise AnalysisError(f"{path}: {broken}")
+            warnings.warn(f"skipping {path}: {broken}", stacklevel=2)
+            loaded.skipped.append((path, broken))
+            continue
         key = (run.group_key, run.variant, run.seed)
         if key in seen:  # a copied or renamed log is the same run, not another seed
             reason = f"repeats the run in {seen[key].name} (same settings, activation and seed): counted once"
@@ -157,6 +164,15 @@ def load_runs(paths: list[Path], strict: bool, ignore: set[str] = frozenset()) -
         seen[key] = path
         loaded.finished.append(run)
     return loaded
+
+
+def non_finite_final(log: dict) -> str | None:
+    """Why a complete log's final numbers cannot be analysed (a loss that is not a finite number), or None."""
+    for role in ("val", "test"):
+        loss = (log["final"].get(role) or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            return f"marked complete, but its final {SPLIT_ROLES[role]} loss is {loss}: not analysed"
+    return None
 
 
 def log_paths(args: argparse.Namespace) -> list[Path]:

@@ -18,6 +18,8 @@ the queued trials from the steps they stopped at.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from run_log import COMPLETE, PRUNED, read_log
-from search.space import Search
+from search.space import Search, StudyError
 from training.signals import StopRuns
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
@@ -102,10 +104,35 @@ def pruner_for(search: Search):
     return optuna.pruners.NopPruner()
 
 
+def space_signature(search: Search) -> str:
+    """What a storage records of the search it holds: its space, so that another search's is refused."""
+    return json.dumps({name: dataclasses.asdict(dim) for name, dim in sorted(search.space.items())}, default=list,
+                      sort_keys=True)
+
+
 def open_study(name: str, search: Search, url: str):
     """The Optuna study (created, or loaded to resume) on ``url``. Each worker process seeds its
     sampler with the tuning seed and its process id: workers that drew alike would train the same
-    configurations (the draws, not the trials, are what a seed would make repeatable)."""
+    configurations (the draws, not the trials, are what a seed would make repeatable). StudyError (one
+    line) for a storage that cannot be read, or that holds another search (another name or space): the
+    file is left as it is, and no trial of one search mixes with another's."""
+    import sqlalchemy
+
+    try:
+        study = create_or_load(name, search, url)
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        raise StudyError(f"search storage {url} cannot be read ({type(err).__name__}: it is damaged or not an Optuna "
+                         f"storage); it is left as it is: move it away to start the search afresh") from None
+    recorded = study.user_attrs.get("space")
+    if recorded is None and not study.trials:  # a new search records its space (an older storage is read as it is)
+        study.set_user_attr("space", space_signature(search))
+    elif recorded is not None and recorded != space_signature(search):
+        raise StudyError(f"search storage {url} holds search {name!r} with another space ({recorded}): give this "
+                         f"search its own storage")
+    return study
+
+
+def create_or_load(name: str, search: Search, url: str):
     import optuna
     import sqlalchemy
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -124,6 +151,10 @@ def open_study(name: str, search: Search, url: str):
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
+    others = [n for n in optuna.get_all_study_names(storage) if n != name]
+    if others:
+        raise StudyError(f"search storage {url} holds another search ({', '.join(map(repr, others))}), not {name!r}: "
+                         f"give this search its own storage")
     sampler = optuna.samplers.TPESampler(seed=search.tuning_seed * 100_003 + os.getpid(), multivariate=True,
                                          constant_liar=True)
     for _ in range(3):  # two workers creating the study at once: the second loads it

@@ -203,15 +203,29 @@ def test_a_copied_log_is_one_run_not_another_seed(results, capsys):
     assert after["seeds"] == 3 and after["val_loss_ci95"] == pytest.approx(before["val_loss_ci95"])
 
 
-def test_a_nan_metric_is_reported_as_such_never_averaged(results):
+def test_a_complete_log_with_a_nan_loss_is_listed_with_why_never_analysed(results, capsys):
     log = json.loads((results / "gelu_seed2.json").read_text())
-    log["final"]["val"]["loss"] = float("nan")
+    log["final"]["val"]["loss"] = float("nan")  # a real NaN in the file, as json.dumps writes it
     (results / "gelu_seed2.json").write_text(json.dumps(log))
     assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert "gelu_seed2.json: marked complete, but its final selection loss is nan" in capsys.readouterr().err
+    summary = (results / "summary.md").read_text()
+    skipped = summary.split("## Failed and unfinished runs, skipped logs")[1]
+    assert "| gelu_seed2.json | marked complete, but its final selection loss is nan: not analysed |" in skipped
+    gelu_row = next(line for line in summary.splitlines() if line.startswith("| gelu |"))
+    assert gelu_row.split("|")[2].strip() == "2"  # two seeds left, the NaN never averaged
+    assert analyze_results.main(["--results_dir", str(results), "--strict"]) == 2  # --strict: an error
+
+
+def test_a_nan_metric_other_than_the_loss_is_reported_as_such_never_averaged(results):
+    log = json.loads((results / "gelu_seed2.json").read_text())
+    log["final"]["val"]["bpb"] = float("nan")
+    (results / "gelu_seed2.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(results), "--metric", "val_bpb"]) == 0
     summary = (results / "summary.md").read_text()
     gelu_row = next(line for line in summary.splitlines() if line.startswith("| gelu |"))
     cells = [c.strip() for c in gelu_row.split("|")[1:-1]]
-    assert cells[2] == "n/a" and cells[-1] == "n/a" and "nan" not in summary.lower().replace("n/a", "")
+    assert cells[4] == "n/a" and cells[-1] == "n/a"
     table = __import__("pandas").read_csv(results / "summary.csv")
     assert list(table["variant"])[-1] == "gelu"  # ranked last, not first
 

@@ -19,6 +19,7 @@ import torch
 
 import analyze_results
 import run_log
+from run_log import EXIT_HELD
 import sample
 import train_simple
 from training.state import NLLSum
@@ -299,7 +300,7 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tiny_argv, 
     second = run_cli([*argv, "--resume"])
     first.kill()  # SIGKILL: no handler runs, the OS drops the lock
     first.communicate(timeout=60)
-    assert second.returncode == 2
+    assert second.returncode == EXIT_HELD  # not bad input: the run is the other process's
     [line] = error_lines(second.stderr)
     assert RUN in line and str(ckpt_path.with_suffix(".lock")) in line
     assert train_simple.main([*argv, "--resume"]) == 0
@@ -313,7 +314,7 @@ def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path):
     lock_path.parent.mkdir(parents=True)
     with filelock.FileLock(lock_path, timeout=0):
         result = run_cli(argv)
-    assert result.returncode == 2
+    assert result.returncode == EXIT_HELD
     [line] = error_lines(result.stderr)
     assert "another process" in line and str(lock_path) in line
 

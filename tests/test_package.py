@@ -31,6 +31,8 @@ def test_sample_continues_a_prompt_with_the_runs_final_weights(tiny_argv, tmp_pa
     tokens = torch.tensor([tokenizer.encode(" The café")])
     expected = tokenizer.decode(model.generate(tokens, 5)[0, tokens.shape[1]:].tolist())
     assert lines[0] == " The café" + expected  # greedy: the trained model's own continuation
+    assert sample.main([str(log), "--max_new_tokens", "2"]) == 0  # no --prompt: the default one
+    assert capsys.readouterr().out.startswith(sample.DEFAULT_PROMPT)
 
 
 def test_sample_refuses_an_unfinished_run_in_one_line(tiny_argv, tmp_path, capsys):
@@ -85,3 +87,26 @@ def test_no_module_imports_one_that_imports_it_back():
 
     circles = sorted(name for name in graph if reaches(name, name, {name}))
     assert circles == []
+
+
+def test_sample_refuses_weights_of_another_shape_a_nan_temperature_and_an_unbounded_length(tiny_argv, tmp_path,
+                                                                                          capsys):
+    import safetensors.torch
+
+    assert train_simple.main(tiny_argv(None, "--max_steps", "2")) == 0
+    log = tmp_path / "out" / "relu_seed3.json"
+    for argv, message in ((["--temperature", "nan"], "--temperature must be a finite number"),
+                          (["--temperature", "inf"], "--temperature must be a finite number"),
+                          (["--max_new_tokens", str(sample.MAX_NEW_TOKENS + 1)], "--max_new_tokens must be in 1..")):
+        capsys.readouterr()
+        assert sample.main([str(log), *argv]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert message in line
+    weights = tmp_path / "out" / "checkpoints" / "relu_seed3.safetensors"
+    state = safetensors.torch.load(weights.read_bytes())
+    state["blocks.0.mlp.W_in"] = torch.zeros(3, 5)  # a real safetensors file, of another model's shape
+    weights.write_bytes(safetensors.torch.save(state))
+    capsys.readouterr()
+    assert sample.main([str(log)]) == 2  # the default prompt
+    [line] = capsys.readouterr().err.splitlines()
+    assert "do not fit the model its log describes" in line and "W_in" in line

@@ -329,3 +329,30 @@ def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
     report = write_search_report(study.name, open_study(study.name, study.search, f"sqlite:///{tmp_path / 'search.db'}"),
                                  [arm.name for arm in study.arms], folder / "trials", tmp_path)
     assert report.read_text() == (folder / "report.md").read_text()
+
+
+def test_a_damaged_search_storage_is_one_line_and_left_as_it_is(search_file):
+    import hashlib
+
+    path = search_file()
+    storage = path.parent / "search.db"
+    storage.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))  # a real file, damaged past its header
+    before = hashlib.sha256(storage.read_bytes()).hexdigest()
+    result = run_study(path, "--report_only")
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: search storage") and "cannot be read" in line and "Traceback" not in result.stderr
+    assert hashlib.sha256(storage.read_bytes()).hexdigest() == before
+
+
+def test_a_storage_of_another_search_is_refused_not_mixed(search_file):
+    path = search_file()
+    assert run_study(path, "--report_only").returncode == 0  # creates the storage, recording its search's space
+    other_name = path.read_text().replace('name = "tiny search"', 'name = "another search"')
+    other_space = path.read_text().replace("tie_embeddings = [true, false]", "tie_embeddings = [true]")
+    for text, says in ((other_name, "holds another search ('tiny search')"), (other_space, "with another space")):
+        path.write_text(text)
+        result = run_study(path, "--report_only")
+        assert result.returncode == 2, result.stderr[-2000:]
+        [line] = result.stderr.splitlines()
+        assert says in line

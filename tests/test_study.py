@@ -344,3 +344,135 @@ def test_a_declared_study_refuses_a_dirty_tree_and_with_allow_dirty_stores_the_c
     assert (code / "metrics.py").read_text().endswith("# an uncommitted change\n")
     assert (code / "helper.py").read_text() == "X = 1\n"
     assert "from a tree with uncommitted changes stored beside its log" in (folder / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every value a study file can hold is checked before its first run
+
+WALKED = """name = "walked"
+baseline = "relu"
+seeds = [1, 2]
+lrs = [1e-3]
+comparisons = [["gelu", "relu"]]
+metric = "val_loss"
+secondary = ["val_bpb"]
+point = "final"
+margin = 0.02
+alpha = 0.05
+uncertainty = "seeds+articles"
+[[arms]]
+activation = "relu"
+[[arms]]
+activation = "gelu"
+lr = 2e-3
+[[arms]]
+activation = "silu"
+[tuning]
+seed = 3000
+lr_multipliers = [0.5, 1]
+"""
+
+
+def write_walked(folder, corpus_dir, tokenizer_dir, cache, replace: tuple[str, str] = ("", "")) -> None:
+    """WALKED with TINY_TRAIN's [train] (d_model = 32, n_heads = 2, ...) and two more flags, one line changed."""
+    write_study(folder, corpus_dir, tokenizer_dir, cache, WALKED)
+    text = (folder / "study.toml").read_text().replace("[train]\n", "[train]\nweight_decay = 0.01\ndropout = 0.0\n")
+    line, bad = replace
+    assert not line or text.count(line) == 1
+    (folder / "study.toml").write_text(text.replace(line, bad) if line else text)
+
+BAD_VALUES = [  # (the line as it is in WALKED, what it becomes, what the one line says)
+    ('name = "walked"', 'name = ""', "name must be a non-empty string"),
+    ('name = "walked"', "name = 3", "name must be a non-empty string"),
+    ('baseline = "relu"', "baseline = 1", "baseline must be a string"),
+    ("seeds = [1, 2]", 'seeds = ["1", "2"]', "seeds must be a list of whole numbers"),
+    ("seeds = [1, 2]", "seeds = [1.5, 2]", "seeds must be a list of whole numbers"),
+    ("seeds = [1, 2]", "seeds = [1, 1]", "each seed must be listed once"),
+    ("seeds = [1, 2]", "seeds = []", "seeds must not be empty"),
+    ("seeds = [1, 2]", "seeds = [-1, 2]", "--seeds must be in 0..2^63-1"),
+    ("lrs = [1e-3]", 'lrs = ["fast"]', "lrs must be a list of numbers"),
+    ("lrs = [1e-3]", "lrs = [inf]", "--lr must be a finite number"),
+    ("lrs = [1e-3]", "lrs = [nan]", "--lr must be a finite number"),
+    ("lrs = [1e-3]", "lrs = [-1e-3]", "--lr must be positive"),
+    ('comparisons = [["gelu", "relu"]]', 'comparisons = [["gelu", "relu"], ["gelu", "relu"]]', "declared twice"),
+    ('comparisons = [["gelu", "relu"]]', 'comparisons = "gelu vs relu"', "comparisons must be a list"),
+    ('metric = "val_loss"', 'metric = "val_los"', "metric and secondary must be distinct names"),
+    ('secondary = ["val_bpb"]', 'secondary = "val_bpb"', "secondary must be a list"),
+    ('point = "final"', 'point = "middle"', "point must be one of"),
+    ("margin = 0.02", "margin = -0.02", "margin must be a positive finite number"),
+    ("margin = 0.02", "margin = nan", "margin must be a positive finite number"),
+    ("margin = 0.02", 'margin = "0.02"', "margin must be a positive finite number"),
+    ("alpha = 0.05", "alpha = 1.5", "alpha must be a number between 0 and 1"),
+    ("alpha = 0.05", "alpha = 0", "alpha must be a number between 0 and 1"),
+    ("alpha = 0.05", "alpha = nan", "alpha must be a number between 0 and 1"),
+    ('uncertainty = "seeds+articles"', 'uncertainty = "articles"', "uncertainty must be one of"),
+    ('activation = "silu"', 'activation = "siluu"', "invalid choice 'siluu'; did you mean 'silu'?"),
+    ('activation = "gelu"', 'activation = "gelu"\nmatched = "yes"', "matched must be true or false"),
+    ("lr = 2e-3", 'lr = "fast"', "an arm's lr must be a number"),
+    ("lr = 2e-3", "lr = inf", "--lr must be a finite number"),
+    ("seed = 3000", "seed = 1", "not among the final seeds"),
+    ("lr_multipliers = [0.5, 1]", "lr_multipliers = [0.5, inf]", "--lr must be a finite number"),
+    ("d_model = 32", "d_model = 33", "not divisible by n_heads"),
+    ("d_model = 32", "bogus_flag = 32", "unrecognized arguments: --bogus_flag"),
+    ("weight_decay = 0.01", 'weight_decay = "fast"', "--weight_decay: invalid float value"),
+    ("weight_decay = 0.01", "weight_decay = nan", "[train] weight_decay must be"),
+    ("weight_decay = 0.01", "weight_decay = [0.01, inf]", "[train] weight_decay must be"),
+    ("weight_decay = 0.01", "weight_decay = {low = 1}", "[train] weight_decay must be"),
+    ("dropout = 0.0", "dropout = -0.5", "--dropout must be non-negative"),
+]
+
+
+def test_the_walked_study_file_is_valid(tmp_path, corpus_dir, tiny_tokenizer_dir, capsys):
+    import study
+
+    write_walked(tmp_path / "s", corpus_dir, tiny_tokenizer_dir, tmp_path / "cache")
+    assert study.main([str(tmp_path / "s" / "study.toml"), "--list"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6  # the tuning's six candidates; the finals wait for them
+
+
+@pytest.mark.parametrize("line, bad, message", BAD_VALUES)
+def test_every_bad_value_of_a_study_file_is_refused_before_any_run(tmp_path, corpus_dir, tiny_tokenizer_dir, capsys,
+                                                                    line, bad, message):
+    import study
+
+    folder = tmp_path / "s"
+    write_walked(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", (line, bad))
+    assert study.main([str(folder / "study.toml"), "--list"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in folder.iterdir()) == ["study.toml"]  # no run folder, no log, no lock
+
+
+@pytest.mark.slow
+def test_a_run_that_refuses_its_settings_stops_the_study_and_says_which(tmp_path, corpus_dir, tiny_tokenizer_dir):
+    # a value only the run itself finds wrong: the training split is not there (data is checked by the run)
+    folder = tmp_path / "s"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
+    toml = (folder / "study.toml").read_text().replace(str(corpus_dir / "train.txt"), str(tmp_path / "missing.txt"))
+    (folder / "study.toml").write_text(toml)
+    result = run_study(folder)
+    assert result.returncode == 2, result.stderr
+    assert "run relu_seed1 refused its settings" in result.stderr and "relu_seed2" not in result.stderr
+    assert not (folder / "relu_seed2.json").exists() and not (folder / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_other_failed(tmp_path, corpus_dir,
+                                                                                            tiny_tokenizer_dir):
+    folder = tmp_path / "study"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
+    path = folder / "study.toml"
+    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 60\nnum_epochs = 20"))  # long enough to meet
+    command = [sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = folder / "relu_seed1.json"
+    deadline = time.time() + 300
+    while not (log.exists() and json.loads(log.read_text() or "{}").get("progress", {}).get("step", 0) >= 2):
+        assert time.time() < deadline and first.poll() is None, "relu_seed1 was never seen training"
+        time.sleep(0.2)
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a real second process
+    first_err = first.communicate(timeout=600)[1]
+    assert second.returncode == 0 and first.returncode == 0, second.stderr[-2000:] + first_err[-2000:]
+    assert "is held by another process (another study.py trains it there)" in second.stderr
+    assert "failed" not in second.stderr + first_err
+    assert all(json.loads((folder / f"relu_seed{s}.json").read_text())["status"] == "complete" for s in (1, 2))
