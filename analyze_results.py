@@ -16,25 +16,28 @@ tables, figures, report). Needs no torch: logs are read through run_log.py.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import report
-from analysis.figures import FIGURE_GUIDE, draw_group_figures, plot_lr_sweep
-from analysis.findings import judge_group, markdown_baselines, markdown_verdicts
+from analysis.figures import FIGURE_GUIDE, draw_group_figures, plot_ladder, plot_lr_sweep
+from analysis.findings import Judgement, judge_group, markdown_baselines, markdown_verdicts
+from analysis.ladder import RungResult, markdown_ladder
 from analysis.runs import METRICS, POINTS, AnalysisError, Run, describe_group, differences, group_runs, \
     kept_baselines, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
     markdown_sweep, paired_comparisons, sweep_families
 from analysis.verdicts import SEEDS_AND_ARTICLES, UNCERTAINTIES
-from baselines import baselines_for
+from baselines import baselines_for, strongest_ngram
 from cli import Parser
 import preregistration
-from run_log import WriteError, atomic_write
+from run_log import WriteError, atomic_write, recorded
 from search.tuning import markdown_tuning
 from study import StudyError, load_study, tuning_candidates
 
@@ -69,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "alpha replace the flags above, and its output folder --results_dir")
     args = p.parse_args(argv)
     args.comparisons, args.ignore_settings = None, {"train.bf16"} if args.pool_precisions else set()
+    args.rung = 0  # a ladder study's rung being analysed (analyze_ladder sets it)
     return args
 
 
@@ -77,15 +81,15 @@ def apply_study(args: argparse.Namespace) -> tuple[str | None, list[dict]]:
     margin and alpha. Per-arm learning rates (declared or tuned) do not split its runs into groups.
     Returns the table of its lr tuning and the logs of its tuning runs (None and [] without one)."""
     study = load_study(args.study)
-    args.results_dir, args.baseline, args.comparisons = study.folder, study.baseline, study.comparisons
+    rung = study.rungs[args.rung]
+    args.results_dir, args.baseline, args.comparisons = rung.folder, study.baseline, study.comparisons
     args.metric, args.point, args.margin, args.alpha = study.metric, study.point, study.margin, study.alpha
     args.uncertainty = study.uncertainty
     args.secondary = list(study.secondary)
-    if study.per_arm_lr:
-        args.ignore_settings = args.ignore_settings | {"train.lr"}
+    args.ignore_settings = args.ignore_settings | study.per_arm_settings
     if not study.tuning:
         return None, []
-    candidates = tuning_candidates(study)
+    candidates = tuning_candidates(study, rung)
     return markdown_tuning(candidates, study.tuning), [log for c in candidates if (log := c.log()) is not None]
 
 
@@ -97,6 +101,8 @@ class GroupAnalysis:
     summary: list[str]  # its section of summary.md
     section: report.Section
     csv: pd.DataFrame
+    primary: Judgement  # its verdicts on the primary metric (a ladder's report reads them)
+    baselines: dict
 
 
 def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: argparse.Namespace,
@@ -119,7 +125,8 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
     return GroupAnalysis(f"**Group {i}** ({note})\n\n{against_baselines}",
                          [f"## Group {i}: {note}", "", described, "", tables, ""],
                          report.Section(f"group {i} ({note})", described, group, tables, figures),
-                         csv_table(table, paired, args.metric, args.baseline).assign(group=i, group_settings=note))
+                         csv_table(table, paired, args.metric, args.baseline).assign(group=i, group_settings=note),
+                         primary, baselines)
 
 
 def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: Path) -> list[tuple[str, list]]:
@@ -132,8 +139,35 @@ def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: P
     return sweeps
 
 
-def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
-    """Every output, from the logs; the summary's text and the files written, report first."""
+def analyze_ladder(args: argparse.Namespace, study) -> tuple[str, list[Path]]:
+    """A ladder study: each rung analysed in its folder as a study of its own, then ladder.md beside the
+    study file, the answer across the rungs (analysis/ladder.py)."""
+    results, written = [], []
+    for i, rung in enumerate(study.rungs):
+        _, files, analysed = analyze(argparse.Namespace(**{**vars(args), "rung": i, "logs": []}))
+        written += files
+        first = analysed[0]
+        runs = first.section.runs
+        bar = strongest_ngram(first.baselines)
+        bar_loss = first.baselines.get(bar, {}).get("val", {}).get("loss") if bar else None
+        arms = sorted({r.variant for r in runs})
+        beats = {arm: bar_loss is not None and float(np.mean([r.metric_at("val_loss", args.point) for r in runs
+                                                              if r.variant == arm])) < bar_loss for arm in arms}
+        baseline_runs = [r for r in runs if r.variant == study.baseline] or runs
+        compute = float(np.mean([r.log["epochs"][-1].get("train_flops", math.nan) for r in baseline_runs]))
+        log = runs[0].log
+        results.append(RungResult(rung.name, log["model_config"]["d_model"], float(recorded(log["data"], "train_fraction")),
+                                  compute, first.primary, beats, bar))
+    plot_ladder(results, study.folder / "ladder_effects.png")
+    text = (f"# {study.name}: the ladder\n\n{markdown_ladder(results, study.baseline, study.alpha)}\n\n"
+            f"![ladder_effects.png](ladder_effects.png)\n\n{FIGURE_GUIDE['ladder_effects']}\n")
+    atomic_write(study.folder / "ladder.md", printable(text).encode())
+    return text, [study.folder / "ladder.md", study.folder / "ladder_effects.png", *written]
+
+
+def analyze(args: argparse.Namespace) -> tuple[str, list[Path], list[GroupAnalysis]]:
+    """Every output, from the logs; the summary's text, the files written (report first) and each group's
+    analysis."""
     tuning, tuning_logs = apply_study(args) if args.study else (None, [])
     loaded = load_runs(log_paths(args), args.strict, args.ignore_settings)
     runs = loaded.finished
@@ -168,7 +202,7 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path]]:
     atomic_write(out_dir / "summary.csv", printable(csv).encode())
     figures = [out_dir / name for g in analysed for name, _ in g.section.figures] + \
         [out_dir / name for _, files in sweeps for name, _ in files]
-    return summary, [out_dir / "report.md", out_dir / "summary.md", out_dir / "summary.csv", *figures]
+    return summary, [out_dir / "report.md", out_dir / "summary.md", out_dir / "summary.csv", *figures], analysed
 
 
 def preregistration_line(logs: list[dict], study_file: Path | None) -> str | None:
@@ -203,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
-            summary, written = analyze(args)
+            study = load_study(args.study) if args.study else None
+            summary, written, *_ = analyze_ladder(args, study) if study and study.ladder else analyze(args)
             print(summary)
             print(f"report: {written[0]}\nsummary: {written[1]} and {written[2].name}\nfigures: "
                   + ", ".join(p.name for p in written[3:]))

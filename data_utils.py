@@ -33,7 +33,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from run_log import WriteError, atomic_write
-from transformer_from_scratch import IGNORE_INDEX
+from transformer_from_scratch import IGNORE_INDEX, derived_generator
 
 SPLIT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
 # Published sha256 of the original wikitext-2-raw-v1.zip members (see shared/data/README.md).
@@ -127,6 +127,22 @@ def article_half(text: SplitText, half: str) -> SplitText:
     rows = [row for i, article in enumerate(articles) if i % 2 == parity for row in article]
     which = f"{'even' if parity == 0 else 'odd'}-numbered {len(articles[parity::2])} of {len(articles)} articles"
     return checked_text(SplitText(f"{text.name}:{half}", rows, text.source, sha256_bytes("".join(rows).encode()), which))
+
+
+def article_fraction(text: SplitText, fraction: float) -> SplitText:
+    """The first round(fraction x n) of the split's n articles in one fixed random order (fixed by
+    nothing but the article count: every run and every rung draws the same, and a smaller fraction's
+    articles are part of a larger one's), kept in their order in the split; at least one article."""
+    if fraction >= 1:
+        return text
+    starts = article_starts(text.rows)
+    bounds = [*starts, len(text.rows)]
+    order = torch.randperm(len(starts), generator=derived_generator(0, "train fraction"))
+    kept = sorted(order[: max(1, round(fraction * len(starts)))].tolist())
+    rows = [row for i in kept for row in text.rows[bounds[i]:bounds[i + 1]]]
+    which = f"{len(kept)} of {len(starts)} articles (train_fraction {fraction:g})"
+    return checked_text(SplitText(f"{text.name}*{fraction:g}", rows, text.source, sha256_bytes("".join(rows).encode()),
+                                  which if text.articles is None else f"{which} of the {text.articles}"))
 
 
 def load_split_text(split: str, data_dir: Path | None = None) -> SplitText:

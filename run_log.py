@@ -95,7 +95,7 @@ def value_before_it_was_recorded(key: str, section: dict):
     what it was. "<missing>" for a key that has no such default."""
     legacy = {"final_ln": section.get("preset") == "gpt2", "mlp_init": "standard", "dropout": 0.0,
               "tie_embeddings": False, "unembed_bias": "none", "word_type_dropout": 0.0, "unembed_dropout": 0.0, "embed_scale": 1.0,
-              "patience": None, "keep": "last"}
+              "patience": None, "keep": "last", "train_fraction": 1.0}
     return legacy.get(key, "<missing>")
 
 

@@ -37,7 +37,10 @@ pre-registration. Keys (unknown keys are an error):
     [train]      any train_simple.py flag, name = value (true for a switch, a list for several values)
     [tuning]     seed = 3000, lr_multipliers = [0.5, 1, 2]: each arm's lr tuned on the selection split
                  before the final seeds (search/tuning.py); lrs (or each arm's lr) is then the one lr the
-                 candidates are multiples of
+                 candidates are multiples of. Or seed, trials, sampler_seed and a [tuning.space]: the same
+                 random configurations for every arm (an equal budget), each arm's best taken
+    [ladder]     rungs = [{d_model = 128, train_fraction = 0.5}, ...]: the whole study (tuning, arms,
+                 seeds, comparisons) at every rung, each a set of [train] flags, in <folder>/<rung name>/
 
 An arm is named as the analysis names it: the activation, with " (matched)" for a matched gated MLP.
 """
@@ -45,11 +48,13 @@ An arm is named as the analysis names it: the activation, with " (matched)" for 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,13 +64,13 @@ from analysis.runs import METRICS, POINTS
 from analysis.verdicts import SEEDS, UNCERTAINTIES
 from preregistration import declaration, dirty_refusal, git_state, uncommitted_warning
 from search.space import Search, StudyError, load_search
-from search.tuning import Candidate, Tuning, chosen_lrs, load_tuning, markdown_tuning
+from search.tuning import Candidate, Tuning, chosen_candidates, load_tuning, markdown_tuning
 from run_log import EXIT_BAD_INPUT, EXIT_HELD
 from training.signals import StopRuns
 
 ROOT = Path(__file__).resolve().parent
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
-        "train", "search", "tuning", "uncertainty"}
+        "train", "search", "tuning", "uncertainty", "ladder"}
 ARM_KEYS = {"activation", "matched", "lr"}
 GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
@@ -81,6 +86,21 @@ class Arm:
     @property
     def name(self) -> str:
         return f"{self.activation} (matched)" if self.matched and self.activation in GATED else self.activation
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One point of a ladder: its [train] flags over the study's, and the folder its runs go to (a study
+    without a ladder is one rung, named "", in the study's own folder)."""
+
+    name: str
+    flags: dict
+    folder: Path
+
+
+def rung_name(flags: dict) -> str:
+    """d_model128_train_fraction0.5: the rung's flags, as its folder's name."""
+    return "_".join(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}" for key, value in flags.items())
 
 
 @dataclass(frozen=True)
@@ -101,14 +121,28 @@ class Study:
     search: Search | None = None
     tuning: Tuning | None = None
     uncertainty: str = SEEDS  # a file without the key predates it: its studies were analysed over seeds
+    ladder: tuple[dict, ...] = ()  # [ladder] rungs: each a table of [train] flags
 
     @property
     def folder(self) -> Path:
         return self.path.parent
 
     @property
+    def rungs(self) -> list[Rung]:
+        if not self.ladder:
+            return [Rung("", {}, self.folder)]
+        return [Rung(rung_name(flags), flags, self.folder / rung_name(flags)) for flags in self.ladder]
+
+    @property
     def per_arm_lr(self) -> bool:
         return self.tuning is not None or any(arm.lr is not None for arm in self.arms)
+
+    @property
+    def per_arm_settings(self) -> set[str]:
+        """The settings each arm may have its own of (its lr, its tuned flags): they do not split its runs
+        into groups in the analysis."""
+        tuned = {f"train.{name}" for name in self.tuning.space} if self.tuning else set()
+        return ({"train.lr"} if self.per_arm_lr else set()) | tuned
 
     def base_lrs(self, arm: Arm) -> list[float]:
         return [arm.lr] if arm.lr is not None else self.lrs
@@ -171,6 +205,21 @@ def check_values(raw: dict, path: Path) -> None:
              value)
 
 
+def load_ladder(raw, path: Path, is_search: bool) -> tuple[dict, ...]:
+    """[ladder] rungs = [{flag = value, ...}, ...]: two or more distinct tables of [train] flags."""
+    if raw is None:
+        return ()
+    if is_search:
+        raise StudyError(f"{path}: [ladder] belongs to a study; a search searches one configuration space")
+    rungs = raw.get("rungs") if isinstance(raw, dict) and set(raw) == {"rungs"} else None
+    if (not isinstance(rungs, list) or len(rungs) < 2 or not all(isinstance(r, dict) and r for r in rungs)
+            or not all(is_flag_value(v) for r in rungs for v in r.values())):
+        raise StudyError(f"{path}: [ladder] needs rungs = [two or more tables of train_simple.py flags], got {raw!r}")
+    if len({rung_name(r) for r in rungs}) != len(rungs):
+        raise StudyError(f"{path}: [ladder] declares a rung twice ({[rung_name(r) for r in rungs]})")
+    return tuple(dict(r) for r in rungs)
+
+
 def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     """The study in ``path``; StudyError (one line) for anything missing, unknown or inconsistent.
     ``known_flags``: train_simple.py's flags, which a [search] table may search (unchecked when None)."""
@@ -212,12 +261,13 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
         if len(pair) != 2 or not set(pair) <= set(names) or pair[0] == pair[1]:
             raise StudyError(f"{path}: comparison {list(pair)} must name two different arms of {names}")
     lrs = raw.get("lrs", [])
-    if any(arm.lr is None for arm in arms) and not lrs and not (search and "lr" in search.space):
+    tuned_lr = isinstance(raw.get("tuning"), dict) and "lr" in (raw["tuning"].get("space") or {})
+    if any(arm.lr is None for arm in arms) and not lrs and not (search and "lr" in search.space) and not tuned_lr:
         raise StudyError(f"{path}: give lrs, or an lr for every arm")
     if is_search and "tuning" in raw:
         raise StudyError(f"{path}: [tuning] belongs to a study; a search tunes lr in [search.space]")
     tuning = load_tuning(raw["tuning"], str(path), list(raw["seeds"])) if "tuning" in raw else None
-    if tuning and any(arm.lr is None for arm in arms) and len(lrs) != 1:
+    if tuning and not tuning.trials and any(arm.lr is None for arm in arms) and len(lrs) != 1:
         raise StudyError(f"{path}: [tuning] multiplies one lr: give lrs = [one value], or an lr for every arm")
     metrics = [raw.get("metric", "test_loss"), *raw.get("secondary", [])]
     if any(m not in METRICS for m in metrics) or len(set(metrics)) != len(metrics):
@@ -227,12 +277,14 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
         raise StudyError(f"{path}: point must be one of {', '.join(POINTS)}, got {raw['point']!r}")
     if raw.get("uncertainty", SEEDS) not in UNCERTAINTIES:
         raise StudyError(f"{path}: uncertainty must be one of {', '.join(UNCERTAINTIES)}, got {raw['uncertainty']!r}")
-    clash = RUN_FLAGS & set(raw.get("train", {}))
+    ladder = load_ladder(raw.get("ladder"), path, is_search)
+    clash = RUN_FLAGS & set(raw.get("train", {})).union(*ladder)
     if clash:
         raise StudyError(f"{path}: [train] may not set {', '.join(sorted(clash))}: the study sets them per run")
     return Study(path, raw["name"], arms, raw["baseline"], list(raw["seeds"]), list(lrs), comparisons,
                  metrics[0], tuple(metrics[1:]), raw.get("point", "final"), float(raw.get("margin", 0.02)),
-                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning, raw.get("uncertainty", SEEDS))
+                 float(raw.get("alpha", 0.05)), dict(raw.get("train", {})), search, tuning, raw.get("uncertainty", SEEDS),
+                 ladder)
 
 
 def flag_args(settings: dict) -> list[str]:
@@ -262,37 +314,56 @@ def run_name(arm: Arm, lr: float | None, seed: int) -> str:
             f"{'' if lr is None else f'_lr{lr:g}'}_seed{seed}")
 
 
-def run_commands(study: Study, threads: int, tuned: dict[str, float] | None = None,
+def run_commands(study: Study, threads: int, tuned: dict[str, dict[str, Candidate]] | None = None,
                  allow_dirty: bool = False) -> list[list[str]]:
-    """One train_simple.py command per (arm, lr, seed), seed by seed so a study stopped early stays
-    balanced; ``tuned``: each arm's lr as its tuning chose it (a study with [tuning])."""
+    """One train_simple.py command per (rung, arm, lr, seed), rung by rung and seed by seed so a study
+    stopped early stays balanced; ``tuned``: per rung, each arm's candidate as its tuning chose it (a
+    study with [tuning]), whose lr and flags its final runs take."""
     commands = []
-    for seed in study.seeds:
-        for arm in study.arms:
-            lrs = [tuned[arm.name]] if tuned else study.base_lrs(arm)
-            for lr in lrs:
-                name = run_name(arm, lr if len(lrs) > 1 else None, seed)
-                commands.append(train_command(study, arm, lr, seed, name, study.folder, threads,
-                                              allow_dirty=allow_dirty))
+    for rung in study.rungs:
+        for seed in study.seeds:
+            for arm in study.arms:
+                chosen = tuned[rung.name][arm.name] if tuned else None
+                lrs = [chosen.lr] if chosen else study.base_lrs(arm)
+                flags = {**study.train, **rung.flags, **(chosen.flags if chosen else {})}
+                for lr in lrs:
+                    name = run_name(arm, lr if len(lrs) > 1 else None, seed)
+                    commands.append(train_command(study, arm, lr, seed, name, rung.folder, threads, flags,
+                                                  allow_dirty=allow_dirty))
     return commands
 
 
-def tuning_runs(study: Study) -> list[tuple[Arm, float, str]]:
-    """(arm, candidate lr, run name) of every run of the study's [tuning], arm by arm; each lr rounded
-    to the 6 significant digits its run name shows (0.0041 x 3 is 0.0123, not 0.012300000000000002)."""
-    return [(arm, lr, run_name(arm, lr, study.tuning.seed)) for arm in study.arms
-            for lr in (float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in study.tuning.lr_multipliers)]
+def tuning_runs(study: Study, rung: Rung) -> list[tuple[Arm, float, dict, str]]:
+    """(arm, candidate lr, its other tuned flags, run name) of every run of the study's [tuning] at a
+    rung, arm by arm: the lr multiples (each rounded to the 6 significant digits its run name shows:
+    0.0041 x 3 is 0.0123, not 0.012300000000000002), or the random search's configurations, the same
+    for every arm."""
+    tuning = study.tuning
+    if tuning.trials:
+        runs = []
+        for arm in study.arms:
+            for k, config in enumerate(tuning.configurations()):
+                flags = dict(config)
+                lr = flags.pop("lr", study.base_lrs(arm)[0] if study.base_lrs(arm) else None)
+                runs.append((arm, lr, flags, f"{run_name(arm, None, tuning.seed)[:-len(f'_seed{tuning.seed}')]}"
+                                             f"_trial{k}_seed{tuning.seed}"))
+        return runs
+    return [(arm, lr, {}, run_name(arm, lr, tuning.seed)) for arm in study.arms
+            for lr in (float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in tuning.lr_multipliers)]
 
 
-def tuning_candidates(study: Study) -> list[Candidate]:
-    """The tuning's candidates, their logs in ``<study folder>/tuning/``."""
-    return [Candidate(arm.name, lr, study.folder / "tuning" / f"{name}.json") for arm, lr, name in tuning_runs(study)]
+def tuning_candidates(study: Study, rung: Rung) -> list[Candidate]:
+    """The tuning's candidates at a rung, their logs in ``<rung folder>/tuning/``."""
+    return [Candidate(arm.name, lr, rung.folder / "tuning" / f"{name}.json", flags)
+            for arm, lr, flags, name in tuning_runs(study, rung)]
 
 
 def tuning_commands(study: Study, threads: int, allow_dirty: bool = False) -> list[list[str]]:
-    """One train_simple.py command per candidate, keeping its best weights (the objective is read there)."""
-    return [train_command(study, arm, lr, study.tuning.seed, name, study.folder / "tuning", threads, keep_best=True,
-                          allow_dirty=allow_dirty) for arm, lr, name in tuning_runs(study)]
+    """One train_simple.py command per candidate at every rung, keeping its best weights (the objective is
+    read there)."""
+    return [train_command(study, arm, lr, study.tuning.seed, name, rung.folder / "tuning", threads,
+                          {**study.train, **rung.flags, **flags}, keep_best=True, allow_dirty=allow_dirty)
+            for rung in study.rungs for arm, lr, flags, name in tuning_runs(study, rung)]
 
 
 def train_simple_flags() -> set[str]:
@@ -417,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and train nothing")
     p.add_argument("--plan_effect", type=float, default=None, help="the difference to detect (default: the margin)")
     p.add_argument("--plan_margin", type=float, default=None, help="the equivalence margin (default: the study's)")
+    p.add_argument("--timing_steps", type=int, default=30,
+                   help="with --plan on a ladder or a study not yet run: the steps of each rung's timing run")
     p.add_argument("--allow_dirty", action="store_true",
                    help="run from a tree with uncommitted code changes, each run storing the change beside its log "
                         "(train_simple.py --allow_dirty); without it such a study is refused before its first run")
@@ -490,19 +563,62 @@ def print_plan(study: Study, args: argparse.Namespace) -> int:
     if not (margin > 0 and effect > 0):
         print("error: --plan_margin and --plan_effect must be positive", file=sys.stderr)
         return 2
-    runs = load_runs(folder_logs(study.folder), strict=False, ignore={"train.lr"} if study.per_arm_lr else set()).finished
-    if not runs:
-        print(f"error: {study.folder} holds no finished runs to plan from", file=sys.stderr)
-        return 2
-    group = group_runs(runs)[0]
-    rows = plan(group, study.comparisons, study.metric, study.point, study.alpha, effect, margin)
-    print(markdown_plan(rows, effect, margin, study.alpha, 2 * len(study.comparisons), len({r.seed for r in group})))
+    runs = load_runs(folder_logs(study.folder), strict=False, ignore=study.per_arm_settings).finished
+    if runs:
+        group = group_runs(runs)[0]
+        rows = plan(group, study.comparisons, study.metric, study.point, study.alpha, effect, margin)
+        print(markdown_plan(rows, effect, margin, study.alpha, 2 * len(study.comparisons), len({r.seed for r in group})))
+    if study.ladder or not runs:
+        print(("\n" if runs else "") + markdown_cost(study, args.jobs, args.timing_steps))
     return 0
 
 
-def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -> dict[str, float] | None:
-    """Train the tuning's candidates (under --list: print their commands), then each arm's chosen lr;
-    None (with a line on stderr) while there is no choice."""
+def timed_run(study: Study, rung: Rung, steps: int, folder: Path, threads: int) -> dict:
+    """The log of a short run of the rung's first final run (its first arm and seed, at the lr it starts
+    from), ``steps`` steps with nothing but training, in ``folder``: what its cost is measured from."""
+    arm, seed = study.arms[0], study.seeds[0]
+    lr = (study.base_lrs(arm) or [study.tuning.configurations()[0].get("lr") if study.tuning else None])[0]
+    command = train_command(study, arm, lr, seed, "timing", folder, threads, {**study.train, **rung.flags},
+                            allow_dirty=True)
+    command = [c for c in command if c not in ("--study_file", str(study.path))]  # a timing, not a run of the study
+    subprocess.run([*command, "--max_steps", str(steps), "--no-probes", "--no-samples", "--evals_per_epoch", "0",
+                    "--test_split", "none", "--checkpoint_every", str(10 * steps)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return json.loads((folder / "timing.json").read_text())
+
+
+def markdown_cost(study: Study, jobs: int, steps: int) -> str:
+    """The study's runs per rung and their cost, measured: one short run per rung, alone on its share of
+    the cores (``jobs`` side by side), its training tokens/s (median of its steps after the first two),
+    times the tokens a run trains; evaluations counted at three times the training speed per token (the
+    forward pass alone: docs/speed.md), over the selection and report subsets at each evaluation and the
+    whole splits at the end."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    rows, total = [], 0.0
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, rung in enumerate(study.rungs):
+            log = timed_run(study, rung, steps, Path(scratch) / str(i), threads)
+            speeds = sorted(entry["tokens_per_s"] for entry in log["steps"][2:]) or [log["steps"][-1]["tokens_per_s"]]
+            speed = speeds[len(speeds) // 2]
+            train = log["data"]["train"]["tokens"] * log["train_config"]["num_epochs"]
+            evals = log["train_config"]["num_epochs"] * study.train.get("evals_per_epoch", 1)
+            eval_tokens = evals * 2 * (study.train.get("eval_tokens") or log["data"]["val"]["tokens"]) + \
+                log["data"]["val"]["tokens"] * 2
+            hours = (train + eval_tokens / 3) / speed / 3600
+            runs = (len(study.arms) * (study.tuning.trials or len(study.tuning.lr_multipliers)) if study.tuning else 0) \
+                + len(study.arms) * len(study.seeds) * max(1, max((len(study.base_lrs(a)) for a in study.arms), default=1))
+            total += runs * hours / jobs
+            rows.append(f"| {rung.name or 'the study'} | {runs} | {speed:,.0f} | {hours * 60:.1f} | {runs * hours / jobs:.1f} |")
+    return "\n".join([f"Cost, measured now on this machine ({steps}-step timing run per rung, {threads} thread(s) each, "
+                      f"{jobs} side by side):", "",
+                      "| rung | runs (tuning + final) | training tokens/s | minutes per run | hours with --jobs "
+                      f"{jobs} |", "|---|---:|---:|---:|---:|", *rows, "",
+                      f"**Total: about {total:.1f} hours** of this machine with --jobs {jobs}."])
+
+
+def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -> dict[str, dict[str, Candidate]] | None:
+    """Train the tuning's candidates at every rung (under --list: print their commands), then each
+    arm's chosen candidate per rung; None (with a line on stderr) while there is no choice."""
     commands = tuning_commands(study, threads, args.allow_dirty)
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
@@ -512,13 +628,17 @@ def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -
             return None
         for command in failed:
             print(f"error: failed: {shlex.join(command)}", file=sys.stderr)
-    candidates = tuning_candidates(study)
-    tuned = chosen_lrs(candidates)
-    if tuned is None:
-        print("the final runs wait for the lr tuning: a candidate has not finished, or all of an arm's diverged "
-              f"(rerun the study to resume it; logs in {study.folder / 'tuning'})", file=sys.stderr)
-    elif not args.list:
-        print(markdown_tuning(candidates, study.tuning))
+    tuned = {}
+    for rung in study.rungs:
+        candidates = tuning_candidates(study, rung)
+        chosen = chosen_candidates(candidates)
+        if chosen is None:
+            print("the final runs wait for the tuning: a candidate has not finished, or all of an arm's diverged "
+                  f"(rerun the study to resume it; logs in {rung.folder / 'tuning'})", file=sys.stderr)
+            return None
+        if not args.list:
+            print(markdown_tuning(candidates, study.tuning))
+        tuned[rung.name] = chosen
     return tuned
 
 

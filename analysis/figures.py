@@ -23,6 +23,10 @@ from analysis.tables import sweep_table  # noqa: E402
 
 
 FIGURE_GUIDE = {
+    "ladder_effects": "Each declared comparison at every rung of the ladder: its estimate (dot) and confidence interval "
+                      "(bar) as that rung's verdict table gives them, the equivalence margin (grey band) and zero. An "
+                      "effect that keeps its side of zero at every rung transfers in sign; whether it changes with "
+                      "width or data is the interaction tests' to say, not the eye's.",
     "verdicts": "The declared comparisons on the primary metric: each difference, first arm minus second (left of zero "
                 "the first is better), as the verdicts' two-way model estimates it (diamond; bar: its confidence "
                 "interval, unadjusted, as in the verdict table), each seed's paired difference (dots) and the "
@@ -409,3 +413,32 @@ def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, fol
     for name, plot in figures.items():
         plot(group, folder / f"{name}{suffix}.png")
     return [(f"{name}{suffix}.png", FIGURE_GUIDE[name]) for name in figures]
+
+
+def plot_ladder(results: list, path: Path) -> None:
+    """Each declared comparison's estimate and CI at every rung of a ladder (analysis.ladder.RungResult),
+    the ±margin band and zero: whether an effect keeps its sign and size as width and data grow."""
+    comparisons = [(v.arm, v.against) for v in results[0].judgement.verdicts]
+    colors = variant_colors([a for a, _ in comparisons])
+    margin = results[0].judgement.margin
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), constrained_layout=True)
+    ax.axhspan(-margin, margin, color="0.88", zorder=0, label=f"equivalence margin ±{margin}")
+    ax.axhline(0, color="0.3", linewidth=1)
+    width = 0.6 / max(len(comparisons), 1)
+    for i, (a, b) in enumerate(comparisons):
+        x = np.arange(len(results)) + (i - (len(comparisons) - 1) / 2) * width
+        verdicts = [r.judgement.verdicts[i] for r in results]
+        y = np.array([v.difference for v in verdicts])
+        low, high = np.array([v.ci_low for v in verdicts]), np.array([v.ci_high for v in verdicts])
+        ax.errorbar(x, y, yerr=[y - low, high - y], fmt="o-", color=colors[a], capsize=3, label=f"{a} − {b}",
+                    linestyle=":" if b != results[0].judgement.verdicts[0].against else "-")
+    ax.set_xticks(range(len(results)), [r.name.replace("_train_fraction", "\ntrain_fraction") for r in results],
+                  fontsize=8)
+    j = results[0].judgement
+    ax.set_ylabel(f"difference in {j.metric} at the {j.point} point\n(lower: the first arm is better)")
+    ax.set_title(f"Declared comparisons across the ladder: estimate and {100 * (1 - j.alpha):.0f}% CI per rung "
+                 f"(uncertainty: {j.uncertainty})", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,9 +1,23 @@
-"""The [tuning] table of a study file: each arm's learning rate, chosen before its final seeds.
+"""The [tuning] table of a study file: each arm's settings, chosen before its final seeds, on an
+equal budget for every arm. Either each arm's lr among multiples of one:
 
     lrs = [4e-3]                  # the lr the candidates are multiples of (or an arm's own lr)
     [tuning]
     seed = 3000                   # trains every candidate; not one of the final seeds
     lr_multipliers = [0.5, 1, 2]  # the candidates: lr x each
+
+or a random search over a space, the same for every arm (and every rung of a ladder):
+
+    [tuning]
+    seed = 3000
+    trials = 8                    # configurations, drawn once from the space with sampler_seed:
+    sampler_seed = 7              # every arm trains exactly the same ones (no pruner)
+    [tuning.space]                # as [search.space]: a list of choices or {low, high, log}
+    lr = {low = 1e-3, high = 1e-2, log = true}
+    weight_decay = {low = 0.01, high = 1.0, log = true}
+
+Equal draws are the fairest equal budget (Melis et al. 2018; Dodge et al. 2019): no arm gets
+configurations another did not, and no sampler adapts to one arm's results.
 
 Each arm trains once per candidate on the tuning seed, keeping its best weights, in ``<study
 folder>/tuning/``; its lr is the candidate whose run reaches the lowest selection loss at its best
@@ -16,26 +30,54 @@ starts. The choice is read from the tuning logs whenever it is needed, so it can
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from run_log import failed_non_finite, is_finished, read_log
 from search.runner import objective_value
-from search.space import StudyError
+from search.space import Choice, StudyError, dimension
 
 TUNING_KEYS = {"seed", "lr_multipliers"}
+SEARCH_TUNING_KEYS = {"seed", "trials", "sampler_seed", "space"}
 
 
 @dataclass(frozen=True)
 class Tuning:
     seed: int
-    lr_multipliers: tuple[float, ...]
+    lr_multipliers: tuple[float, ...] = ()
+    trials: int = 0  # a random search's configurations (0: lr multipliers)
+    sampler_seed: int = 0
+    space: dict = field(default_factory=dict)  # name -> search.space.Choice | Range
+
+    def configurations(self) -> list[dict]:
+        """The random search's configurations, drawn once from the space with the sampler seed (log
+        ranges uniformly in the log, integer ranges as integers); each value rounded to 6 significant
+        digits, as a run name shows it."""
+        rng = np.random.default_rng(self.sampler_seed)
+        out = []
+        for _ in range(self.trials):
+            config = {}
+            for name, dim in sorted(self.space.items()):
+                if isinstance(dim, Choice):
+                    config[name] = dim.values[int(rng.integers(len(dim.values)))]
+                elif dim.integer:
+                    config[name] = int(rng.integers(dim.low, dim.high + 1))
+                elif dim.log:
+                    config[name] = float(f"{math.exp(rng.uniform(math.log(dim.low), math.log(dim.high))):.6g}")
+                else:
+                    config[name] = float(f"{rng.uniform(dim.low, dim.high):.6g}")
+            out.append(config)
+        return out
 
 
 def load_tuning(raw, where: str, final_seeds: list[int]) -> Tuning:
     """The [tuning] table ``raw``; StudyError (one line) for anything missing or wrong."""
     if not isinstance(raw, dict):
         raise StudyError(f"{where}: [tuning] must be a table")
+    if "space" in raw:
+        return load_search_tuning(raw, where, final_seeds)
     unknown = set(raw) - TUNING_KEYS
     missing = TUNING_KEYS - set(raw)
     if unknown or missing:
@@ -51,13 +93,31 @@ def load_tuning(raw, where: str, final_seeds: list[int]) -> Tuning:
     return Tuning(seed, tuple(float(m) for m in multipliers))
 
 
+def load_search_tuning(raw: dict, where: str, final_seeds: list[int]) -> Tuning:
+    """[tuning] as a random search over [tuning.space], the same configurations for every arm."""
+    if set(raw) != SEARCH_TUNING_KEYS:
+        raise StudyError(f"{where}: [tuning] with a space needs exactly {', '.join(sorted(SEARCH_TUNING_KEYS))}")
+    seed, trials, sampler_seed, space = raw["seed"], raw["trials"], raw["sampler_seed"], raw["space"]
+    if type(seed) is not int or seed in final_seeds:
+        raise StudyError(f"{where}: [tuning] seed must be a whole number not among the final seeds {final_seeds}, "
+                         f"got {seed!r}")
+    if type(trials) is not int or trials < 1 or type(sampler_seed) is not int or sampler_seed < 0:
+        raise StudyError(f"{where}: [tuning] trials must be a positive and sampler_seed a non-negative whole number, "
+                         f"got {trials!r} and {sampler_seed!r}")
+    if not isinstance(space, dict) or not space:
+        raise StudyError(f"{where}: [tuning.space] must be a table of at least one flag")
+    dims = {name: dimension(name, value, f"{where}: [tuning.space]") for name, value in space.items()}
+    return Tuning(seed, (), trials, sampler_seed, dims)
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One arm's run at one candidate lr."""
+    """One arm's run at one candidate lr (and, in a random search, the other flags its configuration sets)."""
 
     arm: str
     lr: float
     log_path: Path
+    flags: dict = field(default_factory=dict)
 
     def log(self) -> dict | None:
         """The run's log; None when it is not there yet, or unreadable (rerunning the study trains it again)."""
@@ -79,25 +139,33 @@ class Candidate:
 def chosen_lrs(candidates: list[Candidate]) -> dict[str, float] | None:
     """Each arm's lr: its candidate with the lowest objective (the smaller lr on a tie); None until
     every candidate has finished, or when all of an arm's candidates diverged."""
+    chosen = chosen_candidates(candidates)
+    return None if chosen is None else {arm: c.lr for arm, c in chosen.items()}
+
+
+def chosen_candidates(candidates: list[Candidate]) -> dict[str, Candidate] | None:
+    """Each arm's chosen candidate (its lr and flags), as chosen_lrs chooses."""
     return choose([(c, c.objective()) for c in candidates])
 
 
-def choose(objectives: list[tuple[Candidate, float | None]]) -> dict[str, float] | None:
-    """chosen_lrs, from each candidate's objective as read once."""
+def choose(objectives: list[tuple[Candidate, float | None]]) -> dict[str, Candidate] | None:
+    """chosen_candidates, from each candidate's objective as read once."""
     if any(value is None for _, value in objectives):
         return None
-    best: dict[str, tuple[float, float]] = {}
-    for candidate, value in objectives:
-        best[candidate.arm] = min(best.get(candidate.arm, (math.inf, math.inf)), (value, candidate.lr))
-    if any(math.isinf(value) for value, _ in best.values()):
+    best: dict[str, tuple[float, float, int]] = {}
+    for i, (candidate, value) in enumerate(objectives):
+        best[candidate.arm] = min(best.get(candidate.arm, (math.inf, math.inf, -1)), (value, candidate.lr, i))
+    if any(math.isinf(value) for value, _, _ in best.values()):
         return None
-    return {arm: lr for arm, (_, lr) in best.items()}
+    return {arm: objectives[i][0] for arm, (_, _, i) in best.items()}
 
 
 def markdown_tuning(candidates: list[Candidate], tuning: Tuning) -> str:
     """The candidates' table: each arm's lrs, their objectives, and which one was chosen."""
     objectives = [(c, c.objective()) for c in candidates]  # each log read once
-    chosen = choose(objectives) or {}
+    chosen = {arm: c.lr for arm, c in (choose(objectives) or {}).items()}
+    if tuning.trials:
+        return markdown_search_tuning(objectives, tuning)
     lines = [f"Each arm's lr was chosen on the selection split before its final seeds: every candidate trained "
              f"once on the tuning seed {tuning.seed}, and the lowest selection loss at its best point wins.", "",
              "| arm | lr | selection loss (best point) | chosen |", "|---|---:|---:|---|"]
@@ -107,4 +175,42 @@ def markdown_tuning(candidates: list[Candidate], tuning: Tuning) -> str:
                      f"{'yes' if chosen.get(candidate.arm) == candidate.lr else ''} |")
     if not chosen:
         lines += ["", "No choice yet: a candidate has not finished, or all of an arm's candidates diverged."]
+    return "\n".join(lines)
+
+
+def markdown_search_tuning(objectives: list[tuple[Candidate, float | None]], tuning: Tuning) -> str:
+    """A random search's table: each configuration's selection loss for every arm, the chosen one marked,
+    and each arm's expected best selection loss as a function of the number of trials (Dodge et al.
+    2019: a ranking that changes along it is a budget artefact)."""
+    from analysis.ladder import expected_best
+
+    chosen = choose(objectives) or {}
+    arms = list(dict.fromkeys(c.arm for c, _ in objectives))
+    configs = list(dict.fromkeys(tuple(sorted({"lr": c.lr, **c.flags}.items())) for c, _ in objectives))
+    value = {(c.arm, tuple(sorted({"lr": c.lr, **c.flags}.items()))): v for c, v in objectives}
+
+    def shown(v: float | None, mark: bool) -> str:
+        text = "not finished" if v is None else "diverged" if math.isinf(v) else f"{v:.4f}"
+        return f"**{text}**" if mark else text
+
+    lines = [f"Each arm trained the same {tuning.trials} configurations, drawn once from the space with sampler seed "
+             f"{tuning.sampler_seed}, on the tuning seed {tuning.seed}; the lowest selection loss at the best point "
+             f"wins (bold).", "",
+             "| configuration | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for config in configs:
+        cells = [shown(value.get((arm, config)), arm in chosen and
+                       tuple(sorted({"lr": chosen[arm].lr, **chosen[arm].flags}.items())) == config) for arm in arms]
+        lines.append("| " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config) + " | "
+                     + " | ".join(cells) + " |")
+    finished = {arm: [v for (a, _), v in value.items() if a == arm and v is not None and math.isfinite(v)]
+                for arm in arms}
+    if all(len(v) == tuning.trials for v in finished.values()):
+        budgets = sorted({1, 2, tuning.trials // 2, tuning.trials} - {0})
+        lines += ["", "Expected best selection loss of n trials (Dodge et al. 2019: n draws with replacement from the "
+                      "trials run, so at n near their number it is optimistic, and it never goes below the best seen):",
+                  "", "| arm | " + " | ".join(f"n = {n}" for n in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+        for arm in arms:
+            lines.append(f"| {arm} | " + " | ".join(f"{expected_best(finished[arm], n):.4f}" for n in budgets) + " |")
+    if not chosen:
+        lines += ["", "No choice yet: a configuration has not finished, or all of an arm's diverged."]
     return "\n".join(lines)

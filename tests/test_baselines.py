@@ -186,3 +186,28 @@ def test_wikitext_validation_halves():
     a, b = (load_split_text(f"validation:{h}", WIKITEXT_DIR) for h in "AB")
     assert len(a.rows) + len(b.rows) == len(full.rows) and a.articles == "even-numbered 30 of 60 articles"
     assert sorted(a.rows + b.rows) == sorted(full.rows) and a.sha256 != b.sha256
+
+
+def test_a_train_fraction_keeps_whole_articles_in_one_fixed_order_nested_across_fractions():
+    from data_utils import article_fraction
+
+    rows = [row for i in range(8) for row in (f" = Article {i} = \n", f" text of {i} . \n", "")]
+    text = SplitText("toy", rows, "toy.txt", "sha")
+    half, three_quarters = article_fraction(text, 0.5), article_fraction(text, 0.75)
+    titles = [[r for r in t.rows if r.startswith(" = ")] for t in (half, three_quarters)]
+    assert len(titles[0]) == 4 and len(titles[1]) == 6 and set(titles[0]) <= set(titles[1])  # nested
+    kept = [int(t.split()[2]) for t in titles[0]]
+    assert kept == sorted(kept)  # in the split's order
+    assert half.rows == [row for i in kept for row in rows[3 * i:3 * i + 3]]  # each article whole
+    assert article_fraction(text, 0.5) == half and half.articles == "4 of 8 articles (train_fraction 0.5)"
+    assert article_fraction(text, 1.0) is text and half.sha256 != text.sha256
+
+
+@needs_shared_data
+def test_a_train_fraction_of_the_wikitext_test_articles():
+    from data_utils import article_fraction
+
+    full = load_split_text("test", WIKITEXT_DIR)
+    half = article_fraction(full, 0.5)
+    kept, total = (int(n) for n in half.articles.split(" articles")[0].split(" of "))
+    assert kept == round(total / 2) and 0.3 < len(half.rows) / len(full.rows) < 0.7

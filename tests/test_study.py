@@ -221,7 +221,7 @@ def test_a_study_tunes_each_arms_lr_on_the_selection_split_before_its_final_seed
     folder = tmp_path / "tuned"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", TUNED)
     listed = run_study(folder, "--list")  # nothing has run: the candidates only, no final run yet
-    assert listed.returncode == 0 and "wait for the lr tuning" in listed.stderr
+    assert listed.returncode == 0 and "wait for the tuning" in listed.stderr
     assert [line.split()[line.split().index("--run_name") + 1] for line in listed.stdout.splitlines()] == [
         f"{arm}_lr{lr:g}_seed7" for arm in ("relu", "gelu") for lr in (5e-4, 4e-3, 1e27)]
 
@@ -307,9 +307,9 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
 
 
 def toolkit_copy(folder) -> None:
-    """A git checkout of the toolkit's code as committed here (results left out), with one commit."""
-    names = subprocess.run(["git", "ls-files", "-z", "--", ".", ":(exclude)results"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split("\0")
+    """A git checkout of the toolkit's code as it is here (results left out), in one commit."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", ".",
+                            ":(exclude)results"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, names):
         if (ROOT / name).is_file():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -476,3 +476,56 @@ def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_o
     assert "is held by another process (another study.py trains it there)" in second.stderr
     assert "failed" not in second.stderr + first_err
     assert all(json.loads((folder / f"relu_seed{s}.json").read_text())["status"] == "complete" for s in (1, 2))
+
+
+LADDER = """
+name = "tiny ladder"
+baseline = "relu"
+seeds = [1, 2, 3]
+metric = "val_loss"
+point = "best_selection"
+uncertainty = "seeds"
+[[arms]]
+activation = "relu"
+[[arms]]
+activation = "gelu"
+[ladder]
+rungs = [{d_model = 32, train_fraction = 0.5}, {d_model = 32, train_fraction = 1.0}, {d_model = 64, train_fraction = 1.0}]
+[tuning]
+seed = 3000
+trials = 2
+sampler_seed = 5
+[tuning.space]
+lr = {low = 1e-3, high = 3e-3, log = true}
+weight_decay = [0.0, 0.1]
+"""
+
+
+@pytest.mark.slow
+def test_a_ladder_study_tunes_every_arm_alike_at_every_rung_and_reports_across_them(tmp_path, corpus_dir,
+                                                                                     tiny_tokenizer_dir):
+    folder = tmp_path / "ladder"
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", LADDER)
+    path = folder / "study.toml"
+    path.write_text(path.read_text().replace("d_model = 32\n", ""))  # the rungs set it
+    result = run_study(folder, "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rungs = ["d_model32_train_fraction0.5", "d_model32_train_fraction1", "d_model64_train_fraction1"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == rungs
+    for rung in rungs:
+        tuning = sorted(p.name for p in (folder / rung / "tuning").glob("*.json"))
+        assert tuning == [f"{a}_trial{k}_seed3000.json" for a in ("gelu", "relu") for k in (0, 1)]
+        configs = {a: [json.loads((folder / rung / "tuning" / f"{a}_trial{k}_seed3000.json").read_text())["train_config"]
+                       for k in (0, 1)] for a in ("gelu", "relu")}
+        assert [(c["lr"], c["weight_decay"]) for c in configs["gelu"]] == [(c["lr"], c["weight_decay"])
+                                                                           for c in configs["relu"]]  # the same draws
+        assert len(list((folder / rung).glob("*_seed[123].json"))) == 6
+        report = (folder / rung / "report.md").read_text()
+        assert "Each arm trained the same 2 configurations" in report and "Expected best selection loss" in report
+    log = json.loads((folder / rungs[0] / "relu_seed1.json").read_text())
+    assert log["data"]["train_fraction"] == 0.5 and log["model_config"]["d_model"] == 32
+    ladder = (folder / "ladder.md").read_text()
+    assert "| gelu vs relu |" in ladder and "**Interaction tests**" in ladder
+    assert "| gelu vs relu | width |" in ladder and "| gelu vs relu | data |" in ladder
+    assert "**Effective compute multiplier** over relu" in ladder
+    assert "![ladder_effects.png](ladder_effects.png)" in ladder and (folder / "ladder_effects.png").stat().st_size > 0

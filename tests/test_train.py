@@ -325,3 +325,13 @@ def test_the_final_report_numbers_are_the_report_splits_whether_or_not_the_last_
     reused, recomputed = (read_log(tmp_path / d / "relu_seed3.json")["final"] for d in ("out", "recomputed"))
     assert reused == recomputed and reused["test"] != reused["val"]
     assert reused["test"]["tokens"] < reused["val"]["tokens"]  # the test file's own count, not validation's
+
+
+def test_a_train_fraction_trains_on_half_the_articles_and_says_so(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(tmp_path / "all", "--max_steps", "2")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "half", "--max_steps", "2", "--train_fraction", "0.5")) == 0
+    full, half = (read_log(tmp_path / f / "relu_seed3.json")["data"] for f in ("all", "half"))
+    assert half["train_fraction"] == 0.5 and full["train_fraction"] == 1.0
+    assert half["train"]["articles"] == "3 of 6 articles (train_fraction 0.5)"  # the corpus: 6 titled articles
+    assert half["train"]["text_tokens"] == full["train"]["text_tokens"] // 2 and half["train"]["sha256"] != full["train"]["sha256"]
+    assert train_simple.main(tiny_argv(tmp_path / "bad", "--train_fraction", "0")) == 2

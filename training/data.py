@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from baselines import BASELINES_VERSION, Baselines, baseline_losses, target_counts, unigram_log_probs
-from data_utils import DataError, TokenizedSplit, default_cache_dir, load_split_text, load_tokenizer, sha256_bytes, \
-    token_byte_lengths, tokenize_split, tokenizer_fingerprint
+from data_utils import DataError, TokenizedSplit, article_fraction, default_cache_dir, load_split_text, load_tokenizer, \
+    sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from run_log import WriteError, atomic_write
 from transformer_from_scratch import derived_generator
 
@@ -73,7 +73,8 @@ def load_data(args: argparse.Namespace) -> Data:
     skipped, with the reason in the log, because its numbers would be training loss."""
     tokenizer = load_tokenizer(args.tokenizer)
     byte_lengths = token_byte_lengths(tokenizer)
-    train_text, val_text = load_split_text(args.train_split, args.data_dir), load_split_text(args.val_split, args.data_dir)
+    train_text = article_fraction(load_split_text(args.train_split, args.data_dir), args.train_fraction)
+    val_text = load_split_text(args.val_split, args.data_dir)
     if val_text.sha256 == train_text.sha256:
         raise DataError(f"validation split {args.val_split!r} has the same contents as train split {args.train_split!r} "
                         f"(sha256 {val_text.sha256[:12]}): nothing would be held out")

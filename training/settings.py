@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lines: one sequence per line, padded (the study); packed: contiguous blocks")
     g.add_argument("--max_length", type=int, default=128, help="tokens per sequence (the model's n_ctx)")
     g.add_argument("--train_split", default="train", help="split (or text file) to train on")
+    g.add_argument("--train_fraction", type=float, default=1.0,
+                   help="train on this fraction of the training split's articles (whole articles, one fixed "
+                        "order: a smaller fraction's articles are part of a larger one's); a data-size rung")
     g.add_argument("--val_split", default="validation",
                    help="the selection split (or a text file): evaluated at every evaluation; every choice (the best "
                         "point, --patience, --keep best, the interpolation weight, an lr) is read off it alone")
@@ -350,6 +353,8 @@ def validate(args: argparse.Namespace) -> None:
         value = min(getattr(args, flag)) if flag == "weight_decay" else getattr(args, flag)
         if value < 0:
             raise UsageError(f"--{flag} must be non-negative, got {value}")
+    if not 0 < args.train_fraction <= 1:
+        raise UsageError(f"--train_fraction must be in (0, 1], got {args.train_fraction}")
     if args.preset == "gpt2" and args.final_ln is False:
         raise UsageError("--no-final_ln: the gpt2 preset has a final LayerNorm, as GPT-2 does")
     if args.resume and args.overwrite:
