@@ -166,6 +166,20 @@ class Judgement:
         return [d for d in differences if math.isfinite(d)]
 
 
+def seeds_that_change(verdicts: list[Verdict], uncertainty: str, values: dict, per_article: ArticleLosses | None,
+                      comparisons: list[tuple[str, str]], margin: float, alpha: float) -> dict[tuple[str, str], list[int]]:
+    """Leave one seed out, each in turn, and judge again: for each comparison, the seeds whose leaving out
+    changes its verdict (a verdict that rests on one seed is fragile)."""
+    flips = {(v.arm, v.against): [] for v in verdicts}
+    for seed in sorted({s for _, s in values}):
+        kept_values = {k: x for k, x in values.items() if k[1] != seed}
+        kept_articles = None if per_article is None else {k: x for k, x in per_article.items() if k[1] != seed}
+        for v, w in zip(verdicts, verdicts_with(uncertainty, kept_values, kept_articles, comparisons, margin, alpha)):
+            if v.verdict != NOT_TESTED and w.verdict != v.verdict:
+                flips[v.arm, v.against].append(seed)
+    return flips
+
+
 def replication_metric(metric: str) -> str | None:
     """The same metric on the selection split (test_loss -> val_loss); None for a selection metric."""
     role, key = metric.split("_", 1)
@@ -185,13 +199,7 @@ def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, po
     if any(v.verdict != NOT_TESTED for v in verdicts):
         other = verdicts_with(SEEDS_AND_ARTICLES if used == SEEDS else SEEDS, values, per_article, comparisons, margin,
                               alpha)
-        flips = {(v.arm, v.against): [] for v in verdicts}
-        for seed in sorted({s for _, s in values}):
-            kept_values = {k: x for k, x in values.items() if k[1] != seed}
-            kept_articles = None if per_article is None else {k: x for k, x in per_article.items() if k[1] != seed}
-            for v, w in zip(verdicts, verdicts_with(used, kept_values, kept_articles, comparisons, margin, alpha)):
-                if v.verdict != NOT_TESTED and w.verdict != v.verdict:
-                    flips[v.arm, v.against].append(seed)
+        flips = seeds_that_change(verdicts, used, values, per_article, comparisons, margin, alpha)
         again = replication_metric(metric)
         replication = None
         if again is not None:

@@ -634,3 +634,17 @@ def test_a_folder_is_read_as_its_logs_and_the_output_ends_with_where_everything_
     assert lines[-1].startswith("figures: verdicts.png, training_curves.png, training_dynamics.png")
     assert all((results / name.strip()).exists() for name in lines[-1].removeprefix("figures: ").split(","))
     assert "runs in 1 group" in (results / "summary.md").read_text()
+
+
+def test_the_report_says_which_runs_ran_where_and_whose_code_change_was_not_kept(results):
+    from analysis import report
+
+    loaded = [runs.load_run(p) for p in sorted(results.glob("*_seed[123].json"))]
+    for run in loaded:
+        run.log["run"].update(cpu="AMD EPYC", cpu_class=f"family 25, model {1 if run.seed < 3 else 17}, stepping 1",
+                              cpu_flags=["avx2"], device="cpu", threads=1, git_dirty=run.seed == 1)
+    text = report.what_was_run(loaded)
+    where = next(line for line in text.splitlines() if line.startswith("- **Which runs ran where**"))
+    assert "AMD EPYC (family 25, model 1, stepping 1; avx2)" in where and "gelu seeds 1, 2" in where
+    assert "model 17" in where and "relu seed 3" in where
+    assert "3 runs from a tree whose uncommitted change was not stored" in text and "swiglu (matched) seed 1" in text

@@ -335,3 +335,15 @@ def test_a_train_fraction_trains_on_half_the_articles_and_says_so(tiny_argv, tmp
     assert half["train"]["articles"] == "3 of 6 articles (train_fraction 0.5)"  # the corpus: 6 titled articles
     assert half["train"]["text_tokens"] == full["train"]["text_tokens"] // 2 and half["train"]["sha256"] != full["train"]["sha256"]
     assert train_simple.main(tiny_argv(tmp_path / "bad", "--train_fraction", "0")) == 2
+
+
+def test_a_log_names_the_cpu_class_its_vector_flags_and_torch_build(tiny_argv, tmp_path):
+    assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
+    run = read_log(tmp_path / "out" / "relu_seed3.json")["run"]
+    cpuinfo = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if "cpu family" in cpuinfo:  # Linux: family, model and stepping tell two CPUs of one name apart
+        family = next(line for line in cpuinfo.splitlines() if line.startswith("cpu family")).split(":")[1].strip()
+        assert run["cpu_class"].startswith(f"family {family}, model ")
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), ": ").split(":")[1].split()
+    assert run["cpu_flags"] == [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    assert run["torch_build"].startswith(torch.__version__) and "CPU kernels" in run["torch_build"]

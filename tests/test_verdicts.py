@@ -188,3 +188,16 @@ def test_the_plan_gives_the_seeds_of_the_closed_form_calculation():
     assert seeds_needed(0.013, 0.002**2, z_difference(0.05, 10), 0.01) == 49
     assert math.isinf(seeds_needed(0.013, 0.004**2, z_difference(0.05, 10), 0.01))
     assert seeds_needed(0.001, 0.0, z_difference(0.05, 10), 0.01) == 3  # never fewer than a verdict needs
+
+
+def test_leaving_out_the_one_seed_a_verdict_rests_on_changes_it():
+    from analysis.findings import seeds_that_change
+
+    # b is clearly worse on seeds 0-3 and hugely better on seed 4 (an outlier): with every seed the verdict is
+    # inconclusive, without seed 4 it is "worse"; a steadily better arm holds without any one seed
+    for shifts, verdict, expected in (([0.05, 0.06, 0.055, 0.05, -0.5], INCONCLUSIVE, [4]),
+                                      ([-0.1, -0.11, -0.09, -0.1, -0.105], BETTER, [])):
+        values = design(b=shifts)
+        verdicts = judge(values, [("b", "base")], 0.02, 0.05)
+        assert [v.verdict for v in verdicts] == [verdict]
+        assert seeds_that_change(verdicts, "seeds", values, None, [("b", "base")], 0.02, 0.05) == {("b", "base"): expected}
