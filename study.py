@@ -308,10 +308,14 @@ def train_command(study: Study, arm: Arm, lr, seed: int, name: str, folder: Path
             "--study_file", str(study.path), *flag_args(study.train if flags is None else flags)]
 
 
+def arm_stem(arm: Arm) -> str:
+    """activation[_matched]: how an arm's run names begin."""
+    return f"{arm.activation}{'_matched' if arm.matched and arm.activation in GATED else ''}"
+
+
 def run_name(arm: Arm, lr: float | None, seed: int) -> str:
     """activation[_matched][_lr<lr>]_seed<seed>; the lr only where an arm runs at several."""
-    return (f"{arm.activation}{'_matched' if arm.matched and arm.activation in GATED else ''}"
-            f"{'' if lr is None else f'_lr{lr:g}'}_seed{seed}")
+    return f"{arm_stem(arm)}{'' if lr is None else f'_lr{lr:g}'}_seed{seed}"
 
 
 def run_commands(study: Study, threads: int, tuned: dict[str, dict[str, Candidate]] | None = None,
@@ -333,11 +337,11 @@ def run_commands(study: Study, threads: int, tuned: dict[str, dict[str, Candidat
     return commands
 
 
-def tuning_runs(study: Study, rung: Rung) -> list[tuple[Arm, float, dict, str]]:
-    """(arm, candidate lr, its other tuned flags, run name) of every run of the study's [tuning] at a
-    rung, arm by arm: the lr multiples (each rounded to the 6 significant digits its run name shows:
-    0.0041 x 3 is 0.0123, not 0.012300000000000002), or the random search's configurations, the same
-    for every arm."""
+def tuning_runs(study: Study) -> list[tuple[Arm, float, dict, str]]:
+    """(arm, candidate lr, its other tuned flags, run name) of every run of the study's [tuning] (at each
+    rung alike), arm by arm: the lr multiples (each rounded to the 6 significant digits its run name
+    shows: 0.0041 x 3 is 0.0123, not 0.012300000000000002), or the random search's configurations, the
+    same for every arm."""
     tuning = study.tuning
     if tuning.trials:
         runs = []
@@ -345,8 +349,7 @@ def tuning_runs(study: Study, rung: Rung) -> list[tuple[Arm, float, dict, str]]:
             for k, config in enumerate(tuning.configurations()):
                 flags = dict(config)
                 lr = flags.pop("lr", study.base_lrs(arm)[0] if study.base_lrs(arm) else None)
-                runs.append((arm, lr, flags, f"{run_name(arm, None, tuning.seed)[:-len(f'_seed{tuning.seed}')]}"
-                                             f"_trial{k}_seed{tuning.seed}"))
+                runs.append((arm, lr, flags, f"{arm_stem(arm)}_trial{k}_seed{tuning.seed}"))
         return runs
     return [(arm, lr, {}, run_name(arm, lr, tuning.seed)) for arm in study.arms
             for lr in (float(f"{study.base_lrs(arm)[0] * m:.6g}") for m in tuning.lr_multipliers)]
@@ -355,7 +358,7 @@ def tuning_runs(study: Study, rung: Rung) -> list[tuple[Arm, float, dict, str]]:
 def tuning_candidates(study: Study, rung: Rung) -> list[Candidate]:
     """The tuning's candidates at a rung, their logs in ``<rung folder>/tuning/``."""
     return [Candidate(arm.name, lr, rung.folder / "tuning" / f"{name}.json", flags)
-            for arm, lr, flags, name in tuning_runs(study, rung)]
+            for arm, lr, flags, name in tuning_runs(study)]
 
 
 def tuning_commands(study: Study, threads: int, allow_dirty: bool = False) -> list[list[str]]:
@@ -363,7 +366,7 @@ def tuning_commands(study: Study, threads: int, allow_dirty: bool = False) -> li
     read there)."""
     return [train_command(study, arm, lr, study.tuning.seed, name, rung.folder / "tuning", threads,
                           {**study.train, **rung.flags, **flags}, keep_best=True, allow_dirty=allow_dirty)
-            for rung in study.rungs for arm, lr, flags, name in tuning_runs(study, rung)]
+            for rung in study.rungs for arm, lr, flags, name in tuning_runs(study)]
 
 
 def train_simple_flags() -> set[str]:
