@@ -113,8 +113,9 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
     arms = sorted({r.variant for r in group})
     implied = [(arm, args.baseline) for arm in arms if arm != args.baseline] if args.baseline in arms else []
     comparisons = args.comparisons or implied  # a study's declared ones, else each arm against the baseline
+    default = None if args.comparisons else args.baseline
     primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha,
-                                       args.uncertainty) for metric in (args.metric, *args.secondary))
+                                       args.uncertainty, default) for metric in (args.metric, *args.secondary))
     paired = paired_comparisons(group, args.baseline, args.metric, args.point, primary.n_tests)
     verdicts = "\n\n".join([markdown_verdicts(group, primary),
                              *(f"**Secondary metric `{j.metric}`**, declared as such: " + markdown_verdicts(group, j)

@@ -67,12 +67,12 @@ from search.space import Search, StudyError, load_search
 from search.tuning import Candidate, Tuning, chosen_candidates, load_tuning, markdown_tuning
 from run_log import EXIT_BAD_INPUT, EXIT_HELD
 from training.signals import StopRuns
+from transformer_from_scratch.catalog import SIZES, is_gated
 
 ROOT = Path(__file__).resolve().parent
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
         "train", "search", "tuning", "uncertainty", "ladder"}
 ARM_KEYS = {"activation", "matched", "lr"}
-GATED = {"glu", "bilinear", "reglu", "geglu", "swiglu"}  # the registry's gated entries (a test keeps this true)
 RUN_FLAGS = {"seeds", "seed", "activation", "lr", "run_name", "output_dir", "resume", "overwrite", "match_params",
              "study_file"}
 
@@ -85,7 +85,7 @@ class Arm:
 
     @property
     def name(self) -> str:
-        return f"{self.activation} (matched)" if self.matched and self.activation in GATED else self.activation
+        return f"{self.activation} (matched)" if self.matched and is_gated(self.activation) else self.activation
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,10 @@ class Study:
 
     def base_lrs(self, arm: Arm) -> list[float]:
         return [arm.lr] if arm.lr is not None else self.lrs
+
+    def width(self) -> int:
+        """The runs' d_model: [train]'s, else its size's (what a search scales mlp_ratio by)."""
+        return self.train.get("d_model") or SIZES[self.train.get("size", "reference")]["d_model"]
 
 
 def is_number(value) -> bool:
@@ -310,7 +314,7 @@ def train_command(study: Study, arm: Arm, lr, seed: int, name: str, folder: Path
 
 def arm_stem(arm: Arm) -> str:
     """activation[_matched]: how an arm's run names begin."""
-    return f"{arm.activation}{'_matched' if arm.matched and arm.activation in GATED else ''}"
+    return f"{arm.activation}{'_matched' if arm.matched and is_gated(arm.activation) else ''}"
 
 
 def run_name(arm: Arm, lr: float | None, seed: int) -> str:
@@ -380,11 +384,10 @@ def trial_run(study: Study, trial, threads: int, allow_dirty: bool = False):
     """One trial of a search: its flags drawn by Optuna (the arm too, when there are several), trained
     on the tuning seed with its best weights kept, in ``<study folder>/trials/``."""
     from search.runner import TrialRun, trial_name
-    from training.settings import SIZES
 
     arms = {arm.name: arm for arm in study.arms}
     arm = arms[trial.suggest_categorical("arm", list(arms))] if len(arms) > 1 else study.arms[0]
-    width = study.train.get("d_model") or SIZES[study.train.get("size", "reference")]["d_model"]
+    width = study.width()
     params = study.search.suggest(trial, width)  # a searched d_model, else this one, scales mlp_ratio
     lr = params.pop("lr", (study.base_lrs(arm) or [None])[0])
     name, folder = trial_name(trial), study.folder / "trials"
@@ -413,9 +416,8 @@ def search_probe_commands(study: Study, threads: int) -> list[list[str]]:
     """Commands a search can draw: every arm with each searched flag at each of its choices and at both
     ends of its range (the others at their low ends): what its trials could be refused for."""
     from search.space import Choice
-    from training.settings import SIZES
 
-    width = study.train.get("d_model") or SIZES[study.train.get("size", "reference")]["d_model"]
+    width = study.width()
     probes = [{}] + [{name: value} for name, dim in study.search.space.items()
                      for value in (dim.values if isinstance(dim, Choice) else (dim.low, dim.high))]
     commands = []

@@ -2,11 +2,12 @@
 
     python train_simple.py --activation relu --num_epochs 3 --batch_size 8
 
-A run's life, in the order this file reads: the data -> the training state (fresh, or restored from
-a checkpoint) -> the loop: a step, an evaluation, a log entry -> the end of an epoch -> the end of
-the run -> the entry point: flags -> the runs they ask for -> decide each from its existing log
-(train, resume, skip or refuse), before any data is loaded -> load the data once -> train each run
-under its lock.
+A run's life, in the order this file reads: its log (build_log, save_log) -> a step (train_step) ->
+the end of an epoch: evaluation, probes, samples (end_epoch) -> an epoch's loop (run_epoch) -> the
+run's epochs and its final numbers (train, train_epochs, final_metrics) -> one run under its lock
+(train_one) -> the entry point (main, run_all): flags -> the runs they ask for -> decide each from
+its existing log (train, resume, skip or refuse), before any data is loaded -> load the data once
+(training/data.py) -> train each run from a fresh or restored state (training/state.py).
 
 Runs are reproducible (same seed, machine and threads: the same log apart from timings), paired
 (for one seed every activation sees the same data order and the same initial weights outside the
@@ -41,9 +42,10 @@ from training.distributed import Distributed, setup_distributed
 from training.evaluation import BREAKDOWN_KEYS, continue_prompts, evaluate_splits, note_selection, prefixed
 from training.export import check_export_targets, try_export
 from training.lock import RunLock, RunLocked
-from training.machine import default_loss, native_bf16, now, pick_device, run_facts
+from training.machine import enable_tf32, native_bf16, now, pick_device, run_facts
 from training.schedule import epoch_order, evaluation_due, learning_rate, steps_per_epoch, total_steps
-from training.settings import RunSpec, UsageError, build_parser, check_models, group_flags, run_specs, validate
+from training.settings import RunSpec, UsageError, build_parser, check_models, fill_device_defaults, group_flags, \
+    run_specs, validate
 from training.signals import StopSignal
 from training.state import Progress, Runtime, TrainingState, drop_full_checkpoint, fresh_state, restore_state, \
     save_checkpoint, save_final_weights
@@ -355,7 +357,7 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
     try:
         validate(args)
         device = pick_device(args.device)
-        args.loss = args.loss or default_loss(device)
+        fill_device_defaults(args, device.type)
         specs = run_specs(parser, args)
         check_models(specs, args.export_hf is not None)
         if args.export_hf is not None:
@@ -397,6 +399,7 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
             return 1 if failed else 0
         flags = {**group_flags(parser, args, "sources"), **group_flags(parser, args, "execution")}
         facts = run_facts(command, device, ddp) | ({"study": declaration(args.study_file)} if args.study_file else {})
+        facts["float32_matmul"] = enable_tf32(device)
         change = facts.pop("code_change")
         if change and args.study_file and not args.allow_dirty:
             raise UsageError(dirty_refusal(change))

@@ -19,6 +19,7 @@ from analysis.findings import Judgement, split_label  # noqa: E402
 from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
     has_probes, one_machine_alone, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
+from transformer_from_scratch.catalog import display_rank  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
 
 
@@ -37,6 +38,11 @@ FIGURE_GUIDE = {
                        "named with their split); and each activation's report loss minus the baseline arm's, paired "
                        "by seed: what the comparison is about. Lower is better; bands are 95% confidence intervals "
                        "over seeds, as in the tables (none with one seed).",
+    "metric_panels": "The reference study's four panels per activation: training loss per logged step, and for each "
+                     "evaluated split (a row each: selection, then report) its loss, perplexity and bits per byte at "
+                     "each evaluation, with the n-gram baselines on the same targets (dotted; a baseline above the "
+                     "curves is named in the margin, not drawn). The same numbers as the tables, in the units "
+                     "the seed study reported.",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
                          "and the mean fraction firing per token: how each activation uses its units.",
     "attention": "Entropy of attention on the probe set (nats; dotted: spreading evenly over all visible keys): the "
@@ -50,21 +56,22 @@ FIGURE_GUIDE = {
 }
 
 
-# The activation registry's order (transformer_from_scratch.ACTIVATIONS; a test keeps the two equal),
-# so that an activation has the same colour in every figure of every study.
-ACTIVATION_ORDER = ("relu", "gelu", "gelu_tanh", "silu", "relu2", "leaky_relu2", "glu", "bilinear", "reglu",
-                    "geglu", "swiglu")
+# Distinct colours in display order (the catalog's): tab10, black, then tab20's light shades; an
+# activation past them gets one spread around the hue circle, never a colour already taken.
+PALETTE = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0), *plt.get_cmap("tab20").colors[1::2]]
 
 
-PALETTE = [*plt.get_cmap("tab10").colors, (0.0, 0.0, 0.0)]
+def activation_colour(name: str) -> tuple:
+    """An activation's colour in every figure of every study, fixed by its place in the catalog."""
+    rank = display_rank(name)
+    if rank < len(PALETTE):
+        return PALETTE[rank]
+    return plt.get_cmap("hsv")((rank - len(PALETTE)) * 0.618034 % 1.0)[:3]
 
 
 def variant_colors(variants: list[str]) -> dict[str, tuple]:
-    """One colour per activation, fixed by its place in the registry ("(matched)" keeps its colour)."""
-    def index(variant: str) -> int:
-        name = variant.split(" ")[0]
-        return ACTIVATION_ORDER.index(name) if name in ACTIVATION_ORDER else len(ACTIVATION_ORDER)
-    return {v: PALETTE[index(v) % len(PALETTE)] for v in variants}
+    """One colour per activation ("(matched)" keeps its activation's colour)."""
+    return {v: activation_colour(v.split(" ")[0]) for v in variants}
 
 
 def mean_band(series: list[pd.Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,8 +199,9 @@ def split_name(group: list[Run], role: str) -> str:
 
 
 def label_baselines(ax, values: dict[str, float], split: str) -> None:
-    """The n-gram baselines as dotted lines, each labelled with its split, the labels kept apart
-    (at least 6% of the axis) when the lines lie close, and the y range opened to show them all."""
+    """The n-gram baselines as dotted lines, labelled in the right margin (never over the curves or
+    the title), the labels kept at least 6% of the axis apart. The y range opens downwards to show a
+    baseline below the curves; one above them (the unigram) is not drawn: its label says "above"."""
     if not values:
         return
     low, high = ax.get_ylim()
@@ -201,17 +209,25 @@ def label_baselines(ax, values: dict[str, float], split: str) -> None:
     ax.set_ylim(low, high)
     gap, placed = 0.06 * (high - low), []
     for name, value in sorted(values.items(), key=lambda kv: kv[1]):
-        ax.axhline(value, color="gray", linestyle=":", linewidth=1)
-        y = max(value, placed[-1] + gap) if placed else value
+        inside = value <= high
+        if inside:
+            ax.axhline(value, color="gray", linestyle=":", linewidth=1)
+        y = min(value, high) if not placed else max(min(value, high), placed[-1] + gap)
         placed.append(y)
-        ax.annotate(f"{name} ({split})", (0.99, y), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                    fontsize=8, color="dimgray")
+        text = f"{name} ({split})" if inside else f"{name} ({split}) {value:.3g}, above"
+        ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), ha="left", va="center", fontsize=8,
+                    color="dimgray", annotation_clip=False)
+
+
+def evaluated_roles(group: list[Run]) -> list[str]:
+    """The split roles every run evaluated: the selection split, and the report split where there is one."""
+    return ["val"] + (["test"] if all(r.log["data"].get("test") for r in group) else [])
 
 
 def curve_panels(group: list[Run], baseline_arm: str) -> list[tuple[str, str, str]]:
     """(what, key, role) of each evaluation panel: the selection loss, the report loss (the primary
     metric, where there is a report split), and the paired difference on it against the baseline arm."""
-    roles = ["val"] + (["test"] if all(r.log["data"].get("test") for r in group) else [])
+    roles = evaluated_roles(group)
     panels = [("loss", f"{role}_loss", role) for role in roles]
     if baseline_arm in {r.variant for r in group} and len({r.variant for r in group}) > 1:
         panels.append(("paired", f"{roles[-1]}_loss", roles[-1]))
@@ -229,7 +245,6 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
     minus the baseline arm on the report split, paired by seed: every panel has lines in it."""
     variants = by_variant(group)
     colors = variant_colors(list(variants))
-    evaluated = has_evals(group)
     panels = curve_panels(group, baseline_arm)
     columns = 2 if len(panels) == 3 else len(panels) + 1
     rows = 2 if len(panels) == 3 else 1
@@ -252,14 +267,9 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
             ax.set(title=f"loss minus {baseline_arm}'s, paired by seed ({split})", xlabel="epoch",
                    ylabel="nats/token")
             ax.legend(fontsize=8)
-        elif evaluated:
-            for variant, runs in variants.items():
-                plot_band(ax, runs, lambda r, k=key: validation_curve(r, k), colors[variant], variant, marker="o")
-            ax.set(title=f"loss on the {split} (nats/token)" + (": the primary metric" if role == "test" else ""),
-                   xlabel="epoch (evaluations within epochs included)")
         else:
-            plot_per_epoch(ax, variants, colors, lambda r, k=key: epoch_metric(r, k), group)
-            ax.set_title(f"loss on the {split} (nats/token)")
+            plot_evaluations(ax, variants, colors, key, group)
+            ax.set_title(f"loss on the {split} (nats/token)" + ("\nthe primary metric" if role == "test" else ""))
         if what == "loss":
             label_baselines(ax, {name: s[role]["loss"] for name, s in baselines.items() if s.get(role)},
                             SPLIT_ROLES[role])
@@ -267,6 +277,55 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
         ax.grid(alpha=0.3)
     fig.suptitle(f"Training curves per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram baselines on the "
                  f"same targets)\n{fixed_settings(group)}")
+    return fig
+
+
+def plot_evaluations(ax, variants: dict[str, list[Run]], colors: dict, key: str, group: list[Run]) -> None:
+    """A metric of the evaluations (``val_loss``, ``test_bpb``, ...) over training: at every evaluation
+    where the logs have them, else at each epoch's end."""
+    if has_evals(group):
+        for variant, runs in variants.items():
+            plot_band(ax, runs, lambda r: validation_curve(r, key), colors[variant], variant, marker="o")
+        ax.set_xlabel("epoch (evaluations within epochs included)")
+    else:
+        plot_per_epoch(ax, variants, colors, lambda r: epoch_metric(r, key), group)
+
+
+# The reference study's four panels, one row per evaluated split: (log key suffix, title, baseline value).
+METRIC_PANELS = (("loss", "loss (nats/token)", lambda scores: scores["loss"]),
+                 ("ppl", "perplexity", lambda scores: float(np.exp(scores["loss"]))),
+                 ("bpb", "bits per byte", lambda scores: scores["bpb"]))
+
+
+def plot_metric_panels(group: list[Run], path: Path, baselines: dict | None = None) -> None:
+    fig = metric_panels_figure(group, baselines or {})
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def metric_panels_figure(group: list[Run], baselines: dict) -> plt.Figure:
+    """The reference study's figure: training loss, then loss, perplexity and bits per byte of each
+    evaluated split (a row per split: selection, then report), each with the n-gram baselines."""
+    variants = by_variant(group)
+    colors = variant_colors(list(variants))
+    roles = evaluated_roles(group)
+    fig, axes = plt.subplots(len(roles), 4, figsize=(24, 4.6 * len(roles)), squeeze=False, constrained_layout=True)
+    for variant, runs in variants.items():
+        plot_band(axes[0][0], runs, step_loss, colors[variant], variant)
+    axes[0][0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
+    axes[0][0].legend(fontsize=9)
+    for row, role in zip(axes, roles):
+        for ax, (suffix, title, baseline_value) in zip(row[1:], METRIC_PANELS):
+            plot_evaluations(ax, variants, colors, f"{role}_{suffix}", group)
+            ax.set_title(f"{title} on the {split_name(group, role)}")
+            label_baselines(ax, {name: baseline_value(s[role]) for name, s in baselines.items() if s.get(role)},
+                            SPLIT_ROLES[role])
+    for row in axes[1:]:
+        row[0].axis("off")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"The reference study's panels per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram "
+                 f"baselines on the same targets)\n{fixed_settings(group)}")
     return fig
 
 
@@ -404,6 +463,7 @@ def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, fol
     The verdict figure comes first (the claims), where a declared comparison was tested."""
     figures = {"verdicts": functools.partial(plot_verdicts, judgement=judgement)} if judgement and judgement.tested else {}
     figures["training_curves"] = functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm)
+    figures["metric_panels"] = functools.partial(plot_metric_panels, baselines=baselines)
     if has_probes(group):
         figures["training_dynamics"] = plot_dynamics
     if has_attention(group):

@@ -149,6 +149,7 @@ class Judgement:
     values: dict[tuple[str, int], float]  # (arm, seed) -> the metric at the point
     verdicts: list[Verdict]  # one per comparison (declared, or each arm against the baseline), in order
     robustness: Robustness | None = None
+    baseline_arm: str | None = None  # where the comparisons are the default (none declared): the arm each is against
 
     @property
     def tested(self) -> list[Verdict]:
@@ -187,11 +188,13 @@ def replication_metric(metric: str) -> str | None:
 
 
 def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,
-                alpha: float, uncertainty: str = SEEDS) -> Judgement:
+                alpha: float, uncertainty: str = SEEDS, baseline_arm: str | None = None) -> Judgement:
     """Every declared comparison, judged on ``metric`` at ``point`` in this group under the declared
     ``uncertainty``, with its robustness; one whose arms have no shared seeds here (a study in progress)
-    is listed as not tested, never dropped."""
+    is listed as not tested, never dropped. ``baseline_arm``: the comparisons were not declared, they are
+    the default (each arm against this one), and the report says so."""
     values = {(r.variant, r.seed): r.metric_at(metric, point) for r in group} if comparisons else {}
+    values = {key: value for key, value in values.items() if math.isfinite(value)}  # a metric a log lacks: NaN
     per_article = article_losses(group, metric, point) if comparisons else None
     used = uncertainty if uncertainty == SEEDS or per_article is not None else SEEDS
     verdicts = verdicts_with(used, values, per_article, comparisons, margin, alpha)
@@ -208,12 +211,20 @@ def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, po
             replication = verdicts_with(used if used == SEEDS or again_articles is not None else SEEDS, again_values,
                                         again_articles, comparisons, margin, alpha)
         robustness = Robustness(other, flips, again, replication)
-    return Judgement(metric, point, margin, alpha, used, uncertainty, values, verdicts, robustness)
+    return Judgement(metric, point, margin, alpha, used, uncertainty, values, verdicts, robustness, baseline_arm)
 
 
 UNCERTAINTY_WORDS = {SEEDS: "over seeds (two-way model arm + seed, OLS with pooled error, t tests)",
                      SEEDS_AND_ARTICLES: "over seeds and the scored split's articles (a bootstrap resampling both, "
                                          "paired; 10,000 samples)"}
+
+
+def comparisons_words(j: Judgement) -> str:
+    count = len(j.verdicts)
+    if j.baseline_arm is None:
+        return f"the {count} declared comparison(s)"
+    return (f"the {count} comparison(s) of each arm against the baseline arm {j.baseline_arm}: the default, as no "
+            f"comparison was declared")
 
 
 def markdown_verdicts(group: list, judgement: Judgement) -> str:
@@ -227,7 +238,7 @@ def markdown_verdicts(group: list, judgement: Judgement) -> str:
     lines = [f"**Verdicts** on the {split_label(group, j.metric)} at the {j.point} point (lower is better). "
              f"Uncertainty {UNCERTAINTY_WORDS[j.uncertainty]}.{fallback} Two tests per comparison, a difference test "
              f"and two one-sided tests (TOST) against ±{j.margin}, Holm-adjusted together over the {j.n_tests} tests of "
-             f"the {len(j.verdicts)} declared comparison(s), alpha {j.alpha}; CI: {100 * (1 - j.alpha):.0f}%, "
+             f"{comparisons_words(j)}, alpha {j.alpha}; CI: {100 * (1 - j.alpha):.0f}%, "
              f"unadjusted. A verdict names both answers: 'better, within the margin' is a difference shown and "
              f"shown to be smaller than ±{j.margin}.", "",
              "| comparison | seeds | difference | CI | p difference (Holm) | p equivalence (Holm) | verdict |",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from analysis.runs import SPLIT_ROLES
 from run_log import recorded
+from transformer_from_scratch.catalog import describe_model_size
 
 HEADLINE = "First: do the models beat the n-gram baselines?"  # the section every report opens with
 TUNING = "Learning rate per arm, tuned on the selection split"
@@ -145,6 +146,9 @@ def architecture_options(cfg: dict) -> str:
     ])
 
 
+PRESET_TEXT = {"reference": "the reference study's block design, at any size", "gpt2": "GPT-2's layout"}
+
+
 def model_card(runs: list) -> str:
     log = runs[0].log
     cfg, train = log["model_config"], log["train_config"]
@@ -153,10 +157,10 @@ def model_card(runs: list) -> str:
              f"{r.log['params']['non_embedding']:,}", f"{r.log['params']['mlp']:,}"]
             for v, r in first_per_variant(runs).items()]
     return "\n".join([
-        f"- **Architecture**: decoder-only transformer, preset `{cfg['preset']}`: {cfg['n_layers']} pre-LayerNorm "
-        f"blocks, d_model {cfg['d_model']}, {cfg['n_heads']} heads of {cfg['d_head']}, MLP width {cfg['d_mlp']} "
-        f"(before parameter matching), context {cfg['n_ctx']} tokens, vocabulary {cfg['d_vocab']:,}, {positions} "
-        f"positions, {architecture_options(cfg)}.",
+        f"- **Size**: {describe_model_size(cfg)} (d_mlp before parameter matching), heads of {cfg['d_head']}, "
+        f"context {cfg['n_ctx']} tokens, vocabulary {cfg['d_vocab']:,}.",
+        f"- **Architecture**: decoder-only transformer, preset `{cfg['preset']}` ({PRESET_TEXT[cfg['preset']]}): "
+        f"pre-LayerNorm blocks, {positions} positions, {architecture_options(cfg)}.",
         f"- **Training**: {train.get('optimizer', 'AdamW')}, lr {train['lr']} ({train.get('lr_schedule', 'constant')}), "
         f"weight decay {train.get('weight_decay')}, batch {train['batch_size']} sequences, gradient clip "
         f"{train.get('grad_clip')}, {log.get('progress', log['final'])['step']} steps (num_epochs {train['num_epochs']}, max_steps "

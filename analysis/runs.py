@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from run_log import is_finished, last_step, read_log
+from transformer_from_scratch.catalog import describe_model_size
 
 
 METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb", "val_interp_loss",
@@ -254,7 +255,7 @@ def describe_group(group: list[Run]) -> str:
             f"{' (no report split: ' + data['test_skipped'] + ')' if data.get('test_skipped') else ''}; "
             f"{train['layout']} layout, batch {train['batch_size']}, {lr_text(group)}, "
             f"{training_length(group)} (num_epochs {train['num_epochs']}, max_steps {train['max_steps']}), "
-            f"preset {log['model_config']['preset']}{kept_text(group)}")
+            f"{model_text(log['model_config'])}{kept_text(group)}")
 
 
 def lr_text(group: list[Run], spec: str = "") -> str:
@@ -282,8 +283,15 @@ def fixed_settings(group: list[Run]) -> str:
     """The settings every run of a figure shares, for its title."""
     log = group[0].log
     cfg, train = log["model_config"], log["train_config"]
-    return (f"{lr_text(group, 'g')}, preset {cfg['preset']}, d_model {cfg['d_model']}, d_mlp {cfg['d_mlp']}, "
-            f"{cfg['n_layers']} layers, {log['data']['train']['layout']}, batch {train['batch_size']}")
+    return (f"{lr_text(group, 'g')}, {model_text(cfg)}, {log['data']['train']['layout']}, "
+            f"batch {train['batch_size']}")
+
+
+def model_text(model_config: dict) -> str:
+    """The model's size (named where it is one of train_simple.py's --size, so that a small model is never
+    called the reference one), and its architecture preset where it is not the study's."""
+    preset = model_config.get("preset", "reference")
+    return describe_model_size(model_config) + ("" if preset == "reference" else f", preset {preset}")
 
 
 def steps_per_epoch(run: Run) -> int:

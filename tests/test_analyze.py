@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -109,6 +110,28 @@ def test_tables_statistics_and_figures(results, capsys):
         image = mpimg.imread(results / name)
         assert image.shape[0] > 400 and image.shape[1] > 800
         assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_undeclared_comparisons_are_called_the_default_not_declared(results, tmp_path_factory):
+    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    summary = (results / "summary.md").read_text()
+    assert ("the 2 comparison(s) of each arm against the baseline arm relu: the default, as no comparison was "
+            "declared") in summary and "declared comparison(s)" not in summary
+    folder = tmp_path_factory.mktemp("declared")
+    (folder / "study.toml").write_text('name = "s"\nbaseline = "relu"\nseeds = [1, 2, 3]\nlrs = [3e-4]\n'
+                                         'metric = "val_loss"\ncomparisons = [["gelu", "relu"]]\n[[arms]]\nactivation = "relu"\n'
+                                         '[[arms]]\nactivation = "gelu"\n')
+    for log in results.glob("*_seed*.json"):
+        if not log.name.startswith("swiglu"):
+            (folder / log.name).write_text(log.read_text())
+    assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
+    assert "the 1 declared comparison(s)" in (folder / "summary.md").read_text()
+
+
+def test_the_docs_list_exactly_the_metrics_the_analysis_takes():
+    text = (ROOT / "docs" / "analysis.md").read_text()
+    listed = text.split("`--metric` is one of", 1)[1].split("; `--point", 1)[0]
+    assert tuple(re.findall(r"`((?:val|test)_[a-z_]+)`", listed)) == runs.METRICS
 
 
 def test_one_seed_says_no_significance(tmp_path):
@@ -414,16 +437,14 @@ def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(resul
     assert analyze_results.main(["--results_dir", str(results), "--margin", "0.05"]) == 0
     summary = (results / "summary.md").read_text()
     verdicts = summary.split("**Verdicts**")[1]
-    assert "Holm-adjusted together over the 4 tests of the 2 declared comparison(s)" in verdicts and "±0.05" in verdicts
+    assert ("Holm-adjusted together over the 4 tests of the 2 comparison(s) of each arm against the baseline arm "
+            "relu: the default" in verdicts and "±0.05" in verdicts)
     assert "| gelu vs relu | 3 |" in verdicts and "| swiglu (matched) vs relu | 3 |" in verdicts
     assert "**Power**: with 3 seeds" in verdicts
     assert summary.index("**Verdicts**") < summary.index("### Exploratory") or "### Exploratory" not in summary
 
 
-def test_colours_follow_the_activation_registry():
-    from transformer_from_scratch import ACTIVATIONS
-
-    assert figures.ACTIVATION_ORDER == tuple(ACTIVATIONS)
+def test_colours_are_the_activations_and_matched_keeps_its_own():
     one, other = figures.variant_colors(["relu", "swiglu (matched)"]), figures.variant_colors(["relu"])
     assert one["relu"] == other["relu"] and one["swiglu (matched)"] != one["relu"]
 
@@ -493,8 +514,24 @@ def test_every_output_names_the_selection_and_report_splits_and_the_preset_by_it
     header = row_cells(summary, "variant", "**Power**")
     assert {"selection loss", "report loss", "report bits/byte"} <= set(header)
     assert not {"val loss", "test loss"} & set(header)
-    assert "preset reference" in summary and "preset `reference`" in report and "preset seed" not in summary
+    assert "preset `reference`" in report and "preset seed" not in summary + report
     assert "| selection | validation:A |" in report and "| report | validation:B |" in report  # the data card
+
+
+def test_a_tiny_model_is_called_by_its_size_never_the_reference(tmp_path):
+    tiny = {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_mlp": 256}
+    for act in ("relu", "gelu"):
+        log = synthetic_log(act, 1, VAL_LOSS[act][1])
+        log["model_config"].update(tiny, preset="reference")
+        (tmp_path / f"{act}.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    summary, report = (tmp_path / "summary.md").read_text(), (tmp_path / "report.md").read_text()
+    named = "size tiny (d_model 64, 2 heads, 2 layers, d_mlp 256)"
+    assert named in summary and f"**Size**: {named} (d_mlp before parameter matching)" in report
+    assert named in runs.fixed_settings([runs.load_run(tmp_path / "relu.json")])  # the figures' titles
+    assert "preset reference" not in summary + report and "size reference" not in summary + report
+    other = {**tiny, "d_mlp": 200}
+    assert runs.model_text({**other, "preset": "gpt2"}) == "d_model 64, 2 heads, 2 layers, d_mlp 200, preset gpt2"
 
 
 def test_figure_words_say_one_seed_and_name_heads_by_focus():
@@ -523,6 +560,41 @@ def test_the_curves_figure_draws_the_report_split_and_leaves_no_panel_empty(tmp_
     labels = [t.get_text() for ax in axes for t in ax.texts]
     assert labels == ["trigram_kn (selection)", "trigram_kn (report)"]  # each baseline line names its split
     assert "one seed: no band" in fig.get_suptitle()
+
+
+def test_the_metric_panels_are_the_reference_studys_four_per_split_with_baselines_off_the_curves(tmp_path):
+    paths = []
+    for act, level in (("relu", 5.5), ("gelu", 5.0)):
+        log = with_report_split(synthetic_log(act, 1, VAL_LOSS[act][1]), "reference")
+        log["evals"] = [{"step": step, "epoch": 1, **{f"{role}_{k}": level + value / step
+                                                      for role in ("val", "test")
+                                                      for k, value in (("loss", 1.0), ("ppl", 100.0), ("bpb", 0.3))}}
+                        for step in (5, 10)]
+        paths.append(tmp_path / f"{act}.json")
+        paths[-1].write_text(json.dumps(log))
+    group = [runs.load_run(p) for p in paths]
+    scores = {"loss": 4.0, "bpb": 1.5}
+    fig = figures.metric_panels_figure(group, {"kn4_modified": {"val": scores, "test": scores},
+                                               "unigram": {"val": {"loss": 9.0, "bpb": 3.0},
+                                                           "test": {"loss": 9.0, "bpb": 3.0}}})
+    drawn = [ax for ax in fig.axes if ax.axison]
+    titles = [ax.get_title() for ax in drawn]
+    assert titles[0] == "training loss (nats/token)"
+    for role, split in (("selection", "validation:A"), ("report", "validation:B")):
+        for metric in ("loss (nats/token)", "perplexity", "bits per byte"):
+            assert f"{metric} on the {role} split {split}" in titles
+    assert len(drawn) == 7 and all(len(ax.lines) >= 2 for ax in drawn)  # both activations in every panel
+    loss_panel = drawn[titles.index("loss (nats/token) on the selection split validation:A")]
+    low, high = loss_panel.get_ylim()
+    assert low < 4.0 < high < 9.0  # the 4-gram below the curves is shown; the unigram far above is not
+    baseline_lines = [line.get_ydata()[0] for line in loss_panel.lines if line.get_linestyle() == ":"]
+    assert baseline_lines == [4.0]
+    labels = {t.get_text(): t.xyann for t in loss_panel.texts}
+    assert labels.keys() == {"kn4_modified (selection)", "unigram (selection) 9, above"}
+    assert all(x > 1.0 and y <= high for x, y in labels.values())  # in the right margin, never above the axes
+    ppl_panel = drawn[titles.index("perplexity on the report split validation:B")]
+    assert [line.get_ydata()[0] for line in ppl_panel.lines if line.get_linestyle() == ":"] == [
+        pytest.approx(math.exp(4.0))]
 
 
 def test_the_verdict_figure_draws_each_comparison_where_its_table_row_says(results):
@@ -631,7 +703,7 @@ def test_a_folder_is_read_as_its_logs_and_the_output_ends_with_where_everything_
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3] == f"report: {results / 'report.md'}"  # the report first
     assert lines[-2] == f"summary: {results / 'summary.md'} and summary.csv"
-    assert lines[-1].startswith("figures: verdicts.png, training_curves.png, training_dynamics.png")
+    assert lines[-1].startswith("figures: verdicts.png, training_curves.png, metric_panels.png, training_dynamics.png")
     assert all((results / name.strip()).exists() for name in lines[-1].removeprefix("figures: ").split(","))
     assert "runs in 1 group" in (results / "summary.md").read_text()
 

@@ -55,6 +55,26 @@ def test_einsum_attention_matches_scaled_dot_product_attention(tiny_cfg, preset)
 
 
 @pytest.mark.parametrize("preset", ["reference", "gpt2"])
+def test_the_sdpa_path_gives_the_einsum_paths_loss_and_gradients_within_1e_5(tiny_cfg, preset):
+    """What lets CUDA default to sdpa (training.machine.device_defaults): a whole model, padded rows
+    included, has the same loss and gradients on both attention paths, to 1e-5 (fp32, CPU)."""
+    cfg = replace(tiny_cfg, preset=preset)
+    tokens = torch.randint(0, cfg.d_vocab, (3, cfg.n_ctx))
+    targets = tokens.roll(-1, dims=1)
+    targets[1, 9:] = IGNORE_INDEX  # a padded row, as the lines layout makes
+    results = []
+    for impl in ("einsum", "sdpa"):
+        model = Transformer(replace(cfg, attn_impl=impl), seed=3)
+        loss = model.nll_sum(tokens, targets, fused=False) / (targets != IGNORE_INDEX).sum()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (einsum_loss, einsum_grads), (sdpa_loss, sdpa_grads) = results
+    torch.testing.assert_close(sdpa_loss, einsum_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in einsum_grads.items():
+        torch.testing.assert_close(sdpa_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["reference", "gpt2"])
 def test_future_tokens_do_not_change_past_logits(tiny_cfg, preset):
     model = Transformer(replace(tiny_cfg, preset=preset), seed=1)
     tokens = torch.randint(0, tiny_cfg.d_vocab, (1, 8))

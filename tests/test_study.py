@@ -129,11 +129,57 @@ def test_a_bad_study_file_is_one_line(tmp_path, body, message):
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
 
 
-def test_the_study_runner_knows_the_registrys_gated_activations():
-    from study import GATED
-    from transformer_from_scratch import ACTIVATIONS
+def test_an_activation_is_one_table_entry_and_its_function(tmp_path, corpus_dir, tiny_tokenizer_dir, capsys,
+                                                            monkeypatch):
+    """A throw-away gated activation added at run time: the model, the study-file check, the figures
+    and the report accept it, and it has a colour of its own."""
+    import analyze_results
+    import study
+    from analysis.figures import variant_colors
+    from test_analyze import synthetic_log
+    import torch
+    from transformer_from_scratch import ACTIVATIONS, Transformer, TransformerConfig, activations, catalog
 
-    assert GATED == {name for name, act in ACTIVATIONS.items() if act.gated}
+    monkeypatch.setitem(catalog.ACTIVATION_TABLE, "tanhglu", catalog.ActivationInfo(gated=True))
+    monkeypatch.setitem(activations.FUNCTIONS, "tanhglu", torch.tanh)
+    cfg = TransformerConfig(d_vocab=50, n_ctx=8, d_model=16, n_heads=2, d_mlp=48, n_layers=1, act_fn="tanhglu",
+                            match_params=True)
+    model = Transformer(cfg, seed=1)
+    assert ACTIVATIONS["tanhglu"].gated and cfg.d_hidden == 32 and model.blocks[0].mlp.W_gate.shape == (16, 32)
+    assert torch.isfinite(model(torch.randint(0, 50, (2, 8)))).all()
+
+    write_walked(tmp_path / "s", corpus_dir, tiny_tokenizer_dir, tmp_path / "cache",
+                 ('activation = "silu"', 'activation = "tanhglu"\nmatched = true'))
+    assert study.main([str(tmp_path / "s" / "study.toml"), "--list"]) == 0
+    assert "--activation tanhglu --match_params" in capsys.readouterr().out
+
+    names = [*catalog.ACTIVATION_TABLE, "tanhglu (matched)"]
+    colours = variant_colors(names)
+    assert len(set(colours.values())) == len(names) - 1  # (matched) keeps its activation's colour, no other
+    assert colours["tanhglu (matched)"] == colours["tanhglu"]
+
+    for seed in (1, 2):
+        for act, loss in (("relu", 5.0), ("tanhglu", 4.9)):
+            log = synthetic_log(act, seed, loss + seed / 100)
+            log["model_config"].update(act_fn=act, match_params=act == "tanhglu", d_hidden=32 if act == "tanhglu" else 48,
+                                       d_mlp=48)
+            (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
+    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert "| tanhglu (matched) |" in (tmp_path / "summary.md").read_text()
+
+
+def test_the_quick_study_teaches_the_keys_it_leaves_out_and_they_load_as_written(tmp_path):
+    import study
+
+    quick = (ROOT / "results" / "quick" / "study.toml").read_text()
+    commented = [line for line in quick.splitlines() if line.startswith("# ") and " = " in line.split("#")[1]]
+    assert {line[2:].split(" = ")[0] for line in commented} >= {"comparisons", "margin", "uncertainty"}
+    for line in commented:
+        quick = quick.replace(line, line[2:])
+    (tmp_path / "study.toml").write_text(quick)
+    declared = study.load_study(tmp_path / "study.toml")
+    assert declared.comparisons == [("gelu", "relu"), ("swiglu (matched)", "gelu")]
+    assert declared.margin == 0.01 and declared.uncertainty == "seeds+articles"
 
 
 ONE_RUN = """

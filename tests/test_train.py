@@ -13,8 +13,7 @@ import torch
 
 import train_simple
 from training.state import NLLSum
-from training.machine import default_loss
-from training.settings import build_parser
+from training.settings import build_parser, device_defaults
 from conftest import CORPUS_LINES, ROOT, assert_same_run, read_log, run_cli, without_timings
 from run_log import SCHEMA_VERSION
 
@@ -153,7 +152,8 @@ def test_unknown_activation_exits_2_listing_choices(tiny_argv):
     assert len(result.stderr.splitlines()) == 1
 
 
-ADD = "a new activation is one entry in transformer_from_scratch/activations.py's ACTIVATIONS: docs/model.md"
+ADD = ("a new activation is one entry in transformer_from_scratch/catalog.py's ACTIVATION_TABLE and its function in "
+       "activations.py's FUNCTIONS: docs/model.md")
 
 
 @pytest.mark.parametrize("typo, line", [
@@ -227,11 +227,14 @@ def test_bf16_autocast_steps_are_finite_and_close_to_fp32(tiny_argv, tmp_path, l
     assert logs["bf16"]["final"]["val"]["loss"] == pytest.approx(logs["fp32"]["final"]["val"]["loss"], rel=1e-2)
 
 
-def test_the_loss_path_defaults_to_fused_on_cpu_and_textbook_on_gpus(tiny_argv, tmp_path):
-    assert default_loss(torch.device("cpu")) == "fused"
-    assert {default_loss(torch.device(d)) for d in ("cuda", "mps")} == {"textbook"}
+def test_kernels_default_to_the_devices_and_the_log_records_what_they_resolved_to(tiny_argv, tmp_path):
+    assert device_defaults("cpu") == {"loss": "fused", "attn_impl": "einsum"}
+    assert device_defaults("cuda") == {"loss": "textbook", "attn_impl": "sdpa"}
+    assert device_defaults("mps") == {"loss": "textbook", "attn_impl": "einsum"}
     assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
-    assert read_log(tmp_path / "out" / "relu_seed3.json")["train_config"]["loss"] == "fused"  # recorded, resolved
+    log = read_log(tmp_path / "out" / "relu_seed3.json")  # recorded as resolved
+    assert log["train_config"]["loss"] == "fused" and log["model_config"]["attn_impl"] == "einsum"
+    assert log["run"]["float32_matmul"] == "highest"  # TF32 only on CUDA
 
 
 def test_cosine_schedule_with_warmup_follows_the_closed_form(tiny_argv, tmp_path):

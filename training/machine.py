@@ -29,9 +29,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_loss(device: torch.device) -> str:
-    """The fused loss pays off on CPU caches and page faults; GPUs have neither problem."""
-    return "fused" if device.type == "cpu" else "textbook"
+def enable_tf32(device: torch.device) -> str:
+    """On CUDA, float32 matmuls and convolutions use TF32 tensor cores (10-bit mantissa inputs, fp32
+    accumulation: PyTorch's "high" precision), several times faster on Ampere and later; the log records
+    it (run.float32_matmul). CPUs keep full fp32 ("highest")."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+    return torch.get_float32_matmul_precision()
 
 
 def keep_freed_memory() -> str:

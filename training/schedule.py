@@ -4,17 +4,14 @@ of each step, and when to evaluate."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from training.data import Data
 from training.settings import RunSpec
+from training.state import Progress, Runtime
 from transformer_from_scratch import derived_generator
-
-if TYPE_CHECKING:  # annotations only: the state module imports this one
-    from training.data import Data
-    from training.state import Progress, Runtime
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:

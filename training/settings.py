@@ -12,7 +12,8 @@ from pathlib import Path
 from cli import Parser
 from data_utils import LAYOUTS
 from run_log import OLD_PRESET_NAMES
-from transformer_from_scratch import ACTIVATIONS, PRESETS, TransformerConfig, activation_names, canonical_activation
+from transformer_from_scratch import PRESETS, TransformerConfig
+from transformer_from_scratch.catalog import SIZES, activation_names, canonical_activation, describe_size, is_gated
 from transformer_from_scratch.config import MLP_INITS, UNEMBED_BIASES
 from transformer_from_scratch.hf import check_gpt2_expressible
 
@@ -58,19 +59,6 @@ class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit code 2."""
 
 
-# Named model sizes, so that nobody copies dimensions by hand. Parameters (relu, 50,257 types, untied),
-# time per 100 steps and the loss a 200-step run reaches are in the README, measured.
-SIZES = {
-    "tiny": {"d_model": 64, "n_heads": 2, "n_layers": 2, "d_mlp": 256},  # the quick run's
-    "small": {"d_model": 128, "n_heads": 4, "n_layers": 2, "d_mlp": 512},
-    "reference": {"d_model": 256, "n_heads": 4, "n_layers": 2, "d_mlp": 1024},  # the reference study's model
-}
-
-
-def describe_size(name: str) -> str:
-    return ", ".join(f"{key} {value}" for key, value in SIZES[name].items())
-
-
 def apply_size(args: argparse.Namespace) -> None:
     """Fill the model dimensions not given on the command line from --size."""
     for key, value in SIZES[args.size].items():
@@ -83,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("runs", "one run per activation and seed (and learning rate, see --lr)")
     activation = g.add_argument("--activation", nargs="+", default=["gelu"], choices=activation_names(), metavar="NAME",
                                 help=f"MLP activation(s), run one after another; one of {', '.join(activation_names())}")
-    activation.unknown_hint = ("a new activation is one entry in transformer_from_scratch/activations.py's ACTIVATIONS: "
-                               "docs/model.md")
+    activation.unknown_hint = ("a new activation is one entry in transformer_from_scratch/catalog.py's ACTIVATION_TABLE "
+                               "and its function in activations.py's FUNCTIONS: docs/model.md")
     g.add_argument("--seeds", "--seed", nargs="+", type=int, default=[42], dest="seeds",
                    help="seed(s); every activation runs with every seed")
     g = p.add_argument_group(TRAINING)
@@ -135,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_layers", type=int, default=None, help="transformer blocks (default: the size's)")
     g.add_argument("--match_params", action="store_true",
                    help="shrink gated (GLU) MLPs to 2/3 width so every MLP has the same parameter count")
-    g.add_argument("--attn_impl", choices=("einsum", "sdpa"), default="einsum", help="attention kernel")
+    g.add_argument("--attn_impl", choices=("einsum", "sdpa"), default=None,
+                   help="attention kernel: einsum (from scratch) or sdpa (PyTorch's fused kernel, the same maths "
+                        "within 1e-5). Default: sdpa on CUDA, einsum elsewhere")
     g.add_argument("--final_ln", action=argparse.BooleanOptionalAction, default=None,
                    help="a LayerNorm before the unembedding (default: the preset's; gpt2 always has one)")
     g.add_argument("--mlp_init", choices=MLP_INITS, default="standard",
@@ -272,8 +262,25 @@ class RunSpec:
         return TransformerConfig(d_vocab=d_vocab, n_ctx=self.data_flags["max_length"], **self.model_flags)
 
 
+def device_defaults(device_type: str) -> dict[str, str]:
+    """The kernels a flag left unset gets on a device ("cpu", "cuda", "mps"); the log records the resolved
+    value. The fused loss pays off on CPU caches and page faults, which GPUs do not have; on CUDA,
+    attention is PyTorch's fused scaled_dot_product_attention (is_causal), which gives the einsum path's
+    loss and gradients within 1e-5 (tests/test_model.py, on CPU)."""
+    return {"loss": "fused" if device_type == "cpu" else "textbook",
+            "attn_impl": "sdpa" if device_type == "cuda" else "einsum"}
+
+
+def fill_device_defaults(args: argparse.Namespace, device_type: str) -> None:
+    for flag, value in device_defaults(device_type).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+
+
 def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[RunSpec]:
-    """Every requested (activation, seed) run, activations in the order given."""
+    """Every requested (activation, seed) run, activations in the order given. Kernels still unset are
+    resolved as on a CPU (train_simple.py resolves them for its device first)."""
+    fill_device_defaults(args, "cpu")
     apply_size(args)
     training, model, data = (group_flags(parser, args, title) for title in (TRAINING, MODEL, DATA))
     model.pop("size")  # a name for four of the model flags, which the log records themselves
@@ -284,7 +291,7 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
     specs = []
     for activation, lr, weight_decay, seed in runs:
         model_flags = resolved_model_flags({**model, "act_fn": activation})
-        matched = "_matched" if ACTIVATIONS[activation].gated and args.match_params else ""
+        matched = "_matched" if is_gated(activation) and args.match_params else ""
         swept = (f"_lr{short_float(lr)}" if len(lrs) > 1 else "") + (
             f"_wd{short_float(weight_decay)}" if len(decays) > 1 else "")
         name = f"{activation}{matched}{swept}_seed{seed}"

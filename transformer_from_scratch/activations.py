@@ -5,19 +5,23 @@ function there, so one string configures both models in a test. Gated entries ar
 (Shazeer 2020, "GLU Variants Improve Transformer", arXiv:2002.05202): the MLP computes
 ``act(x W_gate) * (x W_in)`` and so has a third weight matrix.
 
-Adding an activation is one entry in ``ACTIVATIONS``; nothing else changes.
+Adding an activation is one entry in catalog.py's ``ACTIVATION_TABLE`` (its name, whether it gates; its
+place there fixes its colour in every figure) plus its function in ``FUNCTIONS`` here; nothing else changes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .catalog import ACTIVATION_TABLE, ALIASES, activation_names, canonical_activation  # noqa: F401 (re-exported)
 
 
 def relu_squared(x: Tensor) -> Tensor:
@@ -60,23 +64,50 @@ class Activation:
     is_active: Callable[[Tensor], Tensor] = positive
 
 
-ACTIVATIONS: dict[str, Activation] = {
-    "relu": Activation(F.relu),
-    "gelu": Activation(F.gelu),  # exact, erf form
-    "gelu_tanh": Activation(partial(F.gelu, approximate="tanh")),  # GPT-2's form (HF: gelu_new)
-    "silu": Activation(F.silu),
-    "relu2": Activation(relu_squared),
-    "leaky_relu2": Activation(partial(leaky_relu_squared, negative_slope=0.5)),  # alpha: the registry's parameter
-    "glu": Activation(torch.sigmoid, gated=True),  # the original GLU (Dauphin et al. 2017)
-    "bilinear": Activation(identity, gated=True, is_active=nonzero),
-    "reglu": Activation(F.relu, gated=True),
-    "geglu": Activation(F.gelu, gated=True),
-    "swiglu": Activation(F.silu, gated=True),
+# The function of each entry of catalog.ACTIVATION_TABLE (which says whether it gates), in its order.
+FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact, erf form
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's form (HF: gelu_new)
+    "silu": F.silu,
+    "relu2": relu_squared,
+    "leaky_relu2": partial(leaky_relu_squared, negative_slope=0.5),  # alpha: the registry's parameter
+    "glu": torch.sigmoid,  # the original GLU (Dauphin et al. 2017): a sigmoid gate
+    "bilinear": identity,
+    "reglu": F.relu,
+    "geglu": F.gelu,
+    "swiglu": F.silu,
 }
+IS_ACTIVE = {"bilinear": nonzero}  # what "active" means, where it is not a positive pre-activation
+if FUNCTIONS.keys() != ACTIVATION_TABLE.keys():
+    raise ImportError(f"activations without a function or a catalog entry: {sorted(FUNCTIONS.keys() ^ ACTIVATION_TABLE.keys())}")
 
-# Other spellings of the same function. A run logs the canonical name, so "swish" and "silu" runs
-# are grouped together by the analysis.
-ALIASES: dict[str, str] = {"swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+def activation(name: str) -> Activation:
+    """The activation named (canonically) ``name``: its function, whether it gates, what "active" means."""
+    if name not in FUNCTIONS:
+        raise ValueError(f"activation {name!r} is in catalog.ACTIVATION_TABLE but has no function in "
+                         "activations.FUNCTIONS")
+    return Activation(FUNCTIONS[name], ACTIVATION_TABLE[name].gated, IS_ACTIVE.get(name, positive))
+
+
+class _Registry(Mapping):
+    """ACTIVATIONS: name -> Activation, read through the catalog's table at every lookup, so an entry
+    added to both tables (also at run time, as a test does) is an activation everywhere."""
+
+    def __getitem__(self, name: str) -> Activation:
+        if name not in ACTIVATION_TABLE:
+            raise KeyError(name)
+        return activation(name)
+
+    def __iter__(self):
+        return iter(ACTIVATION_TABLE)
+
+    def __len__(self) -> int:
+        return len(ACTIVATION_TABLE)
+
+
+ACTIVATIONS: Mapping[str, Activation] = _Registry()
 
 
 def second_moment(name: str, pre_var: float) -> float:
@@ -92,16 +123,3 @@ def second_moment(name: str, pre_var: float) -> float:
     act = ACTIVATIONS[name]
     moment = float(torch.trapezoid(act.fn(h).square() * density, h))
     return moment * pre_var if act.gated else moment
-
-
-def canonical_activation(name: str) -> str:
-    """Resolve an alias; raise a ValueError listing every valid name for an unknown one."""
-    name = ALIASES.get(name, name)
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {activation_names()}")
-    return name
-
-
-def activation_names() -> list[str]:
-    """Every accepted name, canonical and alias, sorted."""
-    return sorted([*ACTIVATIONS, *ALIASES])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .activations import ACTIVATIONS, canonical_activation
+from .catalog import ACTIVATION_TABLE, canonical_activation
 
 PRESETS = ("reference", "gpt2")
 ATTENTION_IMPLS = ("einsum", "sdpa")
@@ -98,7 +98,7 @@ class TransformerConfig:
 
     @property
     def gated(self) -> bool:
-        return ACTIVATIONS[self.act_fn].gated
+        return ACTIVATION_TABLE[self.act_fn].gated
 
     @property
     def d_hidden(self) -> int:
