@@ -200,23 +200,27 @@ def split_name(group: list[Run], role: str) -> str:
 
 def label_baselines(ax, values: dict[str, float], split: str) -> None:
     """The n-gram baselines as dotted lines, labelled in the right margin (never over the curves or
-    the title), the labels kept at least 6% of the axis apart. The y range opens downwards to show a
-    baseline below the curves; one above them (the unigram) is not drawn: its label says "above"."""
+    the title), the labels kept 3.5% of the axis apart and the stack centred on the lines it names.
+    The y range opens downwards to show a baseline below the curves; one above them (the unigram) is
+    not drawn: its label says "above"."""
     if not values:
         return
     low, high = ax.get_ylim()
     low = min(low, min(values.values()) - 0.05 * (high - low))
     ax.set_ylim(low, high)
-    gap, placed = 0.06 * (high - low), []
-    for name, value in sorted(values.items(), key=lambda kv: kv[1]):
+    ordered = sorted(values.items(), key=lambda kv: kv[1])
+    gap, targets = 0.035 * (high - low), [min(value, high) for _, value in ordered]
+    placed = []
+    for target in targets:
+        placed.append(target if not placed else max(target, placed[-1] + gap))
+    shift = min(max(np.mean(targets) - np.mean(placed), low - placed[0]), high - placed[-1])
+    for (name, value), y in zip(ordered, placed):
         inside = value <= high
         if inside:
             ax.axhline(value, color="gray", linestyle=":", linewidth=1)
-        y = min(value, high) if not placed else max(min(value, high), placed[-1] + gap)
-        placed.append(y)
         text = f"{name} ({split})" if inside else f"{name} ({split}) {value:.3g}, above"
-        ax.annotate(text, (1.01, y), xycoords=("axes fraction", "data"), ha="left", va="center", fontsize=8,
-                    color="dimgray", annotation_clip=False)
+        ax.annotate(text, (1.01, y + shift), xycoords=("axes fraction", "data"), ha="left", va="center",
+                    fontsize=8, color="dimgray", annotation_clip=False)
 
 
 def evaluated_roles(group: list[Run]) -> list[str]:
