@@ -20,7 +20,7 @@ import itertools
 
 import torch
 
-from throughput import BATCH, SEQ, build, eval_step, interleaved, matmul_ceiling, train_flops_per_token, train_step
+from timing import BATCH, SEQ, build, eval_step, interleaved, matmul_ceiling, train_flops_per_token, train_step
 from training.machine import keep_freed_memory
 from transformer_from_scratch import TransformerConfig, probe
 
