@@ -19,8 +19,8 @@ from analysis.findings import Judgement, split_label  # noqa: E402
 from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
     has_probes, one_machine_alone, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
-from transformer_from_scratch.catalog import display_rank  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
+from transformer_from_scratch.catalog import display_rank  # noqa: E402
 
 
 FIGURE_GUIDE = {

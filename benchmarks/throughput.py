@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shapes import measure_shapes, print_shapes  # noqa: E402
 from timing import BATCH, SEQ, build, eval_step, interleaved, matmul_ceiling, synchronize, train_flops_per_token, \
     train_step  # noqa: E402
 from training.machine import native_bf16  # noqa: E402
@@ -179,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     precisions = args.precisions or ["fp32", *(["bf16"] if native_bf16() or args.device == "cuda" else [])]
     if args.shapes:
-        from shapes import measure_shapes, print_shapes  # shapes imports torch's heavier parts; only here
-
         rows = measure_shapes(precisions, args.rounds, args.widths, args.depths)
         if args.json:
             print(json.dumps({"threads": torch.get_num_threads(), "native_bf16": native_bf16(), "allocator":

@@ -56,7 +56,7 @@ def test_einsum_attention_matches_scaled_dot_product_attention(tiny_cfg, preset)
 
 @pytest.mark.parametrize("preset", ["reference", "gpt2"])
 def test_the_sdpa_path_gives_the_einsum_paths_loss_and_gradients_within_1e_5(tiny_cfg, preset):
-    """What lets CUDA default to sdpa (training.machine.device_defaults): a whole model, padded rows
+    """What lets CUDA default to sdpa (training.settings.device_defaults): a whole model, padded rows
     included, has the same loss and gradients on both attention paths, to 1e-5 (fp32, CPU)."""
     cfg = replace(tiny_cfg, preset=preset)
     tokens = torch.randint(0, cfg.d_vocab, (3, cfg.n_ctx))

@@ -12,8 +12,8 @@ place there fixes its colour in every figure) plus its function in ``FUNCTIONS``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -80,7 +80,8 @@ FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 IS_ACTIVE = {"bilinear": nonzero}  # what "active" means, where it is not a positive pre-activation
 if FUNCTIONS.keys() != ACTIVATION_TABLE.keys():
-    raise ImportError(f"activations without a function or a catalog entry: {sorted(FUNCTIONS.keys() ^ ACTIVATION_TABLE.keys())}")
+    unpaired = sorted(FUNCTIONS.keys() ^ ACTIVATION_TABLE.keys())
+    raise ImportError(f"activations without a function or a catalog entry: {unpaired}")
 
 
 def activation(name: str) -> Activation:
