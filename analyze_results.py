@@ -33,13 +33,13 @@ from analysis.runs import METRICS, POINTS, AnalysisError, Run, describe_group, d
     kept_baselines, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
     markdown_sweep, paired_comparisons, sweep_families
+from analysis.tuning import markdown_tuning
 from analysis.verdicts import SEEDS_AND_ARTICLES, UNCERTAINTIES
 from baselines import baselines_for, strongest_ngram
 from cli import Parser
 import preregistration
 from run_log import WriteError, atomic_write, recorded
-from search.tuning import markdown_tuning
-from study import StudyError, load_study, tuning_candidates
+from study_file import StudyError, load_study, tuning_candidates
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

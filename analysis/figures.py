@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.findings import Judgement, split_label  # noqa: E402
 from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, fixed_settings, has_attention, \
-    has_probes, one_machine_alone, validation_curve  # noqa: E402
+    has_probes, one_machine_alone, split_name, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
 from transformer_from_scratch.catalog import display_rank  # noqa: E402
@@ -134,7 +134,7 @@ def plot_compute(group: list[Run], path: Path) -> None:
             x = pd.concat([c[0] for c in curves], axis=1).mean(axis=1)
             y = pd.concat([c[1] for c in curves], axis=1).mean(axis=1)
             ax.plot(x.to_numpy(), y.to_numpy(), color=colors[variant], marker="o", markersize=3, label=variant)
-        ax.set(xlabel=label, ylabel=f"loss on the {split_name(group, 'val')} (nats/token)")
+        ax.set(xlabel=label, ylabel=f"loss on the {role_and_split(group, 'val')} (nats/token)")
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log")
     axes[0].legend(fontsize=9)
@@ -193,9 +193,9 @@ def paired_difference(runs: list[Run], baseline_runs: list[Run], key: str) -> li
     return [validation_curve(r, key) - base[r.seed] for r in runs if r.seed in base]
 
 
-def split_name(group: list[Run], role: str) -> str:
+def role_and_split(group: list[Run], role: str) -> str:
     """"report split validation:B": the role and the split, as every label names them."""
-    return f"{SPLIT_ROLES[role]} split {group[0].log['data'][role]['split']}"
+    return f"{SPLIT_ROLES[role]} split {split_name(group[0].log, role)}"
 
 
 def label_baselines(ax, values: dict[str, float], split: str) -> None:
@@ -259,7 +259,7 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
     axes[0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
     axes[0].legend(fontsize=9)
     for ax, (what, key, role) in zip(axes[1:], panels):
-        split = split_name(group, role)
+        split = role_and_split(group, role)
         if what == "paired":
             for variant, runs in variants.items():
                 diffs = paired_difference(runs, variants[baseline_arm], key) if variant != baseline_arm else []
@@ -321,7 +321,7 @@ def metric_panels_figure(group: list[Run], baselines: dict) -> plt.Figure:
     for row, role in zip(axes, roles):
         for ax, (suffix, title, baseline_value) in zip(row[1:], METRIC_PANELS):
             plot_evaluations(ax, variants, colors, f"{role}_{suffix}", group)
-            ax.set_title(f"{title} on the {split_name(group, role)}")
+            ax.set_title(f"{title} on the {role_and_split(group, role)}")
             label_baselines(ax, {name: baseline_value(s[role]) for name, s in baselines.items() if s.get(role)},
                             SPLIT_ROLES[role])
     for row in axes[1:]:

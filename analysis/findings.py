@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.runs import SPLIT_ROLES
+from analysis.report import fmt, table
+from analysis.runs import SPLIT_ROLES, split_name
 from analysis.verdicts import EQUIVALENT, NOT_TESTED, SEEDS, SEEDS_AND_ARTICLES, ArticleLosses, Power, Verdict, \
     common_seeds, judge_by_seeds, judge_by_seeds_and_articles, power
 from baselines import interpolation_partner, strongest_ngram
@@ -21,8 +22,7 @@ from baselines import interpolation_partner, strongest_ngram
 def split_label(runs: list, metric: str) -> str:
     """"test_loss" -> "loss on the report split `validation:B`": every number says where it is from."""
     role, key = metric.split("_", 1)
-    info = runs[0].log["data"].get(role) or {}
-    return f"{key} on the {SPLIT_ROLES.get(role, role)} split `{info.get('split', '?')}`"
+    return f"{key} on the {SPLIT_ROLES.get(role, role)} split `{split_name(runs[0].log, role)}`"
 
 
 def baseline_value(baselines: dict, name: str, metric: str) -> float:
@@ -66,6 +66,20 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
     return "\n".join(lines) + (f"\n\n{breakdown}" if breakdown else "")
 
 
+def markdown_ngram_scores(log: dict) -> str:
+    """The n-gram baselines one run's log holds, as they score the selection split (all targets, those
+    of types seen in training, the unseen ones) and the report split: what a search's report opens with."""
+    baselines = log["data"].get("baselines") or {}
+    header = ["baseline", f"selection `{split_name(log, 'val')}`", "seen types", "unseen types",
+              f"report `{split_name(log, 'test')}`"]
+    rows = []
+    for name, scores in baselines.items():
+        val, test = scores.get("val") or {}, scores.get("test") or {}
+        rows.append([name, *(fmt(val.get(key), missing="-") for key in ("loss", "loss_seen", "loss_unseen")),
+                     fmt(test.get("loss"), missing="-")])
+    return table(header, rows, align="lrrrr")
+
+
 def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: str) -> str | None:
     """Where the loss goes, baselines and arms side by side on the metric's split: all targets,
     those of types seen in training and the unseen ones; and for each arm, its interpolation with the
@@ -76,7 +90,7 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
         return None
 
     def cells(values: list[float | None]) -> str:
-        return " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.4f}" for v in values)
+        return " | ".join(fmt(v if v is None or math.isfinite(v) else None, missing="-") for v in values)
 
     def arm_mean(arm: str, key: str) -> float:
         values = [r.metric_at(f"{role}_{key}", point) for r in group if r.variant == arm]

@@ -9,6 +9,7 @@ card and a data card filled from the logs, and the compute spent.
 from __future__ import annotations
 
 import datetime
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,23 @@ class Section:
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, how to read it)
 
 
+def fmt(value: float | None, digits: int = 4, missing: str = "n/a") -> str:
+    """A number as every table shows it, ``digits`` decimals; ``missing`` where there is none (None or
+    NaN; a search report, and a table whose blanks are by design, say "-")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return f"{value:.{digits}f}"
+
+
 def cell(text) -> str:
     """Text fit for one markdown table cell."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
 
 
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def table(header: list[str], rows: list[list], align: str = "") -> str:
+    """A markdown table; ``align``: "l" or "r" per column (numbers read best right-aligned), left where unsaid."""
+    rule = ["---:" if side == "r" else "---" for side in align.ljust(len(header), "l")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join(f"{r}|" for r in rule)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -101,7 +112,7 @@ def what_was_run(runs: list) -> str:
     commit_list = ", ".join(f"`{c}` ({count(n, 'run')})" for c, n in commits.most_common())
     machine_list = "; ".join(f"{m} ({count(len(rs), 'run')})" for m, rs in
                              sorted(by_machine.items(), key=lambda item: -len(item[1])))
-    where = ([f"- **Which runs ran where**: " + " | ".join(f"{m}: {runs_by_arm(rs)}" for m, rs in by_machine.items())]
+    where = (["- **Which runs ran where**: " + " | ".join(f"{m}: {runs_by_arm(rs)}" for m, rs in by_machine.items())]
              if len(by_machine) > 1 else [])
     return "\n".join([
         f"- **Runs**: {count(len(runs), 'complete run')} of {count(len(variants), 'variant')} "

@@ -32,6 +32,12 @@ POINTS = ("final", "best_selection")
 SPLIT_ROLES = {"train": "training", "val": "selection", "test": "report"}
 
 
+def split_name(log: dict, role: str) -> str:
+    """The split a run read in ``role`` ("val", "test"), as its log names it ("validation:A"); "?"
+    where the log has none."""
+    return ((log.get("data") or {}).get(role) or {}).get("split", "?")
+
+
 KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
 
 

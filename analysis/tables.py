@@ -12,14 +12,11 @@ import numpy as np
 import pandas as pd
 
 from analysis import report
+from analysis.report import fmt
 from analysis.runs import METRICS, Loaded, Run, by_variant, evaluations, has_attention, one_machine_alone, step_curve, \
     step_label
 from analysis.stats import holm, paired_t_test, summarize
 from run_log import last_step
-
-
-def fmt(value: float, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def fmt_ci(mean: float, ci95: float, digits: int = 4) -> str:

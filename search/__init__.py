@@ -1,2 +1,2 @@
-"""Searches declared in a study file's [search] table, run with Optuna: the space (space.py), the
-trials and their pruning (runner.py), and the report (report.py)."""
+"""Searches declared in a study file's [search] table (the table itself: study_file/space.py), run
+with Optuna: the trials and their pruning (runner.py), and the report (report.py)."""

@@ -8,6 +8,7 @@ Reads the Optuna study (states, parameters, values) and each trial's run log; no
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -17,9 +18,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis import report  # noqa: E402
+from analysis.findings import markdown_ngram_scores  # noqa: E402
 from run_log import read_log  # noqa: E402
 from search.runner import run_name_of  # noqa: E402
 
+fmt = functools.partial(report.fmt, missing="-")  # a trial not run that far has no number: "-"
 STOP_MARGIN = 0.05  # the study's rule: 0.05 nats below the bigram alone, or a gain over the trigram of 0.05
 FIGURE_GUIDE = {
     "search_history": "Each trial's objective (the selection loss at its best point) in the order the trials "
@@ -51,12 +55,6 @@ def trial_rows(study, trials_folder: Path) -> list[dict]:
     return rows
 
 
-def fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def flag_value(value) -> str:
     """A searched flag's value as the trials table shows it: small floats (an lr) in two figures."""
     if isinstance(value, float):
@@ -72,22 +70,9 @@ def baselines_of(rows: list[dict]) -> dict:
     return next((r["log"]["data"].get("baselines") or {} for r in rows if r["log"]), {})
 
 
-def split_name(rows: list[dict], role: str) -> str:
-    log = next((r["log"] for r in rows if r["log"]), None)
-    return ((log or {}).get("data", {}).get(role) or {}).get("split", role)
-
-
 def markdown_baselines(rows: list[dict]) -> str:
-    baselines = baselines_of(rows)
-    if not baselines:
-        return "No trial has written its log yet: no baselines to show."
-    lines = [f"| baseline | selection `{split_name(rows, 'val')}` | seen types | unseen types | report "
-             f"`{split_name(rows, 'test')}` |", "|---|---:|---:|---:|---:|"]
-    for name in ("unigram", "bigram_kn", "trigram_kn"):
-        a, b = baselines.get(name, {}).get("val", {}), baselines.get(name, {}).get("test", {})
-        lines.append(f"| {name} | {fmt(a.get('loss'))} | {fmt(a.get('loss_seen'))} | {fmt(a.get('loss_unseen'))} | "
-                     f"{fmt(b.get('loss'))} |")
-    return "\n".join(lines)
+    log = next((r["log"] for r in rows if r["log"]), None)
+    return markdown_ngram_scores(log) if log else "No trial has written its log yet: no baselines to show."
 
 
 def best_per_arm(rows: list[dict], arms: list[str]) -> dict[str, dict]:

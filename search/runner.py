@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from run_log import COMPLETE, PRUNED, read_log
-from search.space import Search, StudyError
+from study_file.space import Search, StudyError
+from study_file.tuning import objective_value
 from training.signals import StopRuns
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
@@ -82,12 +83,6 @@ def selection_losses(log: dict) -> list[tuple[int, float]]:
     by_step = {e["step"]: e["val_loss"] for e in log.get("evals", []) if "val_loss" in e}
     by_step.update({e["steps"]: e["val_loss"] for e in log.get("epochs", []) if e["steps"] not in by_step})
     return sorted(by_step.items())
-
-
-def objective_value(log: dict) -> float:
-    """The selection loss at the run's best point: its final validation loss, since every trial
-    keeps its best weights (--keep best) and evaluates them on the whole selection split."""
-    return float(log["final"]["val"]["loss"])
 
 
 def pruner_for(search: Search):

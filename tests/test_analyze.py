@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -192,8 +193,28 @@ def test_committed_summary_is_regenerated_exactly(tmp_path, study):
         pytest.skip(f"no committed results in results/{study}")
     flags = COMMITTED_ANALYSES[study]
     assert analyze_results.main(["--results_dir", str(results), "--output_dir", str(tmp_path), *flags]) == 0
-    for name in ("summary.md", "summary.csv"):
-        assert (tmp_path / name).read_text() == (results / name).read_text()
+    for name in ("summary.md", "summary.csv", "report.md"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+
+
+def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
+    """study.py --report_only on a copy of the committed search (its Optuna storage and trial logs):
+    the report comes out byte for byte as committed."""
+    search = ROOT / "results" / "wikitext2_search"
+    shutil.copytree(search, tmp_path / "search")
+    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(tmp_path / "search" / "search.toml"),
+                             "--report_only"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "search" / "report.md").read_text() == (search / "report.md").read_text()
+
+
+def test_the_analysis_loads_no_part_of_the_runner():
+    """analyze_results reads studies through study_file/ alone: neither the study runner nor search/
+    (Optuna's worker) nor training/ (torch) is imported with it."""
+    code = ("import sys, analyze_results; print(' '.join(m for m in sys.modules if m in ('study', 'torch', 'optuna') "
+            "or m.split('.')[0] in ('search', 'training')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert loaded.stdout.split() == []
 
 
 def test_failed_and_unfinished_runs_are_listed_not_dropped(results):

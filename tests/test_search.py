@@ -16,7 +16,7 @@ import tomllib
 import pytest
 
 from conftest import CORPUS_LINES, ROOT
-from study import load_study
+from study_file import load_study
 
 SEARCH = """
 name = "tiny search"

@@ -17,7 +17,7 @@ import pytest
 import analyze_results
 import train_simple
 from conftest import ROOT
-from study import StudyError, load_study
+from study_file import StudyError, load_study
 
 TINY_TRAIN = """
 [train]
@@ -307,7 +307,7 @@ def test_a_study_whose_lr_tuning_ran_before_it_was_committed_is_not_pre_register
 
 
 def test_a_tie_between_tuning_candidates_goes_to_the_smaller_lr_and_a_missing_one_leaves_no_choice(tiny_argv, tmp_path):
-    from search.tuning import Candidate, chosen_lrs
+    from study_file import Candidate, chosen_lrs
 
     assert train_simple.main(tiny_argv(tmp_path / "run", "--keep", "best")) == 0
     for name in ("larger", "smaller"):  # the same run under two names: the same selection loss

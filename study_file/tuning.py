@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from run_log import failed_non_finite, is_finished, read_log
-from search.runner import objective_value
-from search.space import Choice, StudyError, dimension
+from study_file.space import Choice, StudyError, dimension, is_number
 
 TUNING_KEYS = {"seed", "lr_multipliers"}
 SEARCH_TUNING_KEYS = {"seed", "trials", "sampler_seed", "space"}
@@ -49,7 +48,7 @@ class Tuning:
     lr_multipliers: tuple[float, ...] = ()
     trials: int = 0  # a random search's configurations (0: lr multipliers)
     sampler_seed: int = 0
-    space: dict = field(default_factory=dict)  # name -> search.space.Choice | Range
+    space: dict = field(default_factory=dict)  # name -> study_file.space.Choice | Range
 
     def configurations(self) -> list[dict]:
         """The random search's configurations, drawn once from the space with the sampler seed (log
@@ -88,7 +87,7 @@ def load_tuning(raw, where: str, final_seeds: list[int]) -> Tuning:
         raise StudyError(f"{where}: [tuning] seed must be a whole number not among the final seeds {final_seeds}, "
                          f"got {seed!r}")
     if (not isinstance(multipliers, list) or not multipliers or len(set(multipliers)) != len(multipliers)
-            or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in multipliers)):
+            or not all(is_number(m) and m > 0 for m in multipliers)):
         raise StudyError(f"{where}: [tuning] lr_multipliers must be distinct positive numbers, got {multipliers!r}")
     return Tuning(seed, tuple(float(m) for m in multipliers))
 
@@ -108,6 +107,12 @@ def load_search_tuning(raw: dict, where: str, final_seeds: list[int]) -> Tuning:
         raise StudyError(f"{where}: [tuning.space] must be a table of at least one flag")
     dims = {name: dimension(name, value, f"{where}: [tuning.space]") for name, value in space.items()}
     return Tuning(seed, (), trials, sampler_seed, dims)
+
+
+def objective_value(log: dict) -> float:
+    """The selection loss at the run's best point: its final validation loss, since every tuning run
+    and search trial keeps its best weights (--keep best) and evaluates them on the whole selection split."""
+    return float(log["final"]["val"]["loss"])
 
 
 @dataclass(frozen=True)
@@ -158,59 +163,3 @@ def choose(objectives: list[tuple[Candidate, float | None]]) -> dict[str, Candid
     if any(math.isinf(value) for value, _, _ in best.values()):
         return None
     return {arm: objectives[i][0] for arm, (_, _, i) in best.items()}
-
-
-def markdown_tuning(candidates: list[Candidate], tuning: Tuning) -> str:
-    """The candidates' table: each arm's lrs, their objectives, and which one was chosen."""
-    objectives = [(c, c.objective()) for c in candidates]  # each log read once
-    chosen = {arm: c.lr for arm, c in (choose(objectives) or {}).items()}
-    if tuning.trials:
-        return markdown_search_tuning(objectives, tuning)
-    lines = [f"Each arm's lr was chosen on the selection split before its final seeds: every candidate trained "
-             f"once on the tuning seed {tuning.seed}, and the lowest selection loss at its best point wins.", "",
-             "| arm | lr | selection loss (best point) | chosen |", "|---|---:|---:|---|"]
-    for candidate, value in objectives:
-        shown = "not finished" if value is None else "diverged" if math.isinf(value) else f"{value:.4f}"
-        lines.append(f"| {candidate.arm} | {candidate.lr:g} | {shown} | "
-                     f"{'yes' if chosen.get(candidate.arm) == candidate.lr else ''} |")
-    if not chosen:
-        lines += ["", "No choice yet: a candidate has not finished, or all of an arm's candidates diverged."]
-    return "\n".join(lines)
-
-
-def markdown_search_tuning(objectives: list[tuple[Candidate, float | None]], tuning: Tuning) -> str:
-    """A random search's table: each configuration's selection loss for every arm, the chosen one marked,
-    and each arm's expected best selection loss as a function of the number of trials (Dodge et al.
-    2019: a ranking that changes along it is a budget artefact)."""
-    from analysis.ladder import expected_best
-
-    chosen = choose(objectives) or {}
-    arms = list(dict.fromkeys(c.arm for c, _ in objectives))
-    configs = list(dict.fromkeys(tuple(sorted({"lr": c.lr, **c.flags}.items())) for c, _ in objectives))
-    value = {(c.arm, tuple(sorted({"lr": c.lr, **c.flags}.items()))): v for c, v in objectives}
-
-    def shown(v: float | None, mark: bool) -> str:
-        text = "not finished" if v is None else "diverged" if math.isinf(v) else f"{v:.4f}"
-        return f"**{text}**" if mark else text
-
-    lines = [f"Each arm trained the same {tuning.trials} configurations, drawn once from the space with sampler seed "
-             f"{tuning.sampler_seed}, on the tuning seed {tuning.seed}; the lowest selection loss at the best point "
-             f"wins (bold).", "",
-             "| configuration | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
-    for config in configs:
-        cells = [shown(value.get((arm, config)), arm in chosen and
-                       tuple(sorted({"lr": chosen[arm].lr, **chosen[arm].flags}.items())) == config) for arm in arms]
-        lines.append("| " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in config) + " | "
-                     + " | ".join(cells) + " |")
-    finished = {arm: [v for (a, _), v in value.items() if a == arm and v is not None and math.isfinite(v)]
-                for arm in arms}
-    if all(len(v) == tuning.trials for v in finished.values()):
-        budgets = sorted({1, 2, tuning.trials // 2, tuning.trials} - {0})
-        lines += ["", "Expected best selection loss of n trials (Dodge et al. 2019: n draws with replacement from the "
-                      "trials run, so at n near their number it is optimistic, and it never goes below the best seen):",
-                  "", "| arm | " + " | ".join(f"n = {n}" for n in budgets) + " |", "|---|" + "---:|" * len(budgets)]
-        for arm in arms:
-            lines.append(f"| {arm} | " + " | ".join(f"{expected_best(finished[arm], n):.4f}" for n in budgets) + " |")
-    if not chosen:
-        lines += ["", "No choice yet: a configuration has not finished, or all of an arm's diverged."]
-    return "\n".join(lines)

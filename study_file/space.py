@@ -38,6 +38,11 @@ class StudyError(ValueError):
     """A study file that cannot be run: one line, exit 2."""
 
 
+def is_number(value) -> bool:
+    """A TOML number: an int or a float, not a boolean (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Choice:
     values: tuple
@@ -91,7 +96,7 @@ def dimension(name: str, value, where: str) -> Choice | Range:
         if unknown or not {"low", "high"} <= set(value):
             raise StudyError(f"{where}: {name} must be a list of choices or {{low, high, log}}, got {value}")
         low, high, log = value["low"], value["high"], bool(value.get("log", False))
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        if not all(is_number(v) and math.isfinite(v) for v in (low, high)):
             raise StudyError(f"{where}: {name}'s low and high must be numbers, got {low!r} and {high!r}")
         if low > high:
             raise StudyError(f"{where}: {name} has low {low} > high {high}")
