@@ -29,7 +29,7 @@ from analysis import report
 from analysis.figures import FIGURE_GUIDE, draw_group_figures, plot_ladder, plot_lr_sweep
 from analysis.findings import Judgement, judge_group, markdown_baselines, markdown_verdicts
 from analysis.ladder import RungResult, markdown_ladder
-from analysis.runs import METRICS, POINTS, AnalysisError, Run, describe_group, differences, group_runs, \
+from analysis.runs import POINTS, AnalysisError, Run, describe_group, differences, group_runs, \
     kept_baselines, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
     markdown_sweep, paired_comparisons, sweep_families
@@ -38,6 +38,7 @@ from analysis.verdicts import SEEDS_AND_ARTICLES, UNCERTAINTIES
 from baselines import baselines_for, strongest_ngram
 from cli import Parser
 import preregistration
+from metrics import summarised_names
 from run_log import WriteError, atomic_write, recorded
 from study_file import StudyError, load_study, tuning_candidates
 
@@ -50,10 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results_dir", type=Path, default=Path("results"), help="folder of run logs")
     p.add_argument("--output_dir", type=Path, default=None, help="where outputs go (default: --results_dir)")
     p.add_argument("--baseline", default="relu", help="variant every other is compared with, paired by seed")
-    p.add_argument("--metric", default=None, choices=METRICS,
+    p.add_argument("--metric", default=None, choices=summarised_names(),
                    help="metric for ranking, verdicts and paired tests (default: test_loss, on the report split, "
                         "when every run has one, else val_loss)")
-    p.add_argument("--secondary", nargs="+", default=[], choices=METRICS, metavar="METRIC",
+    p.add_argument("--secondary", nargs="+", default=[], choices=summarised_names(), metavar="METRIC",
                    help="secondary metrics: each gets verdicts of its own on the declared comparisons, labelled "
                         "secondary (a study file's `secondary`)")
     p.add_argument("--strict", action="store_true", help="a malformed or incomplete log is an error, not a warning")

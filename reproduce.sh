@@ -27,7 +27,7 @@ Options (environment variable in brackets):
   --max_steps N         stop each run after N steps (default: none)  [MAX_STEPS]
   --seeds "S1 S2 ..."   seeds (default "42 43 44")                   [SEEDS]
   --lrs "LR1 LR2 ..."   peak learning rates (default "3e-4"); several make a sweep, every run named
-                        <activation>[_matched]_lr<LR as written>_seed<seed>          [LRS]
+                        <activation>[_matched]_lr<LR as %g writes it>_seed<seed> [LRS]
   --evals_per_epoch N   validation passes per epoch, for curves (default 4; 1: epoch ends only) [EVALS_PER_EPOCH]
   --ungated "A B ..."   ungated activations (default "relu gelu silu")        [UNGATED]
   --gated "A B ..."     gated activations, parameter-matched (default "geglu swiglu reglu") [GATED]
@@ -98,7 +98,7 @@ lrs=($LRS)
 
 run_name() {  # activation, "--match_params" or "", lr, seed: train_simple.py's own default name
   local lr_part=""
-  [ "${#lrs[@]}" -gt 1 ] && lr_part="_lr$3"
+  [ "${#lrs[@]}" -gt 1 ] && lr_part="_lr$(printf '%g' "$3")"  # as Python's :g writes it (catalog.run_name)
   echo "$1${2:+_matched}${lr_part}_seed$4"
 }
 

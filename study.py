@@ -184,14 +184,14 @@ def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
     """Run the search (unless --report_only), then write its report beside the study file; 0, or 128 +
     the signal that stopped the search (its trials in flight then queued again)."""
     from search.report import write_search_report
-    from search.runner import open_study, run_search, storage_url
+    from search.runner import open_optuna_study, run_search, storage_url
 
     url = args.storage or storage_url(study.folder)
     stopped_by = None
     if not args.report_only:
         stopped_by = run_search(study.name, study.search, url,
                                 lambda trial: trial_run(study, trial, threads, args.allow_dirty), args.jobs)
-    report = write_search_report(study.name, open_study(study.name, study.search, url), [a.name for a in study.arms],
+    report = write_search_report(study.name, open_optuna_study(study.name, study.search, url), [a.name for a in study.arms],
                                  study.folder / "trials", study.folder)
     print(f"search report: {report}\nfigures: {study.folder / 'search_history.png'}, "
           f"{study.folder / 'search_slices.png'}")
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.list:
                 print("\n".join(shlex.join(c) for c in commands))
                 return 0
-            failed = run_all(commands, args.jobs, stop)
+            failed = execute(commands, args.jobs, stop)
             if stop.signum is not None:
                 return stop.exit_code
     except RunRefused as err:
@@ -349,7 +349,7 @@ def tune(study: Study, args: argparse.Namespace, threads: int, stop: StopRuns) -
     if args.list:
         print("\n".join(shlex.join(c) for c in commands))
     else:
-        failed = run_all(commands, args.jobs, stop)
+        failed = execute(commands, args.jobs, stop)
         if stop.signum is not None:
             return None
         for command in failed:
@@ -376,7 +376,7 @@ def run_name_of(command: list[str]) -> str:
     return command[command.index("--run_name") + 1]
 
 
-def run_all(commands: list[list[str]], jobs: int, stop: StopRuns) -> list[list[str]]:
+def execute(commands: list[list[str]], jobs: int, stop: StopRuns) -> list[list[str]]:
     """Run the commands, ``jobs`` at a time, until they are done or ``stop`` comes (then the runs in
     flight checkpoint and the rest never start); the ones that failed. A run that refuses its input
     (exit 2, its one line above) starts no other and raises RunRefused once those in flight end; a run

@@ -39,7 +39,7 @@ from training.checkpoint import read_final_weights
 from training.data import Data, load_data
 from training.decide import KEEP_FAILED, REFUSE, RESUME, SKIP, TRAIN, Decision, decide
 from training.distributed import Distributed, setup_distributed
-from training.evaluation import BREAKDOWN_KEYS, continue_prompts, evaluate_splits, note_selection, prefixed
+from training.evaluation import continue_prompts, evaluate_splits, logged, note_selection
 from training.export import check_export_targets, try_export
 from training.lock import RunLock, RunLocked
 from training.machine import enable_tf32, native_bf16, now, pick_device, run_facts
@@ -148,10 +148,7 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
-        "train_tokens": p.epoch_tokens, "val_loss": val["loss"], "val_ppl": val["ppl"], "val_bpb": val["bpb"],
-        "val_bpb_approx": val["bpb_approx"], "val_bytes_per_token": val["bytes_per_token"],
-        **prefixed("test", test, ("loss", "ppl", "bpb")), **prefixed("val", val, BREAKDOWN_KEYS),
-        **prefixed("test", test, BREAKDOWN_KEYS), "wall_s": p.epoch_wall,
+        "train_tokens": p.epoch_tokens, **logged(val, test), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     if rt.flags["probes"]:
@@ -219,7 +216,7 @@ def run_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, watc
             val, test = evaluate_splits(spec, state, data, rt, whole=False)
             note_selection(spec, state, rt, val["loss"])
             h.evals.append({"step": p.step, "epoch": p.epoch, **compute_so_far(spec, state),
-                            **prefixed("val", val), **prefixed("test", test)})
+                            **logged(val, test)})
             evaluation_seconds = time.perf_counter() - evaluation_started
             interval_start += evaluation_seconds  # tokens/s counts training time only, as train_seconds does
             watch.evaluated(p.step, h.evals[-1], evaluation_seconds)
@@ -295,7 +292,7 @@ def final_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) 
     return {"step": step, "kept": keep, "val": val, **({"test": test} if data.test is not None else {})}
 
 
-def report(decision: Decision, ddp: Distributed) -> None:
+def say_decision(decision: Decision, ddp: Distributed) -> None:
     if decision.message and ddp.main:
         prefix = "error: " if decision.action in (REFUSE, KEEP_FAILED) else ""
         print(prefix + decision.message, file=sys.stderr)
@@ -384,13 +381,13 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
                 pass
         refusals = [d for _, d in plan if d.action == REFUSE]
         for decision in refusals:
-            report(decision, ddp)
+            say_decision(decision, ddp)
         if refusals:
             return 2
         failed = 0
         for spec, decision in plan:
             if decision.action in (SKIP, KEEP_FAILED):
-                report(decision, ddp)
+                say_decision(decision, ddp)
                 failed += decision.action == KEEP_FAILED
             if decision.action == SKIP and args.export_hf and ddp.main:
                 failed += try_export(spec, args)
@@ -412,7 +409,7 @@ def run_all(parser: argparse.ArgumentParser, args: argparse.Namespace, stop: Sto
                 return stop.exit_code
             with RunLock(spec, enabled=ddp.main):
                 decision = ddp.from_main(decide(spec, args.resume, args.overwrite))  # again, now that it is ours
-                report(decision, ddp)
+                say_decision(decision, ddp)
                 if decision.action == REFUSE:
                     return 2
                 if decision.action not in (TRAIN, RESUME):

@@ -20,6 +20,7 @@ from analysis.runs import SPLIT_ROLES, Run, by_variant, evaluations, eval_step, 
     has_probes, one_machine_alone, split_name, validation_curve  # noqa: E402
 from analysis.stats import t_half_width  # noqa: E402
 from analysis.tables import sweep_table  # noqa: E402
+from metrics import logged_name  # noqa: E402
 from transformer_from_scratch.catalog import display_rank  # noqa: E402
 
 
@@ -232,9 +233,9 @@ def curve_panels(group: list[Run], baseline_arm: str) -> list[tuple[str, str, st
     """(what, key, role) of each evaluation panel: the selection loss, the report loss (the primary
     metric, where there is a report split), and the paired difference on it against the baseline arm."""
     roles = evaluated_roles(group)
-    panels = [("loss", f"{role}_loss", role) for role in roles]
+    panels = [("loss", logged_name(role, "loss"), role) for role in roles]
     if baseline_arm in {r.variant for r in group} and len({r.variant for r in group}) > 1:
-        panels.append(("paired", f"{roles[-1]}_loss", roles[-1]))
+        panels.append(("paired", logged_name(roles[-1], "loss"), roles[-1]))
     return panels
 
 
@@ -320,7 +321,7 @@ def metric_panels_figure(group: list[Run], baselines: dict) -> plt.Figure:
     axes[0][0].legend(fontsize=9)
     for row, role in zip(axes, roles):
         for ax, (suffix, title, baseline_value) in zip(row[1:], METRIC_PANELS):
-            plot_evaluations(ax, variants, colors, f"{role}_{suffix}", group)
+            plot_evaluations(ax, variants, colors, logged_name(role, suffix), group)
             ax.set_title(f"{title} on the {role_and_split(group, role)}")
             label_baselines(ax, {name: baseline_value(s[role]) for name, s in baselines.items() if s.get(role)},
                             SPLIT_ROLES[role])

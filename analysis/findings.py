@@ -17,17 +17,18 @@ from analysis.runs import SPLIT_ROLES, split_name
 from analysis.verdicts import EQUIVALENT, NOT_TESTED, SEEDS, SEEDS_AND_ARTICLES, ArticleLosses, Power, Verdict, \
     common_seeds, judge_by_seeds, judge_by_seeds_and_articles, power
 from baselines import interpolation_partner, strongest_ngram
+from metrics import logged_name, role_and_metric
 
 
 def split_label(runs: list, metric: str) -> str:
     """"test_loss" -> "loss on the report split `validation:B`": every number says where it is from."""
-    role, key = metric.split("_", 1)
+    role, key = role_and_metric(metric)
     return f"{key} on the {SPLIT_ROLES.get(role, role)} split `{split_name(runs[0].log, role)}`"
 
 
 def baseline_value(baselines: dict, name: str, metric: str) -> float:
     """A baseline's value of ``metric`` (loss, ppl or bpb on val or test), nan where not recorded."""
-    role, key = metric.split("_", 1)
+    role, key = role_and_metric(metric)
     scores = baselines.get(name, {}).get(role)
     if not scores:
         return math.nan
@@ -84,7 +85,7 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
     """Where the loss goes, baselines and arms side by side on the metric's split: all targets,
     those of types seen in training and the unseen ones; and for each arm, its interpolation with the
     Kneser-Ney trigram and the gain over the trigram alone. None for logs from before these existed."""
-    role = metric.split("_", 1)[0]
+    role = role_and_metric(metric)[0]
     partner = interpolation_partner(group[0].log["data"].get("baselines") or {})
     if not baselines.get(partner, {}).get(role, {}).get("loss_seen"):
         return None
@@ -93,11 +94,11 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
         return " | ".join(fmt(v if v is None or math.isfinite(v) else None, missing="-") for v in values)
 
     def arm_mean(arm: str, key: str) -> float:
-        values = [r.metric_at(f"{role}_{key}", point) for r in group if r.variant == arm]
+        values = [r.metric_at(logged_name(role, key), point) for r in group if r.variant == arm]
         return float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
 
     unseen = baselines[partner][role]["unseen_fraction"]
-    lines = [f"**Where the loss goes** ({split_label(group, role + '_loss')}; {100 * unseen:.1f}% of its targets are "
+    lines = [f"**Where the loss goes** ({split_label(group, logged_name(role, 'loss'))}; {100 * unseen:.1f}% of its targets are "
              f"of types never seen as a training target). Interpolated: the model mixed with {partner}, "
              f"p = w p_model + (1 - w) p_ngram, w chosen on the selection split; gain: {partner}'s loss minus the "
              f"interpolation's, what the model knows that the n-gram does not (arms at the {point} point, means "
@@ -197,8 +198,8 @@ def seeds_that_change(verdicts: list[Verdict], uncertainty: str, values: dict, p
 
 def replication_metric(metric: str) -> str | None:
     """The same metric on the selection split (test_loss -> val_loss); None for a selection metric."""
-    role, key = metric.split("_", 1)
-    return f"val_{key}" if role == "test" else None
+    role, key = role_and_metric(metric)
+    return logged_name("val", key) if role == "test" else None
 
 
 def judge_group(group: list, comparisons: list[tuple[str, str]], metric: str, point: str, margin: float,

@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metrics import logged_name, role_and_metric
 from run_log import is_finished, last_step, read_log
-from transformer_from_scratch.catalog import describe_model_size
-
-
-METRICS = ("val_loss", "val_ppl", "val_bpb", "val_bpb_approx", "test_loss", "test_ppl", "test_bpb", "val_interp_loss",
-           "test_interp_loss")
+from transformer_from_scratch.catalog import describe_model_size, variant_name
 
 
 POINTS = ("final", "best_selection")
@@ -59,7 +56,7 @@ class Run:
     settings: dict  # the grouping settings, flattened
 
     def metric(self, name: str) -> float:
-        split, key = name.split("_", 1)
+        split, key = role_and_metric(name)
         value = (self.log["final"].get(split) or {}).get(key)  # None: not measured (or an older log)
         return float(value) if value is not None else math.nan
 
@@ -80,7 +77,7 @@ class Run:
     def article_losses_at(self, name: str, point: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The NLL summed per article and the targets per article behind a loss metric (``*_loss``) at
         ``point``, where the log recorded them (None in logs from before, or for another metric)."""
-        split, key = name.split("_", 1)
+        split, key = role_and_metric(name)
         if key != "loss":
             return None
         stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
@@ -90,7 +87,7 @@ class Run:
         else:
             entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
             best = min(entries, key=lambda e: e["val_loss"]) if entries else {}
-            nll, tokens = best.get(f"{split}_article_nll"), best.get(f"{split}_article_tokens")
+            nll, tokens = best.get(logged_name(split, "article_nll")), best.get(logged_name(split, "article_tokens"))
         if nll is None or tokens is None:
             return None
         return np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
@@ -112,20 +109,15 @@ def grouping_settings(log: dict) -> dict:
     return flatten("", {"model": log["model_config"], "train": log["train_config"], "data": data}, {})
 
 
-def variant_name(log: dict) -> str:
-    cfg = log["model_config"]
-    matched = cfg.get("match_params") and cfg.get("d_hidden") != cfg.get("d_mlp")
-    return f"{cfg['act_fn']} (matched)" if matched else cfg["act_fn"]
-
-
 def load_run(path: Path, ignore: set[str] = frozenset()) -> Run:
     """The run in a log file; ValueError (one line) if it is not a readable train_simple.py log.
     ``ignore``: settings that do not split runs into groups here (a study's per-arm lr)."""
     log = read_log(path)
     try:
         settings = {k: v for k, v in grouping_settings(log).items() if k not in ignore}
-        return Run(path, log, variant_name(log), int(log["train_config"]["seed"]), json.dumps(settings, sort_keys=True),
-                   settings)
+        model = log["model_config"]
+        return Run(path, log, variant_name(model["act_fn"], model.get("match_params", False)),
+                   int(log["train_config"]["seed"]), json.dumps(settings, sort_keys=True), settings)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"malformed ({type(err).__name__}: {err})") from None
 

@@ -13,9 +13,10 @@ import pandas as pd
 
 from analysis import report
 from analysis.report import fmt
-from analysis.runs import METRICS, Loaded, Run, by_variant, evaluations, has_attention, one_machine_alone, step_curve, \
+from analysis.runs import SPLIT_ROLES, Loaded, Run, by_variant, evaluations, has_attention, one_machine_alone, step_curve, \
     step_label
 from analysis.stats import holm, paired_t_test, summarize
+from metrics import logged_name, summarised_names, tabled_columns
 from run_log import last_step
 
 
@@ -29,7 +30,7 @@ def group_table(group: list[Run], metric: str) -> pd.DataFrame:
     rows = []
     for variant, runs in by_variant(group).items():
         row = {"variant": variant, "seeds": len(runs), "seed_list": " ".join(str(r.seed) for r in sorted(runs, key=lambda r: r.seed))}
-        for name in METRICS:
+        for name in summarised_names():
             values = [r.metric_at(name, "final") for r in runs]
             if all(math.isnan(v) for v in values):
                 continue
@@ -85,10 +86,9 @@ MACHINE_TIME_OMITTED = ("Training seconds and tokens/s are left out: the runs di
 
 def markdown_table(table: pd.DataFrame, metric: str, times_compare: bool) -> str:
     """The group's table, selection and report splits named by role; machine time only where it compares."""
-    has_test = "test_loss_mean" in table
-    header = ["variant", "seeds", "selection loss", "selection ppl", "selection bits/byte",
-              "study bits/byte (approx, selection)"]
-    header += ["report loss", "report bits/byte"] if has_test else []
+    roles = ["val", *(["test"] if f"{logged_name('test', 'loss')}_mean" in table else [])]
+    columns = tabled_columns({role: SPLIT_ROLES[role] for role in roles})
+    header = ["variant", "seeds", *(header for _, header, _ in columns)]
     header += ["params (total / MLP)"] + (["train s", "tokens/s"] if times_compare else []) + [f"{metric} vs best"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
@@ -96,9 +96,7 @@ def markdown_table(table: pd.DataFrame, metric: str, times_compare: bool) -> str
         return fmt_ci(row.get(f"{name}_mean", math.nan), row.get(f"{name}_ci95", math.nan), digits)
 
     for _, row in table.iterrows():
-        cells = [row["variant"], str(row["seeds"]), cell(row, "val_loss"), cell(row, "val_ppl", 1),
-                 cell(row, "val_bpb"), cell(row, "val_bpb_approx")]
-        cells += [cell(row, "test_loss"), cell(row, "test_bpb")] if has_test else []
+        cells = [row["variant"], str(row["seeds"]), *(cell(row, name, digits) for name, _, digits in columns)]
         gap = row[f"{metric}_vs_best_pct"]
         cells += [f"{row['params_total']:,} / {row['params_mlp']:,}"]
         cells += [f"{row['train_wall_s_mean']:.0f}", f"{row['train_tokens_per_s_mean']:.0f}"] if times_compare else []

@@ -35,10 +35,10 @@ FIGURE_GUIDE = {
 }
 
 
-def trial_rows(study, trials_folder: Path) -> list[dict]:
+def trial_rows(optuna_study, trials_folder: Path) -> list[dict]:
     """One row per Optuna trial, joined with its run log (when it has one)."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in optuna_study.get_trials(deepcopy=False):
         name = t.user_attrs.get("run_name") or run_name_of(t)  # a queued retry has not set it yet
         path = trials_folder / f"{name}.json"
         try:
@@ -198,15 +198,15 @@ def markdown_trials(rows: list[dict]) -> str:
                               "trial its last reported evaluation (a screening result, not a final number)."
 
 
-def markdown_importance(study) -> str:
+def markdown_importance(optuna_study) -> str:
     import optuna
 
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = [t for t in optuna_study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 3:
         return "Flag importance: needs at least 3 complete trials."
     try:
         importance = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+            optuna_study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError) as err:
         return f"Flag importance: not computed ({err})."
     ranked = sorted(importance.items(), key=lambda item: (-round(item[1], 2), item[0]))  # ties by name: stable
@@ -269,11 +269,11 @@ def plot_slices(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_search_report(title: str, study, arms: list[str], trials_folder: Path, out_dir: Path) -> Path:
+def write_search_report(title: str, optuna_study, arms: list[str], trials_folder: Path, out_dir: Path) -> Path:
     """report.md and the two figures in ``out_dir``; the report's path."""
     from run_log import atomic_write
 
-    rows = trial_rows(study, trials_folder)
+    rows = trial_rows(optuna_study, trials_folder)
     baselines = baselines_of(rows)
     best = best_per_arm(rows, arms)
     plot_history(rows, baselines, out_dir / "search_history.png")
@@ -292,7 +292,7 @@ def write_search_report(title: str, study, arms: list[str], trials_folder: Path,
         "## The best configuration per arm", markdown_best(best),
         "## The best configuration, as a study declares it", study_declaration(best),
         "## Every trial", markdown_trials(rows),
-        "## What mattered (exploratory)", markdown_importance(study),
+        "## What mattered (exploratory)", markdown_importance(optuna_study),
         "## Figures", *(f"![{name}]({name}.png)\n\n{guide}" for name, guide in FIGURE_GUIDE.items()),
     ]) + "\n"
     path = out_dir / "report.md"

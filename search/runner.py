@@ -1,5 +1,5 @@
 """Running a search with Optuna: a TPE sampler, a pruner fed the selection loss at each evaluation,
-and the study's state in a SQLite file beside the study file (``search.db``; any RDB URL for many
+and the Optuna study's state in a SQLite file beside the study file (``search.db``; any RDB URL for many
 machines), so a search survives interruption and runs from several processes at once.
 
 Each trial is an ordinary train_simple.py run (its own JSON log and lock, in ``trials/``), named
@@ -105,7 +105,7 @@ def space_signature(search: Search) -> str:
                       sort_keys=True)
 
 
-def open_study(name: str, search: Search, url: str):
+def open_optuna_study(name: str, search: Search, url: str):
     """The Optuna study (created, or loaded to resume) on ``url``. Each worker process seeds its
     sampler with the tuning seed and its process id: workers that drew alike would train the same
     configurations (the draws, not the trials, are what a seed would make repeatable). StudyError (one
@@ -114,17 +114,17 @@ def open_study(name: str, search: Search, url: str):
     import sqlalchemy
 
     try:
-        study = create_or_load(name, search, url)
+        optuna_study = create_or_load(name, search, url)
     except sqlalchemy.exc.SQLAlchemyError as err:
         raise StudyError(f"search storage {url} cannot be read ({type(err).__name__}: it is damaged or not an Optuna "
                          f"storage); it is left as it is: move it away to start the search afresh") from None
-    recorded = study.user_attrs.get("space")
-    if recorded is None and not study.trials:  # a new search records its space (an older storage is read as it is)
-        study.set_user_attr("space", space_signature(search))
+    recorded = optuna_study.user_attrs.get("space")
+    if recorded is None and not optuna_study.trials:  # a new search records its space (an older storage is read as it is)
+        optuna_study.set_user_attr("space", space_signature(search))
     elif recorded is not None and recorded != space_signature(search):
         raise StudyError(f"search storage {url} holds search {name!r} with another space ({recorded}): give this "
                          f"search its own storage")
-    return study
+    return optuna_study
 
 
 def create_or_load(name: str, search: Search, url: str):
@@ -185,7 +185,7 @@ class Stop(StopRuns):
     def __init__(self) -> None:
         super().__init__("the search", after="its trials are queued again; run it again to continue them")
 
-    def __call__(self, study, trial) -> None:
+    def __call__(self, optuna_study, trial) -> None:
         import optuna
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -194,11 +194,11 @@ class Stop(StopRuns):
             # retry carrying "stopped" would be queued again whenever it failed, for any reason, forever
             original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
             history = [*RetryHeartbeatStaleTrialCallback.retry_history(trial), trial.number]
-            study.add_trial(optuna.create_trial(
+            optuna_study.add_trial(optuna.create_trial(
                 state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
                 system_attrs={"failed_trial": trial.number if original is None else original, "retry_history": history}))
         if self.signum is not None:
-            study.stop()
+            optuna_study.stop()
 
 
 def train_trial(trial, run: TrialRun, stop: Stop) -> float:
@@ -274,26 +274,26 @@ class Budget:
     def __init__(self, search: Search) -> None:
         self.search = search
 
-    def spent(self, study) -> tuple[int, float]:
+    def spent(self, optuna_study) -> tuple[int, float]:
         import optuna
 
-        done = [t for t in study.get_trials(deepcopy=False)
+        done = [t for t in optuna_study.get_trials(deepcopy=False)
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
         hours = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) / 3600
         return len(done), hours
 
-    def exhausted(self, study) -> bool:
-        n, hours = self.spent(study)
+    def exhausted(self, optuna_study) -> bool:
+        n, hours = self.spent(optuna_study)
         return (self.search.trials is not None and n >= self.search.trials) or \
             (self.search.hours is not None and hours >= self.search.hours)
 
-    def __call__(self, study, _trial) -> None:
-        if self.exhausted(study):
-            study.stop()
+    def __call__(self, optuna_study, _trial) -> None:
+        if self.exhausted(optuna_study):
+            optuna_study.stop()
 
 
-def one_at_a_time(study) -> None:
-    """Serialise this process's ``study.ask()`` and pruner calls, which Optuna's worker threads make
+def one_at_a_time(optuna_study) -> None:
+    """Serialise this process's ``optuna_study.ask()`` and pruner calls, which Optuna's worker threads make
     unlocked. Asking pops a waiting trial (a retry) by reading it WAITING and then marking it RUNNING;
     on SQLite two threads asking at once both read it waiting and both ran it (measured: the kill
     test's two resumed workers, 1 run in 3), the second failing on the run's lock and then telling a
@@ -307,9 +307,9 @@ def one_at_a_time(study) -> None:
             with lock:
                 return call(*args, **kwargs)
         return locked_call
-    # Optuna's worker threads call study.ask() and study.pruner.prune(): this instance's are the locked ones
-    study.ask = locked(study.ask)
-    study.pruner.prune = locked(study.pruner.prune)
+    # Optuna's worker threads call optuna_study.ask() and optuna_study.pruner.prune(): this instance's are the locked ones
+    optuna_study.ask = locked(optuna_study.ask)
+    optuna_study.pruner.prune = locked(optuna_study.pruner.prune)
 
 
 def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int | None:
@@ -320,14 +320,14 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
     its TrialRun."""
     import optuna
 
-    study = open_study(name, search, url)
+    optuna_study = open_optuna_study(name, search, url)
     logging.getLogger("optuna.study._optimize").addFilter(WITHOUT_TRACEBACK)  # where Optuna logs a failed trial
     # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
     # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
-    optuna.storages.fail_stale_trials(study)
-    one_at_a_time(study)
+    optuna.storages.fail_stale_trials(optuna_study)
+    one_at_a_time(optuna_study)
     budget = Budget(search)
-    if budget.exhausted(study):
+    if budget.exhausted(optuna_study):
         return None
 
     with Stop() as stop:
@@ -338,10 +338,10 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
             print(f"{run.name}: selection loss {value:.4f} at its best point", file=sys.stderr)
             return value
 
-        while not budget.exhausted(study) and stop.signum is None:
-            left = None if search.trials is None else search.trials - budget.spent(study)[0]
+        while not budget.exhausted(optuna_study) and stop.signum is None:
+            left = None if search.trials is None else search.trials - budget.spent(optuna_study)[0]
             try:
-                study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget, stop], catch=(TrialFailed,))
+                optuna_study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget, stop], catch=(TrialFailed,))
                 break
             except optuna.exceptions.UpdateFinishedTrialError as err:
                 # A live trial whose heartbeat lagged (a loaded machine) was failed as stale by another

@@ -11,7 +11,7 @@ pre-registration. Keys (unknown keys are an error):
     lrs          [1e-3]                        every arm at every lr, unless an arm sets its own lr
     comparisons  [["gelu", "relu"], ...]       the declared comparisons (arm names as below); only these
                                                get verdicts, everything else is exploratory
-    metric       "test_loss"                   the primary metric (a METRICS name of analyze_results)
+    metric       "test_loss"                   the primary metric (metrics.summarised_names())
     secondary    ["test_interp_loss"]          secondary metrics: verdicts of their own, each Holm-adjusted
                                                over the comparisons, labelled secondary
     point        "final" | "best_selection"    where each run is read
@@ -40,11 +40,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.runs import METRICS, POINTS
+from analysis.runs import POINTS
+from metrics import summarised_names
 from analysis.verdicts import SEEDS, UNCERTAINTIES
 from study_file.space import Search, StudyError, is_number, load_search
 from study_file.tuning import Candidate, Tuning, load_tuning
-from transformer_from_scratch.catalog import SIZES, is_gated
+from transformer_from_scratch import catalog
+from transformer_from_scratch.catalog import SIZES, is_matched, variant_name
 
 KEYS = {"name", "baseline", "seeds", "lrs", "comparisons", "metric", "secondary", "point", "margin", "alpha", "arms",
         "train", "search", "tuning", "uncertainty", "ladder"}
@@ -61,7 +63,7 @@ class Arm:
 
     @property
     def name(self) -> str:
-        return f"{self.activation} (matched)" if self.matched and is_gated(self.activation) else self.activation
+        return variant_name(self.activation, self.matched)
 
 
 @dataclass(frozen=True)
@@ -246,8 +248,8 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
     if tuning and not tuning.trials and any(arm.lr is None for arm in arms) and len(lrs) != 1:
         raise StudyError(f"{path}: [tuning] multiplies one lr: give lrs = [one value], or an lr for every arm")
     metrics = [raw.get("metric", "test_loss"), *raw.get("secondary", [])]
-    if any(m not in METRICS for m in metrics) or len(set(metrics)) != len(metrics):
-        raise StudyError(f"{path}: metric and secondary must be distinct names among {', '.join(METRICS)}, "
+    if any(m not in summarised_names() for m in metrics) or len(set(metrics)) != len(metrics):
+        raise StudyError(f"{path}: metric and secondary must be distinct names among {', '.join(summarised_names())}, "
                          f"got {metrics}")
     if raw.get("point", "final") not in POINTS:
         raise StudyError(f"{path}: point must be one of {', '.join(POINTS)}, got {raw['point']!r}")
@@ -264,13 +266,13 @@ def load_study(path: Path, known_flags: set[str] | None = None) -> Study:
 
 
 def arm_stem(arm: Arm) -> str:
-    """activation[_matched]: how an arm's run names begin."""
-    return f"{arm.activation}{'_matched' if arm.matched and is_gated(arm.activation) else ''}"
+    """activation[_matched]: how an arm's run names begin (its tuning trials': <stem>_trial<k>_seed<seed>)."""
+    return f"{arm.activation}{'_matched' if is_matched(arm.activation, arm.matched) else ''}"
 
 
 def run_name(arm: Arm, lr: float | None, seed: int) -> str:
-    """activation[_matched][_lr<lr>]_seed<seed>; the lr only where an arm runs at several."""
-    return f"{arm_stem(arm)}{'' if lr is None else f'_lr{lr:g}'}_seed{seed}"
+    """An arm's run: catalog.run_name, the lr only where the arm runs at several."""
+    return catalog.run_name(arm.activation, arm.matched, seed, lr)
 
 
 def tuning_runs(study: Study) -> list[tuple[Arm, float, dict, str]]:

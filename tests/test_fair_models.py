@@ -126,8 +126,8 @@ def test_a_tied_run_exports_to_hugging_face_with_the_same_logits(tiny_argv, tmp_
 def test_several_weight_decays_make_one_run_each_named_by_weight_decay(tiny_argv, tmp_path):
     assert train_simple.main(tiny_argv(None, "--weight_decay", "0", "0.1", "--max_steps", "2")) == 0
     logs = {p.stem: read_log(p) for p in (tmp_path / "out").glob("*.json")}
-    assert sorted(logs) == ["relu_wd0e0_seed3", "relu_wd1e-1_seed3"]
-    assert [logs[n]["train_config"]["weight_decay"] for n in sorted(logs)] == [0.0, 0.1]
+    assert sorted(logs) == ["relu_wd0.1_seed3", "relu_wd0_seed3"]
+    assert [logs[n]["train_config"]["weight_decay"] for n in sorted(logs)] == [0.1, 0.0]
     states = [final_weights(tmp_path / "out", n) for n in sorted(logs)]
     assert not torch.equal(states[0]["embed.W_E"], states[1]["embed.W_E"])  # the decay reached the optimizer
 

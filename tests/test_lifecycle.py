@@ -22,9 +22,9 @@ import run_log
 from run_log import EXIT_HELD
 import sample
 import train_simple
-from training.state import NLLSum
-from metrics import evaluate
 from training import settings
+from training.evaluation import evaluate
+from training.state import NLLSum
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 
 RUN = "relu_seed3"
@@ -501,7 +501,7 @@ def test_a_validation_split_that_is_the_training_file_is_refused(tiny_argv, tmp_
     (("--grad_clip", "nan"), "--grad_clip must be a finite number"),
     (("--seeds", str(2**63)), "--seeds must be in 0..2^63-1"),
     (("--seeds", "-1"), "--seeds must be in 0..2^63-1"),
-    (("--lr", "1e-3", "1.0000001e-3"), "would both be named 'relu_lr1e-3_seed3'"),
+    (("--lr", "1e-3", "1.000001e-3"), "would both be named 'relu_lr0.001_seed3'"),
     (("--run_name", "../escaped"), "--run_name must be a plain file name"),
     (("--run_name", "sub/run"), "--run_name must be a plain file name"),
     (("--run_name", ".."), "--run_name must be a plain file name"),

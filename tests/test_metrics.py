@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from data_utils import load_split_text, token_byte_lengths, tokenize_split
-from metrics import NLLTotals, bits_per_byte, perplexity, study_bits_per_byte
-from metrics import evaluate
+from metrics import Totals, bits_per_byte, metrics_of, perplexity, study_bits_per_byte
+from training.evaluation import evaluate
 from transformer_from_scratch import IGNORE_INDEX, Transformer, TransformerConfig
 
 
@@ -19,23 +19,12 @@ def test_metric_formulas():
     assert study_bits_per_byte(4 * math.log(2)) == pytest.approx(1.0)
 
 
-def test_totals_are_token_weighted_not_batch_means():
-    totals = NLLTotals()
-    totals.add(10.0, 10, 40)  # batch mean 1.0
-    totals.add(30.0, 10, 40)  # batch mean 3.0
-    totals.add(2.0, 2, 8)  # batch mean 1.0: a mean of batch means would say 5/3
-    summary = totals.summary()
-    assert summary["loss"] == pytest.approx(42 / 22)
-    assert summary["bpb"] == pytest.approx(42 / math.log(2) / 88)
-    assert summary["bytes_per_token"] == pytest.approx(4.0)
-
-
 def test_empty_split_is_an_error():
     with pytest.raises(ValueError, match="no scored tokens"):
-        NLLTotals().summary()
+        metrics_of(Totals({"nll": 0.0, "tokens": 0, "bytes": 0, "seen_nll": 0.0, "seen_tokens": 0, "unseen_nll": 0.0}))
 
 
-def test_evaluate_equals_a_single_batch_computation_and_is_deterministic(corpus_dir, tiny_tokenizer, tmp_path):
+def test_evaluate_is_token_weighted_like_a_single_batch_and_deterministic(corpus_dir, tiny_tokenizer, tmp_path):
     split = tokenize_split(load_split_text(str(corpus_dir / "valid.txt")), tiny_tokenizer, "lines", 16, cache_dir=tmp_path)
     lengths = token_byte_lengths(tiny_tokenizer)
     model = Transformer(TransformerConfig(d_vocab=len(tiny_tokenizer), n_ctx=16, d_model=32, n_heads=2, d_mlp=64,
@@ -50,3 +39,8 @@ def test_evaluate_equals_a_single_batch_computation_and_is_deterministic(corpus_
     assert first["tokens"] == int(mask.sum()) == split.info["tokens"]
     assert first["loss"] == pytest.approx(nll / first["tokens"], rel=1e-5)
     assert first["bpb"] == pytest.approx(nll / math.log(2) / split.info["bytes"], rel=1e-5)
+    # the batches hold different numbers of targets, so a mean of batch means would be caught above
+    per_target = torch.nn.functional.cross_entropy(logits.detach().transpose(1, 2), targets, reduction="none",
+                                                   ignore_index=IGNORE_INDEX)
+    batch_means = [per_target[i : i + 3].sum() / mask[i : i + 3].sum() for i in range(0, len(split), 3)]
+    assert float(sum(batch_means) / len(batch_means)) != pytest.approx(first["loss"], rel=1e-4)

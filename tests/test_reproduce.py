@@ -33,7 +33,7 @@ def test_list_goes_seed_by_seed_so_a_stopped_study_stays_balanced():
     listed = run_reproduce(["--seeds", "1 2", "--ungated", "relu gelu", "--gated", "swiglu", "--lrs", "1e-3 3e-4", "--list"])
     assert listed.returncode == 0
     runs = [line.split("--run_name ")[1].split()[0] for line in listed.stdout.splitlines()]
-    assert runs == [f"{act}_lr{lr}_seed{seed}" for seed in (1, 2) for lr in ("1e-3", "3e-4")
+    assert runs == [f"{act}_lr{lr}_seed{seed}" for seed in (1, 2) for lr in ("0.001", "0.0003")
                     for act in ("relu", "gelu", "swiglu_matched")]
 
 
@@ -94,8 +94,8 @@ def test_list_runs_under_xargs_and_trains_what_jobs_trains(tmp_path, corpus_dir,
     assert jobs.returncode == 0, jobs.stderr[-2000:]
     names = sorted(p.name for p in by_list.glob("*.json"))
     assert names == sorted(p.name for p in by_jobs.glob("*.json")) == [
-        "relu_lr3e-3_seed1.json", "relu_lr3e-4_seed1.json", "swiglu_matched_lr3e-3_seed1.json",
-        "swiglu_matched_lr3e-4_seed1.json"]
+        "relu_lr0.0003_seed1.json", "relu_lr0.003_seed1.json", "swiglu_matched_lr0.0003_seed1.json",
+        "swiglu_matched_lr0.003_seed1.json"]
     for name in names:
         assert without_timings(read_log(by_list / name)) == without_timings(read_log(by_jobs / name))
     assert "## Learning-rate sweep" in (by_jobs / "summary.md").read_text()

@@ -319,14 +319,14 @@ def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
     import shutil
 
     from search.report import write_search_report
-    from search.runner import open_study
+    from search.runner import open_optuna_study
 
     folder = ROOT / "results" / "wikitext2_search"
     if not (folder / "search.db").exists():
         pytest.skip("no committed search")
     shutil.copy(folder / "search.db", tmp_path / "search.db")  # opening a storage may write to it
     study = load_study(folder / "search.toml")
-    report = write_search_report(study.name, open_study(study.name, study.search, f"sqlite:///{tmp_path / 'search.db'}"),
+    report = write_search_report(study.name, open_optuna_study(study.name, study.search, f"sqlite:///{tmp_path / 'search.db'}"),
                                  [arm.name for arm in study.arms], folder / "trials", tmp_path)
     assert report.read_text() == (folder / "report.md").read_text()
 

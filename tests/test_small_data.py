@@ -17,9 +17,9 @@ from baselines import MODIFIED_KN_ORDERS, baseline_losses, strongest_ngram, unig
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, final_weights, needs_shared_data, read_log, \
     run_cli
 from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, tokenize_split
-from metrics import INTERPOLATION_STEPS, evaluate, interpolated_nll
+from metrics import INTERPOLATION_STEPS
 from training.data import evaluation_subset
-from training.evaluation import split_metrics
+from training.evaluation import evaluate, interpolated_nll, split_metrics
 from training.settings import build_parser
 from training.state import parameter_groups_for_decay
 from transformer_from_scratch import (IGNORE_INDEX, Transformer, TransformerConfig, linear_cross_entropy,

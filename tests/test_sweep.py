@@ -10,7 +10,7 @@ import pytest
 
 import analyze_results
 import train_simple
-from analysis import runs
+from transformer_from_scratch.catalog import variant_name
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_best_lr_table_and_figures_follow_the_logs(sweep):
     losses: dict[tuple[str, float], list[float]] = {}
     for path in sweep.glob("*.json"):
         log = json.loads(path.read_text())
-        variant = runs.variant_name(log)
+        variant = variant_name(log["model_config"]["act_fn"], log["model_config"].get("match_params", False))
         losses.setdefault((variant, log["train_config"]["lr"]), []).append(log["final"]["val"]["loss"])
     summary = (sweep / "summary.md").read_text()
     section = summary.split("## Learning-rate sweep")[1]

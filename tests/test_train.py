@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
+import analyze_results
+import metrics
 import train_simple
 from training.state import NLLSum
 from training.settings import build_parser, device_defaults
@@ -259,8 +262,8 @@ def test_a_cosine_run_is_not_extended_by_resume(tiny_argv, tmp_path, capsys):
 def test_several_learning_rates_make_one_run_each_named_by_lr(tiny_argv, tmp_path):
     assert train_simple.main(tiny_argv(None, "--lr", "1e-3", "0.0003", "--seeds", "1", "2", "--max_steps", "2")) == 0
     names = sorted(p.stem for p in (tmp_path / "out").glob("*.json"))
-    assert names == ["relu_lr1e-3_seed1", "relu_lr1e-3_seed2", "relu_lr3e-4_seed1", "relu_lr3e-4_seed2"]
-    log = read_log(tmp_path / "out" / "relu_lr3e-4_seed2.json")
+    assert names == ["relu_lr0.0003_seed1", "relu_lr0.0003_seed2", "relu_lr0.001_seed1", "relu_lr0.001_seed2"]
+    log = read_log(tmp_path / "out" / "relu_lr0.0003_seed2.json")
     assert log["train_config"]["lr"] == 3e-4 and log["steps"][0]["lr"] == 3e-4
     entry = log["steps"][-1]
     assert entry["train_flops"] == entry["train_tokens_seen"] * log["model_config"]["training_flops_per_token"]
@@ -302,17 +305,31 @@ def test_eval_tokens_evaluates_a_fixed_subset_during_training_and_the_whole_spli
     assert [e["val_loss"] for e in subset["evals"]] == [e["val_loss"] for e in again["evals"]]  # a fixed subset
 
 
-def test_tensorboard_gets_the_logs_scalars(tiny_argv, tmp_path):
+def test_a_metric_is_one_declaration_and_tensorboard_gets_the_logs_scalars(tiny_argv, tmp_path, monkeypatch):
+    """A throw-away metric declared at run time (the share of targets longer than three bytes) is in
+    every evaluation of the log, in TensorBoard and in the summary, with nothing else changed; and
+    TensorBoard's scalars are the log's."""
     pytest.importorskip("tensorboard", reason="tensorboard is an optional dependency")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    monkeypatch.setitem(metrics.METRIC_TABLE, "long_fraction", metrics.Metric(
+        lambda t: t["long_targets"] / t["tokens"], sums={"long_targets": lambda b: (b.bytes > 3).sum()},
+        summarised=metrics.ROLES, tabled=("val",), column="{role} long targets", tensorboard="long_fraction"))
     assert train_simple.main(tiny_argv(None, "--max_steps", "5", "--eval_every", "3", "--tensorboard",
                                        str(tmp_path / "tb"))) == 0
     log = read_log(tmp_path / "out" / "relu_seed3.json")
+    long_fraction = log["final"]["val"]["long_fraction"]
+    assert 0 < long_fraction < 1  # a property of the data: the same at every evaluation of the whole split
+    assert [e["val_long_fraction"] for e in log["evals"] + log["epochs"]] == [long_fraction] * 2
     events = EventAccumulator(str(tmp_path / "tb" / "relu_seed3")).Reload()
     losses = {e.step: e.value for e in events.Scalars("train/loss")}
     assert losses == pytest.approx({s["step"]: s["loss"] for s in log["steps"]}, rel=1e-6)
     assert [e.step for e in events.Scalars("val/loss")] == [3, 5]  # the evaluation at 3 and the (partial) epoch end
+    assert [e.value for e in events.Scalars("val/long_fraction")] == pytest.approx([long_fraction] * 2)
+
+    assert analyze_results.main([str(tmp_path / "out"), "--metric", "val_long_fraction"]) == 0
+    assert "| selection long targets |" in (tmp_path / "out" / "summary.md").read_text()
+    assert pd.read_csv(tmp_path / "out" / "summary.csv")["val_long_fraction_mean"].tolist() == [long_fraction]
 
 
 def test_the_final_report_numbers_are_the_report_splits_whether_or_not_the_last_pass_is_reused(tiny_argv, tmp_path):

@@ -13,7 +13,7 @@ from cli import Parser
 from data_utils import LAYOUTS
 from run_log import OLD_PRESET_NAMES
 from transformer_from_scratch import PRESETS, TransformerConfig
-from transformer_from_scratch.catalog import SIZES, activation_names, canonical_activation, describe_size, is_gated
+from transformer_from_scratch.catalog import SIZES, activation_names, canonical_activation, describe_size, run_name
 from transformer_from_scratch.config import MLP_INITS, UNEMBED_BIASES
 from transformer_from_scratch.hf import check_gpt2_expressible
 
@@ -291,10 +291,8 @@ def run_specs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list
     specs = []
     for activation, lr, weight_decay, seed in runs:
         model_flags = resolved_model_flags({**model, "act_fn": activation})
-        matched = "_matched" if is_gated(activation) and args.match_params else ""
-        swept = (f"_lr{short_float(lr)}" if len(lrs) > 1 else "") + (
-            f"_wd{short_float(weight_decay)}" if len(decays) > 1 else "")
-        name = f"{activation}{matched}{swept}_seed{seed}"
+        name = run_name(activation, args.match_params, seed, lr if len(lrs) > 1 else None,
+                        weight_decay if len(decays) > 1 else None)
         if args.run_name:
             name = args.run_name if len(runs) == 1 else f"{args.run_name}_{name}"
         train_config = {"activation": activation, "seed": seed, **training, "lr": lr, "weight_decay": weight_decay, **fixed}
@@ -324,14 +322,8 @@ def check_distinct_names(specs: list[RunSpec]) -> None:
             a, b = first[spec.name].train_config, spec.train_config
             differ = ", ".join(f"{k} {a[k]!r} and {b[k]!r}" for k in a if a[k] != b[k])
             raise UsageError(f"two requested runs would both be named {spec.name!r} ({differ}): give values that "
-                             f"differ in their first 7 significant digits, or separate commands with --run_name")
+                             f"differ in their first 6 significant digits, or separate commands with --run_name")
         first[spec.name] = spec
-
-
-def short_float(value: float) -> str:
-    """3e-4 for 0.0003, 1.5e-3 for 0.0015: the way people write learning rates."""
-    mantissa, exponent = f"{value:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def validate(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from metrics import logged_name, tensorboard_tags
+
 
 def tensorboard_writer(folder: Path | None):
     """A TensorBoard SummaryWriter for ``folder``, or None (run_all checked that tensorboard is there)."""
@@ -31,8 +33,9 @@ class Watch:
     on stderr at most every ``status_every`` seconds and one after each evaluation; with
     --tensorboard, the log's scalars as TensorBoard events. Only the main process shows anything."""
 
-    SCALARS = {"loss": "train/loss", "grad_norm": "train/grad_norm", "lr": "train/lr", "tokens_per_s": "train/tokens_per_s",
-               "val_loss": "val/loss", "val_bpb": "val/bits_per_byte", "test_loss": "test/loss", "test_bpb": "test/bits_per_byte"}
+    # A logged step's scalars; an evaluation's are those metrics.py gives a TensorBoard tag.
+    STEP_SCALARS = {"loss": "train/loss", "grad_norm": "train/grad_norm", "lr": "train/lr",
+                    "tokens_per_s": "train/tokens_per_s"}
 
     def __init__(self, name: str, total_steps: int, step: int, flops_per_token: float, status_every: float,
                  tensorboard: Path | None, main: bool, splits: dict[str, str] | None = None,
@@ -48,7 +51,7 @@ class Watch:
 
     def scalars(self, entry: dict, step: int) -> None:
         if self.writer is not None:
-            for key, tag in self.SCALARS.items():
+            for key, tag in (self.STEP_SCALARS | tensorboard_tags()).items():
                 if isinstance(entry.get(key), (int, float)):
                     self.writer.add_scalar(tag, entry[key], step)
 
@@ -70,8 +73,8 @@ class Watch:
         """After an evaluation: its scalars, and without a terminal one line with its numbers."""
         self.scalars(entry, step)
         if self.lines:
-            numbers = ", ".join(f"{label} {entry[f'{role}_loss']:.4f}" for role, label in self.splits.items()
-                                if f"{role}_loss" in entry)
+            numbers = ", ".join(f"{label} {entry[logged_name(role, 'loss')]:.4f}" for role, label in self.splits.items()
+                                if logged_name(role, "loss") in entry)
             self.say(f"step {step}: evaluated {self.scope} in {seconds:.0f} s: loss on {numbers}")
 
     def say(self, line: str) -> None:

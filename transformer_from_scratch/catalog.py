@@ -56,6 +56,28 @@ def is_gated(name: str) -> bool:
     return ACTIVATION_TABLE[canonical_activation(name)].gated
 
 
+def is_matched(act_fn: str, match_params: bool) -> bool:
+    """Whether an MLP is parameter-matched (2/3 as wide): a gated activation asked to match. The one
+    definition the model's width, run names and the analysis's variant names all read; an ungated
+    activation ignores the flag, and an activation this version does not know is not matched."""
+    info = ACTIVATION_TABLE.get(ALIASES.get(act_fn, act_fn))
+    return bool(match_params) and info is not None and info.gated
+
+
+def variant_name(act_fn: str, match_params: bool) -> str:
+    """How tables, figures and study files name an MLP: "swiglu (matched)", "relu"."""
+    return f"{act_fn} (matched)" if is_matched(act_fn, match_params) else act_fn
+
+
+def run_name(act_fn: str, match_params: bool, seed: int, lr: float | None = None,
+             weight_decay: float | None = None) -> str:
+    """activation[_matched][_lr<lr>][_wd<weight decay>]_seed<seed>: a run's log name, wherever it is
+    built (train_simple.py, study.py, reproduce.sh); an lr or weight decay appears where runs differ
+    in it, as Python's ``:g`` writes it (0.0003, 0.00310618: six significant digits)."""
+    swept = "".join(f"_{key}{value:g}" for key, value in (("lr", lr), ("wd", weight_decay)) if value is not None)
+    return f"{act_fn}{'_matched' if is_matched(act_fn, match_params) else ''}{swept}_seed{seed}"
+
+
 def display_rank(name: str) -> int:
     """An activation's place in the display order (after every known one if it is unknown)."""
     order = list(ACTIVATION_TABLE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .catalog import ACTIVATION_TABLE, canonical_activation
+from .catalog import ACTIVATION_TABLE, canonical_activation, is_matched
 
 PRESETS = ("reference", "gpt2")
 ATTENTION_IMPLS = ("einsum", "sdpa")
@@ -103,7 +103,7 @@ class TransformerConfig:
     @property
     def d_hidden(self) -> int:
         """The MLP's actual hidden width: d_mlp, or 2/3 of it for a parameter-matched gated MLP."""
-        if not (self.gated and self.match_params):
+        if not is_matched(self.act_fn, self.match_params):
             return self.d_mlp
         multiple = MATCHED_WIDTH_MULTIPLE
         return max(multiple, round(2 * self.d_mlp / 3 / multiple) * multiple)

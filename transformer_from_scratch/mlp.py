@@ -34,12 +34,12 @@ class MLP(nn.Module):
         self.hook_post = nn.Identity()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        hidden = einsum("batch pos d_model, d_model d_mlp -> batch pos d_mlp", x, self.W_in) + self.b_in
+        hidden = einsum("batch pos d_model, d_model d_hidden -> batch pos d_hidden", x, self.W_in) + self.b_in
         if self.act.gated:
-            gate = einsum("batch pos d_model, d_model d_mlp -> batch pos d_mlp", x, self.W_gate) + self.b_gate
+            gate = einsum("batch pos d_model, d_model d_hidden -> batch pos d_hidden", x, self.W_gate) + self.b_gate
             hidden = self.act.fn(self.hook_pre(gate)) * hidden
         else:
             hidden = self.act.fn(self.hook_pre(hidden))
         hidden = self.hook_post(hidden)
-        out = einsum("batch pos d_mlp, d_mlp d_model -> batch pos d_model", hidden, self.W_out)
+        out = einsum("batch pos d_hidden, d_hidden d_model -> batch pos d_model", hidden, self.W_out)
         return out + self.b_out
