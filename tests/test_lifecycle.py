@@ -3,6 +3,7 @@ failures, checkpoints that carry code, bad data, and reproducibility with the de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -22,9 +23,10 @@ import run_log
 from run_log import EXIT_HELD
 import sample
 import train_simple
-from training import settings
+from training import flags, settings
 from training.evaluation import evaluate
 from training.state import NLLSum
+from transformer_from_scratch.catalog import SIZES
 from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
 
 RUN = "relu_seed3"
@@ -377,20 +379,22 @@ def test_two_runs_with_the_default_threads_give_identical_logs(tiny_argv, tmp_pa
 
 
 def test_every_flag_that_can_change_a_result_is_recorded_in_the_log(tiny_argv, tmp_path):
-    # Settings are read off the parser's groups, so a new flag cannot be left out of the log and
-    # let the analysis pool two runs that differ in it.
+    # Settings are the fields of training/flags.py's classes, so a new flag cannot be left out of the
+    # log and let the analysis pool two runs that differ in it.
     assert train_simple.main(tiny_argv(None, "--max_steps", "1")) == 0
     log = read_log(paths(tmp_path / "out")[0])
-    parser = settings.build_parser()
-    sections = {settings.TRAINING: "train_config", settings.MODEL: "model_config", settings.DATA: "data"}
-    for group in parser._action_groups:
-        for action in group._group_actions:
-            if action.dest == "size":  # a name for four model flags, which model_config records
-                assert all(key in log["model_config"] for key in settings.SIZES[action.default])
-            elif group.title in sections:
-                assert action.dest in log[sections[group.title]], action.dest
-            elif action.dest not in ("help", "activation", "seeds", "resume", "overwrite"):
-                assert action.dest in log["run"]["flags"], action.dest
+    sections = {flags.TrainingSettings: "train_config", flags.ModelSettings: "model_config", flags.DataSettings: "data"}
+    for group in (*flags.RESULT_SETTINGS, *flags.RUN_FLAGS):
+        for field in dataclasses.fields(group):
+            if field.name == "size":  # a name for four model flags, which model_config records
+                assert all(key in log["model_config"] for key in SIZES[field.default])
+            elif group in sections:
+                assert field.name in log[sections[group]], field.name
+            else:
+                assert field.name in log["run"]["flags"], field.name
+    parsed = {action.dest for action in settings.build_parser()._actions}
+    declared = {field.name for group in (*flags.RESULT_SETTINGS, *flags.RUN_FLAGS) for field in dataclasses.fields(group)}
+    assert parsed - declared == {"help", "activation", "seeds", "resume", "overwrite"}  # what says which runs, and how
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, toke
 from metrics import INTERPOLATION_STEPS
 from training.data import evaluation_subset
 from training.evaluation import evaluate, interpolated_nll, split_metrics
+from training.flags import Execution, Sources
 from training.settings import build_parser
 from training.state import parameter_groups_for_decay
 from transformer_from_scratch import (IGNORE_INDEX, Transformer, TransformerConfig, linear_cross_entropy,
@@ -163,8 +164,8 @@ def test_the_training_script_hands_the_selection_splits_weight_to_the_report_spl
     data = train_simple.load_data(args)
     data.val, data.test = with_reference(data.val, 50.0), with_reference(data.test, 1e-6)
     spec = train_simple.run_specs(build_parser(), args)[0]
-    rt = train_simple.Runtime(CPU, Distributed(), StopSignal(), {"eval_batch_size": 8}, {"git_commit": None,
-                                                                                           "git_dirty": None})
+    rt = train_simple.Runtime(CPU, Distributed(), StopSignal(), Sources(), Execution(eval_batch_size=8),
+                              {"git_commit": None, "git_dirty": None})
     state = train_simple.fresh_state(spec, data, rt)
     val, test = train_simple.evaluate_splits(spec, state, data, rt, whole=True)
     assert val["interp_weight"] == test["interp_weight"] == 1.0

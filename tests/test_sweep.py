@@ -24,7 +24,7 @@ def sweep(tiny_argv, tmp_path):
 
 def test_every_activation_lr_and_seed_is_one_run_with_curves(sweep):
     logs = {p.stem: json.loads(p.read_text()) for p in sweep.glob("*.json")}
-    assert sorted(logs) == sorted(f"{a}_lr{lr}_seed{s}" for a in ("relu", "swiglu_matched") for lr in ("3e-3", "3e-4")
+    assert sorted(logs) == sorted(f"{a}_lr{lr}_seed{s}" for a in ("relu", "swiglu_matched") for lr in ("0.003", "0.0003")
                                   for s in (1, 2))
     for log in logs.values():
         assert len(log["evals"]) == 2  # evals_per_epoch 2: one within each of the 2 epochs, besides the epoch ends

@@ -31,7 +31,7 @@ def differing_settings(log: dict, spec: RunSpec, allow_longer: bool) -> list[str
 
     A longer run can continue a shorter one only under a constant learning rate: a decaying schedule
     is laid out over the run's length, so its steps so far would differ."""
-    allow_longer = allow_longer and spec.train_config["lr_schedule"] == "constant"
+    allow_longer = allow_longer and spec.training.lr_schedule == "constant"
     differ = []
     for section, requested in spec.settings().items():
         saved = log.get(section) or {}

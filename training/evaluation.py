@@ -133,8 +133,8 @@ N_PROMPTS, PROMPT_TOKENS, SAMPLE_TOKENS = 3, 24, 40  # text samples at each epoc
 
 def split_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, split: TokenizedSplit,
                   interp_weight: float | None = None) -> dict:
-    return evaluate(state.model, split, data.byte_lengths, rt.flags["eval_batch_size"], rt.device,
-                    rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.train_config["loss"] == "fused",
+    return evaluate(state.model, split, data.byte_lengths, rt.execution.eval_batch_size, rt.device,
+                    rt.ddp.rank, rt.ddp.world, rt.ddp.all_sum, fused=spec.training.loss == "fused",
                     shown=evaluation_bar(split.info["split"], rt.ddp.main), seen_types=data.seen_types,
                     interp_weight=interp_weight)
 
@@ -155,18 +155,18 @@ def note_selection(spec: RunSpec, state: TrainingState, rt: Runtime, val_loss: f
     """Count an evaluation of the selection split for --patience and --keep best: a new best point
     (whose weights --keep best saves), or one more evaluation without improvement. An evaluation at
     a step already counted (a partial epoch's end right after an evaluation) counts once."""
-    p, cfg = state.progress, spec.train_config
+    p, cfg = state.progress, spec.training
     if p.step <= p.last_selection_step:
         return
     p.last_selection_step = p.step
     if val_loss < p.best_val_loss:
         p.best_val_loss, p.best_step, p.evals_since_best = val_loss, p.step, 0
-        if cfg["keep"] == "best" and rt.ddp.main:
+        if cfg.keep == "best" and rt.ddp.main:
             write_final_weights(spec.best_weights_path, state.model.state_dict(),
                                 {"run": spec.name, "step": p.step, **spec.settings()})
     else:
         p.evals_since_best += 1
-    p.stopped_early = cfg["patience"] is not None and p.evals_since_best >= cfg["patience"]
+    p.stopped_early = cfg.patience is not None and p.evals_since_best >= cfg.patience
 
 
 def logged(val: dict, test: dict) -> dict:

@@ -21,13 +21,13 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
 
 
 def steps_per_epoch(spec: RunSpec, data: Data) -> int:
-    return math.ceil(len(data.train) / spec.train_config["batch_size"])
+    return math.ceil(len(data.train) / spec.training.batch_size)
 
 
 def total_steps(spec: RunSpec, data: Data) -> int:
     """The run's length in optimizer steps: what a decaying schedule is laid out over."""
-    by_epochs = spec.train_config["num_epochs"] * steps_per_epoch(spec, data)
-    max_steps = spec.train_config["max_steps"]
+    by_epochs = spec.training.num_epochs * steps_per_epoch(spec, data)
+    max_steps = spec.training.max_steps
     return by_epochs if max_steps is None else min(by_epochs, max_steps)
 
 
@@ -50,8 +50,8 @@ def evaluation_due(rt: Runtime, progress: Progress, per_epoch: int) -> bool:
     epoch, counted from the epoch's start, so none falls just after an epoch's end."""
     if progress.batch_in_epoch >= per_epoch:
         return False
-    if rt.flags["eval_every"]:
-        return progress.step % rt.flags["eval_every"] == 0
-    if rt.flags["evals_per_epoch"]:
-        return progress.batch_in_epoch % math.ceil(per_epoch / rt.flags["evals_per_epoch"]) == 0
+    if rt.execution.eval_every:
+        return progress.step % rt.execution.eval_every == 0
+    if rt.execution.evals_per_epoch:
+        return progress.batch_in_epoch % math.ceil(per_epoch / rt.execution.evals_per_epoch) == 0
     return False

@@ -14,6 +14,7 @@ from training.checkpoint import (final_weights_step, read_checkpoint, rng_state,
 from training.data import Data
 from training.decide import differing_settings
 from training.distributed import Distributed
+from training.flags import Execution, Sources, json_ready
 from preregistration import GIT_KEYS
 from training.machine import now
 from training.settings import RunSpec, UsageError
@@ -28,8 +29,14 @@ class Runtime:
     device: torch.device
     ddp: Distributed
     stop: StopSignal
-    flags: dict  # the execution and sources flags
+    sources: Sources
+    execution: Execution
     facts: dict  # command, versions, machine: recorded under run
+
+    @property
+    def flags(self) -> dict:
+        """The sources and execution flags, as the log records them under run.flags."""
+        return json_ready(self.sources) | json_ready(self.execution)
 
 
 @dataclass
@@ -50,6 +57,11 @@ class Progress:
     evals_since_best: int = 0  # evaluations since then that did not improve on it (for --patience)
     last_selection_step: int = 0  # the step of the last evaluation counted above (each step counts once)
     stopped_early: bool = False  # --patience ran out
+
+    def next_epoch(self) -> None:
+        """Start the next epoch at its first batch, its running sums at zero."""
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_nll, self.epoch_clipped, self.epoch_tokens, self.epoch_wall = 0.0, 0, 0, 0.0
 
 
 @dataclass
@@ -94,13 +106,13 @@ def fresh_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
     if model.unembed.b_U is not None:
         model.init_unembed_bias(data.log_unigram())
     model = model.to(rt.device)
-    optimizer = torch.optim.AdamW(parameter_groups_for_decay(model), lr=spec.train_config["lr"],
-                                  weight_decay=spec.train_config["weight_decay"],
+    optimizer = torch.optim.AdamW(parameter_groups_for_decay(model), lr=spec.training.lr,
+                                  weight_decay=spec.training.weight_decay,
                                   fused=rt.device.type in ("cpu", "cuda"))
-    forward: nn.Module = NLLSum(model, fused=spec.train_config["loss"] == "fused")
+    forward: nn.Module = NLLSum(model, fused=spec.training.loss == "fused")
     if rt.ddp.world > 1:
         forward = nn.parallel.DistributedDataParallel(forward)
-    if spec.train_config["compile"]:
+    if spec.training.compile:
         forward = torch.compile(forward)
     return TrainingState(model, optimizer, forward, Progress(),
                          History(git={key: rt.facts[key] for key in GIT_KEYS if key in rt.facts},
@@ -140,7 +152,7 @@ def drop_full_checkpoint(spec: RunSpec, rt: Runtime) -> None:
     """A complete run keeps what training it further needs only under --keep_optimizer: its full
     checkpoint (AdamW state) and, under --keep best, its best point's weights, which are its final
     weights by now but which a longer run that finds no better point reports again."""
-    if rt.ddp.main and not rt.flags["keep_optimizer"]:
+    if rt.ddp.main and not rt.execution.keep_optimizer:
         spec.best_weights_path.unlink(missing_ok=True)
         spec.ckpt_path.unlink(missing_ok=True)
 
@@ -177,7 +189,7 @@ def require_best_weights(spec: RunSpec, progress: Progress) -> None:
     """Under --keep best a run reads its best point's weights back when it ends; resumed without them
     (a checkpoint copied without its .best.safetensors) it would train to the end and fail there, so
     it fails before training."""
-    if spec.train_config["keep"] != "best" or not progress.best_step:
+    if spec.training.keep != "best" or not progress.best_step:
         return
     found = final_weights_step(spec.best_weights_path)
     if found != progress.best_step:
@@ -188,6 +200,6 @@ def require_best_weights(spec: RunSpec, progress: Progress) -> None:
 
 
 def finished(spec: RunSpec, progress: Progress) -> bool:
-    max_steps = spec.train_config["max_steps"]
-    return (progress.epoch > spec.train_config["num_epochs"] or progress.stopped_early
+    max_steps = spec.training.max_steps
+    return (progress.epoch > spec.training.num_epochs or progress.stopped_early
             or (max_steps is not None and progress.step >= max_steps))
