@@ -228,8 +228,8 @@ def stop_at_signal(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime)
     other stops it where --resume continues (INTERRUPTED, checkpointed)."""
     if rt.stop.pruned:
         save_log(spec, state, data, rt, PRUNED)
-        spec.ckpt_path.unlink(missing_ok=True)
-        spec.best_weights_path.unlink(missing_ok=True)
+        for path in (spec.ckpt_path, *spec.best_weights_files()):
+            path.unlink(missing_ok=True)
         return PRUNED
     save_checkpoint(spec, state, data, rt)
     save_log(spec, state, data, rt, INTERRUPTED)
@@ -244,7 +244,8 @@ def final_metrics(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime) 
     p, last, keep = state.progress, state.history.last_val, spec.training.keep
     step = p.best_step if keep == "best" and p.best_step else p.step
     if step != p.step:
-        state.model.load_state_dict(read_final_weights(spec.best_weights_path.parent, spec.best_weights_path.stem))
+        best = spec.best_weights_path(step)
+        state.model.load_state_dict(read_final_weights(best.parent, best.stem))
     if last is not None and last["step"] == step:
         val, test = last["metrics"], last["test"]
     else:
@@ -297,7 +298,7 @@ def train_one(spec: RunSpec, decision: Decision, data: Data, rt: Runtime) -> int
     remove_stale_temporaries(spec.log_path)
     remove_stale_temporaries(spec.ckpt_path)
     if decision.action == TRAIN and rt.ddp.main:  # only --overwrite trains beside these (see decide)
-        for path in (spec.ckpt_path, spec.weights_path, spec.best_weights_path):
+        for path in (spec.ckpt_path, spec.weights_path, *spec.best_weights_files()):
             path.unlink(missing_ok=True)
     state = restore_state(spec, data, rt) if decision.action == RESUME else fresh_state(spec, data, rt)
     watch = Watch(spec.name, total_steps(spec, data), state.progress.step, training_flops_per_token(state.model.cfg),

@@ -278,6 +278,39 @@ def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, 
     assert_same_run(tmp_path / "whole", tmp_path / "stopped")
 
 
+def caught_between_a_best_and_its_checkpoint(proc: subprocess.Popen, checkpoints: Path) -> bool:
+    """Whether the run, stopped (SIGSTOP) now, has written a new best point's weights since its last
+    checkpoint: two best files at once (a checkpoint keeps only the one it names). Left stopped if so."""
+    if not (checkpoints / f"{RUN}.pt").exists() or len(list(checkpoints.glob(f"{RUN}.best-step*"))) < 2:
+        return False
+    proc.send_signal(signal.SIGSTOP)
+    if (checkpoints / f"{RUN}.pt").exists() and len(list(checkpoints.glob(f"{RUN}.best-step*"))) >= 2:
+        return True
+    proc.send_signal(signal.SIGCONT)
+    return False
+
+
+@pytest.mark.slow
+def test_a_run_killed_between_a_new_best_and_its_next_checkpoint_resumes_and_ends_as_if_never_killed(tiny_argv,
+                                                                                                         tmp_path):
+    """SIGKILL (nothing runs on the way out) after a new best point's weights are written and before
+    the checkpoint that names them: the best point the checkpoint names is still there, so --resume
+    replays from it and the run ends exactly as an uninterrupted one."""
+    long_epochs = ("--keep", "best", "--batch_size", "1", "--evals_per_epoch", "10", "--checkpoint_every", "1000",
+                   "--num_epochs", "3")
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    proc = start_training(tiny_argv(tmp_path / "killed", *long_epochs))
+    wait_for(lambda: proc.poll() is not None or caught_between_a_best_and_its_checkpoint(proc, checkpoints))
+    assert proc.poll() is None, "the run ended before it was caught between a new best and its checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert read_log(tmp_path / "killed" / f"{RUN}.json")["status"] == "running"  # killed: nothing was said
+    assert train_simple.main(tiny_argv(tmp_path / "killed", *long_epochs, "--resume")) == 0
+    assert train_simple.main(tiny_argv(tmp_path / "whole", *long_epochs)) == 0
+    assert_same_run(tmp_path / "whole", tmp_path / "killed")
+    assert not list(checkpoints.glob(f"{RUN}.best*"))  # complete: its best point is its final weights now
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_whose_checkpoint_is_gone_starts_again_and_says_why(tiny_argv, tmp_path, capsys):
     """A fresh clone holds a committed `interrupted` log but not its (ignored) checkpoint."""

@@ -323,7 +323,7 @@ def test_early_stopping_stops_at_the_first_evaluation_past_the_patience(tiny_arg
     assert log["stopped_early"] == {"step": evals[stop]["step"], "patience": 3, "best_step": best["step"],
                                     "best_val_loss": best["val_loss"]}
     assert log["final"]["kept"] == keep
-    assert not (tmp_path / "out" / "checkpoints" / f"{RUN}.best.safetensors").exists()  # folded into the final
+    assert not list((tmp_path / "out" / "checkpoints").glob(f"{RUN}.best*"))  # folded into the final
     if keep == "last":
         assert log["final"]["step"] == evals[stop]["step"] and log["final"]["val"]["loss"] > best["val_loss"]
         return
@@ -371,11 +371,12 @@ def test_a_keep_best_run_trained_further_still_reports_its_best_point(tiny_argv,
 
 def test_resuming_a_keep_best_run_without_its_best_weights_fails_before_training(tiny_argv, corpus_dir, tmp_path):
     argv, first = keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path)
-    (tmp_path / "out" / "checkpoints" / f"{RUN}.best.safetensors").unlink()  # copied without it
+    best = f"{RUN}.best-step{first['final']['step']}.safetensors"
+    (tmp_path / "out" / "checkpoints" / best).unlink()  # copied without it
     result = run_cli([*argv, "--max_steps", "12", "--resume"])
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: --keep best")
-    assert f"weights (step {first['final']['step']})" in error and f"{RUN}.best.safetensors" in error
+    assert f"weights (step {first['final']['step']})" in error and best in error
     assert read_log(tmp_path / "out" / f"{RUN}.json") == first  # nothing trained, nothing lost
 
 

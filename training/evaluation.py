@@ -162,7 +162,7 @@ def note_selection(spec: RunSpec, state: TrainingState, rt: Runtime, val_loss: f
     if val_loss < p.best_val_loss:
         p.best_val_loss, p.best_step, p.evals_since_best = val_loss, p.step, 0
         if cfg.keep == "best" and rt.ddp.main:
-            write_final_weights(spec.best_weights_path, state.model.state_dict(),
+            write_final_weights(spec.best_weights_path(p.step), state.model.state_dict(),
                                 {"run": spec.name, "step": p.step, **spec.settings()})
     else:
         p.evals_since_best += 1

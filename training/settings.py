@@ -5,6 +5,7 @@ weight decay, seed), its settings those of the classes that can change a result.
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 from dataclasses import dataclass
@@ -88,10 +89,18 @@ class RunSpec:
         """A complete run's final weights (safetensors; training.checkpoint)."""
         return self.output_dir / "checkpoints" / f"{self.name}.safetensors"
 
-    @property
-    def best_weights_path(self) -> Path:
-        """The weights at the best selection point so far, under --keep best (until the run completes)."""
-        return self.output_dir / "checkpoints" / f"{self.name}.best.safetensors"
+    def best_weights_path(self, step: int) -> Path:
+        """The weights of the best selection point at ``step``, under --keep best (until the run
+        completes). Named by step, so that a new best never replaces the one the latest checkpoint
+        names: a run killed between writing a new best and its next checkpoint resumes with its
+        checkpoint's best intact (save_checkpoint removes the others once it has written)."""
+        return self.output_dir / "checkpoints" / f"{self.name}.best-step{step}.safetensors"
+
+    def best_weights_files(self) -> list[Path]:
+        """Every best point's weights this run has on disk (with the one-file name of older versions)."""
+        folder = self.output_dir / "checkpoints"
+        older = folder / f"{self.name}.best.safetensors"
+        return sorted(folder.glob(f"{glob.escape(self.name)}.best-step*.safetensors")) + ([older] if older.exists() else [])
 
     @property
     def lock_path(self) -> Path:

@@ -137,6 +137,10 @@ def save_checkpoint(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime
             "settings": spec.settings(), "data": data.identity(), "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(), "progress": progress, "history": asdict(state.history),
             "rng": rng_state(rt.device)})
+        kept = spec.best_weights_path(state.progress.best_step)  # the best point this checkpoint names
+        for path in spec.best_weights_files():
+            if path != kept:
+                path.unlink(missing_ok=True)
 
 
 def save_final_weights(spec: RunSpec, state: TrainingState, rt: Runtime) -> None:
@@ -153,7 +157,8 @@ def drop_full_checkpoint(spec: RunSpec, rt: Runtime) -> None:
     checkpoint (AdamW state) and, under --keep best, its best point's weights, which are its final
     weights by now but which a longer run that finds no better point reports again."""
     if rt.ddp.main and not rt.execution.keep_optimizer:
-        spec.best_weights_path.unlink(missing_ok=True)
+        for path in spec.best_weights_files():
+            path.unlink(missing_ok=True)
         spec.ckpt_path.unlink(missing_ok=True)
 
 
@@ -187,16 +192,20 @@ def restore_state(spec: RunSpec, data: Data, rt: Runtime) -> TrainingState:
 
 def require_best_weights(spec: RunSpec, progress: Progress) -> None:
     """Under --keep best a run reads its best point's weights back when it ends; resumed without them
-    (a checkpoint copied without its .best.safetensors) it would train to the end and fail there, so
-    it fails before training."""
+    (a checkpoint copied without its .best-step<N>.safetensors) it would train to the end and fail
+    there, so it fails before training. A checkpoint of an older version names the one-file
+    .best.safetensors; holding that step, it takes the new name."""
     if spec.training.keep != "best" or not progress.best_step:
         return
-    found = final_weights_step(spec.best_weights_path)
+    path, older = spec.best_weights_path(progress.best_step), spec.ckpt_path.with_name(f"{spec.name}.best.safetensors")
+    if final_weights_step(path) != progress.best_step and final_weights_step(older) == progress.best_step:
+        older.replace(path)
+    found = final_weights_step(path)
     if found != progress.best_step:
         held = "is missing or unreadable" if found is None else f"holds step {found}"
         raise UsageError(f"--keep best: the best point's weights (step {progress.best_step}) are not beside the "
-                         f"checkpoint: {spec.best_weights_path} {held}; copy it from where the run began, or "
-                         "train afresh with --overwrite")
+                         f"checkpoint: {path} {held}; copy it from where the run began, or train afresh with "
+                         "--overwrite")
 
 
 def finished(spec: RunSpec, progress: Progress) -> bool:
