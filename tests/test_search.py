@@ -131,7 +131,7 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
 
 @pytest.mark.slow
 def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
-    path = search_file(6, heartbeat=3)
+    path = search_file(4, heartbeat=3)
     process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
@@ -154,7 +154,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
     for name, text in finished.items():  # finished trials were not run again
         assert (folder / f"{name}.json").read_text() == text
     states = trial_states(path)
-    assert len(states.get("complete", [])) + len(states.get("pruned", [])) >= 6
+    assert len(states.get("complete", [])) + len(states.get("pruned", [])) >= 4
     # a trial killed in flight was failed and retried under its own name: no run name is new beyond the budget
     names = {p.stem for p in folder.glob("*.json")}
     assert len(names) == len(states.get("complete", [])) + len(states.get("pruned", []))
@@ -163,13 +163,13 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
 
 @pytest.mark.slow
 def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
-    path = search_file(6)
+    path = search_file(4)
     workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert all(w.returncode == 0 for w in workers), errors
     started = [line.split(":")[0] for text in errors for line in text.splitlines() if " --activation " in line]
-    assert len(started) == len(set(started)) >= 6  # each trial started by one worker only
+    assert len(started) == len(set(started)) >= 4  # each trial started by one worker only
     for log in (path.parent / "trials").glob("*.json"):
         assert json.loads(log.read_text())["run"]["resumed"] == []  # and trained in one piece
     drawn = [json.dumps(t.params, sort_keys=True) for t in search_trials(path)]

@@ -322,7 +322,7 @@ def test_a_tie_between_tuning_candidates_goes_to_the_smaller_lr_and_a_missing_on
 def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resumes(tmp_path, corpus_dir,
                                                                                       tiny_tokenizer_dir, to_group):
     folder = tmp_path / "study"
-    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED.replace("[1, 2, 3]", "[1, 2]"))
+    write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED.replace("[1, 2, 3]", "[1]"))
     path = folder / "study.toml"
     path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 40\nnum_epochs = 10"))  # to be caught
     first = folder / "relu_seed1.json"
@@ -348,7 +348,7 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
     resumed = json.loads(first.read_text())
     assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
     assert [point["at_step"] for point in resumed["run"]["resumed"]] == [stopped["progress"]["step"]]
-    every_run = [f"{arm}_seed{seed}.json" for arm in ("gelu", "relu") for seed in (1, 2)]
+    every_run = ["gelu_seed1.json", "relu_seed1.json"]
     assert sorted(p.name for p in folder.glob("*.json")) == every_run
 
 
@@ -527,7 +527,7 @@ def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_o
 LADDER = """
 name = "tiny ladder"
 baseline = "relu"
-seeds = [1, 2, 3]
+seeds = [1, 2]
 metric = "val_loss"
 point = "best_selection"
 uncertainty = "seeds"
@@ -565,7 +565,7 @@ def test_a_ladder_study_tunes_every_arm_alike_at_every_rung_and_reports_across_t
                        for k in (0, 1)] for a in ("gelu", "relu")}
         assert [(c["lr"], c["weight_decay"]) for c in configs["gelu"]] == [(c["lr"], c["weight_decay"])
                                                                            for c in configs["relu"]]  # the same draws
-        assert len(list((folder / rung).glob("*_seed[123].json"))) == 6
+        assert len(list((folder / rung).glob("*_seed[12].json"))) == 4
         report = (folder / rung / "report.md").read_text()
         assert "Each arm trained the same 2 configurations" in report and "Expected best selection loss" in report
     log = json.loads((folder / rungs[0] / "relu_seed1.json").read_text())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -64,3 +67,22 @@ def test_a_named_size_sets_the_four_model_flags_and_a_flag_given_overrides_it(tm
     [spec] = settings.run_specs(parser, args)
     assert {key: spec.model_flags[key] for key in expected} == expected
     assert "size" not in spec.model_flags  # the log records the dimensions, not the name
+
+
+def check_folder_repeatedly(folder: str, rounds: int) -> int:
+    """check_writable on one new folder ``rounds`` times; how many times it said the folder was unusable."""
+    failures = 0
+    for _ in range(rounds):
+        try:
+            settings.check_writable(Path(folder) / "rung" / "checkpoints", "output folder")
+        except settings.UsageError:
+            failures += 1
+    return failures
+
+
+def test_two_processes_checking_one_new_output_folder_at_once_both_find_it_writable(tmp_path):
+    # a study's --jobs 2 starts two runs of a new rung at once: each check creates the rung's folders and
+    # removes them again, and one process's removal must not make the other's check fail
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        failures = pool.starmap(check_folder_repeatedly, [(str(tmp_path), 300)] * 2)
+    assert failures == [0, 0]  # (an empty folder may be left: each removes only what it created, if empty)

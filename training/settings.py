@@ -221,10 +221,16 @@ def check_writable(folder: Path, what: str, keep_created: bool = False) -> None:
     a refused run) leaves nothing behind; training creates them when it writes."""
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        for attempt in range(5):  # another process's check (a study's --jobs 2) may remove what it made under us
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.touch()
+                probe.unlink()
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
     except OSError as err:
         raise UsageError(f"{what} {folder} is not writable: {err.strerror or err}") from None
     finally:
