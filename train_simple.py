@@ -14,8 +14,8 @@ Runs are reproducible (same seed, machine and threads: the same log apart from t
 MLP) and resumable (training.checkpoint). SIGINT and SIGTERM finish the step, checkpoint and exit
 130/143. Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, the global
 batch still ``--batch_size``. The machinery lives in ``training/``: flags (every flag, typed),
-settings (the parser, RunSpec), data, state, schedule, evaluation, decide, lock, signals, checkpoint, distributed, machine, watch,
-export. The log schema is in docs/cli_and_log.md.
+settings (the parser, RunSpec), data, state, schedule, evaluation, decide, lock, signals,
+checkpoint, distributed, machine, watch, export. The log schema is in docs/cli_and_log.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from training.checkpoint import read_final_weights
 from training.data import Data, load_data
 from training.decide import KEEP_FAILED, REFUSE, RESUME, SKIP, TRAIN, Decision, decide
 from training.distributed import Distributed, setup_distributed
-from training.evaluation import continue_prompts, evaluate_splits, logged, note_selection
+from training.evaluation import continue_prompts, eval_entry, evaluate_splits, note_selection
 from training.export import check_export_targets, try_export
 from training.lock import RunLock, RunLocked
 from training.machine import enable_tf32, native_bf16, now, pick_device, run_facts
@@ -179,7 +179,7 @@ def evaluate_within_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: R
     val, test = evaluate_splits(spec, state, data, rt, whole=False)
     note_selection(spec, state, rt, val["loss"])
     state.history.evals.append({"step": state.progress.step, "epoch": state.progress.epoch,
-                                **compute_so_far(spec, state), **logged(val, test)})
+                                **compute_so_far(spec, state), **eval_entry(val, test)})
     watch.evaluated(state.progress.step, state.history.evals[-1], time.perf_counter() - started)
 
 
@@ -194,7 +194,7 @@ def end_epoch(spec: RunSpec, state: TrainingState, data: Data, rt: Runtime, part
     h.epochs.append({
         "epoch": p.epoch, "partial": partial, "steps": p.step, "train_loss": float(p.epoch_nll) / p.epoch_tokens,
         "clipped_fraction": int(p.epoch_clipped) / max(p.batch_in_epoch, 1),
-        "train_tokens": p.epoch_tokens, **logged(val, test), "wall_s": p.epoch_wall,
+        "train_tokens": p.epoch_tokens, **eval_entry(val, test), "wall_s": p.epoch_wall,
         "train_tokens_per_s": p.epoch_tokens / p.epoch_wall if p.epoch_wall else None, **compute_so_far(spec, state),
     })
     if rt.execution.probes:

@@ -169,7 +169,7 @@ def note_selection(spec: RunSpec, state: TrainingState, rt: Runtime, val_loss: f
     p.stopped_early = cfg.patience is not None and p.evals_since_best >= cfg.patience
 
 
-def logged(val: dict, test: dict) -> dict:
+def eval_entry(val: dict, test: dict) -> dict:
     """An evaluation's two splits under the log's names: {"val_loss": ..., "test_loss": ...}."""
     return {logged_name(role, name): value for role, metrics in zip(ROLES, (val, test))
             for name, value in metrics.items()}
