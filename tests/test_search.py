@@ -183,42 +183,56 @@ def long_trials(path):
     return path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the search", "Ctrl-C: SIGINT to its group"])
-def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file, to_group):
-    path = long_trials(search_file(2))
+def stop_search_with_both_trials_training(path, past: dict[str, int], to_group: bool) -> tuple[int, str]:
+    """Start the search (two workers), and once both trials' logs are past their steps in ``past``
+    (0 for a new trial), stop it: SIGTERM to the search alone (it stops its trials), or as a terminal's
+    Ctrl-C, SIGINT to the search and its trials at once. The search's exit code and stderr."""
     folder = path.parent / "trials"
     search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # until both trials are training, past their first steps
-        logs = [json.loads(p.read_text() or "{}") for p in folder.glob("*.json")] if folder.is_dir() else []
-        if len(logs) == 2 and all(log.get("status") == "running" and log["progress"]["step"] >= 4 for log in logs):
+        logs = {p.stem: json.loads(p.read_text() or "{}") for p in folder.glob("*.json")} if folder.is_dir() else {}
+        if len(logs) == 2 and all(log.get("status") == "running" and log["progress"]["step"] >= past.get(name, 0) + 4
+                                  for name, log in logs.items()):
             break
         time.sleep(0.2)
     else:
         pytest.fail("the two trials were never seen training at once")
-    if to_group:  # as a terminal's Ctrl-C: the search and its trials at once (which the search's SIGTERM reaches too)
+    if to_group:
         os.killpg(search.pid, signal.SIGINT)
-    else:  # the search alone: it stops its trials
+    else:
         search.send_signal(signal.SIGTERM)
     stderr = search.communicate(timeout=300)[1]
-    assert search.returncode == (130 if to_group else 143), stderr[-2000:]
-    stopped = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    assert {log["status"] for log in stopped.values()} == {"interrupted"}  # each checkpointed at its step
-    assert all((folder / "checkpoints" / f"{name}.pt").exists() for name in stopped)
-    assert trial_states(path) == {"fail": [0, 1], "waiting": [2, 3]}  # failed as stopped, queued again
-    report = (path.parent / "report.md").read_text()
-    assert "stopped with the search at step" in report and "2 queued to run again" in report
-    queued = {line.split("|")[1].strip() for line in report.splitlines() if "| queued to run again |" in line}
-    assert queued == {"trial000", "trial001"}  # the retries, by their runs' names
+    return search.returncode, stderr
+
+
+@pytest.mark.slow
+def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file):
+    path = long_trials(search_file(2))
+    folder = path.parent / "trials"
+    stops: dict[str, list[int]] = {}
+    for to_group, code, failed in ((False, 143, [0, 1]), (True, 130, [0, 1, 2, 3])):  # SIGTERM, then Ctrl-C
+        returncode, stderr = stop_search_with_both_trials_training(path, {n: s[-1] for n, s in stops.items()}, to_group)
+        assert returncode == code, stderr[-2000:]
+        stopped = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+        assert {log["status"] for log in stopped.values()} == {"interrupted"}  # each checkpointed at its step
+        assert all((folder / "checkpoints" / f"{name}.pt").exists() for name in stopped)
+        queued = [len(failed), len(failed) + 1]
+        assert trial_states(path) == {"fail": failed, "waiting": queued}  # failed as stopped, queued again
+        report = (path.parent / "report.md").read_text()
+        assert "stopped with the search at step" in report and "2 queued to run again" in report
+        retries = {line.split("|")[1].strip() for line in report.splitlines() if "| queued to run again |" in line}
+        assert retries == {"trial000", "trial001"}  # the retries, by their runs' names
+        for name, log in stopped.items():
+            stops.setdefault(name, []).append(log["progress"]["step"])
     result = run_study(path, "--jobs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert trial_states(path) == {"fail": [0, 1], "complete": [2, 3]}  # the budget: no trial beyond the two
-    for name, before in stopped.items():  # each continued under its name from the step it stopped at
+    assert trial_states(path) == {"fail": [0, 1, 2, 3], "complete": [4, 5]}  # the budget: no trial beyond the two
+    for name, at in stops.items():  # each continued under its name from each step it stopped at
         log = json.loads((folder / f"{name}.json").read_text())
-        assert log["status"] == "complete" and log["progress"]["step"] > before["progress"]["step"]
-        assert [point["at_step"] for point in log["run"]["resumed"]] == [before["progress"]["step"]]
+        assert log["status"] == "complete" and log["progress"]["step"] > at[-1]
+        assert [point["at_step"] for point in log["run"]["resumed"]] == at
 
 
 @pytest.mark.slow

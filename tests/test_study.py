@@ -317,39 +317,48 @@ def test_a_tie_between_tuning_candidates_goes_to_the_smaller_lr_and_a_missing_on
     assert chosen_lrs([*tied, Candidate("relu", 4e-3, tmp_path / "not_run_yet.json")]) is None
 
 
+def stop_study_in_its_first_run(path, first, after_step: int, to_group: bool) -> tuple[int, str]:
+    """Start the study, and once its first run's log is past ``after_step``, stop it: SIGTERM to the
+    study alone (it stops its run), or as a terminal's Ctrl-C, SIGINT to the study and its run at
+    once. The study's exit code and stderr."""
+    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=path.parent.parent,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (first.exists() and json.loads(first.read_text() or "{}").get("progress", {}).get("step", 0) > after_step):
+        assert time.time() < deadline and study.poll() is None, "relu_seed1 was never seen training"
+        time.sleep(0.2)
+    if to_group:
+        os.killpg(study.pid, signal.SIGINT)
+    else:
+        study.send_signal(signal.SIGTERM)
+    stderr = study.communicate(timeout=300)[1]
+    return study.returncode, stderr
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("to_group", [False, True], ids=["SIGTERM to the study", "Ctrl-C: SIGINT to its group"])
 def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resumes(tmp_path, corpus_dir,
-                                                                                      tiny_tokenizer_dir, to_group):
+                                                                                      tiny_tokenizer_dir):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED.replace("[1, 2, 3]", "[1]"))
     path = folder / "study.toml"
     path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 40\nnum_epochs = 10"))  # to be caught
     first = folder / "relu_seed1.json"
-    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=tmp_path,
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (first.exists() and json.loads(first.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):
-        assert time.time() < deadline and study.poll() is None, "relu_seed1 was never seen training"
-        time.sleep(0.2)
-    if to_group:  # as a terminal's Ctrl-C: the study and its run at once
-        os.killpg(study.pid, signal.SIGINT)
-    else:  # the study alone: it stops its run
-        study.send_signal(signal.SIGTERM)
-    stderr = study.communicate(timeout=300)[1]
-    assert study.returncode == (130 if to_group else 143), stderr[-2000:]
-    assert "stopping the study" in stderr and "Traceback" not in stderr
-    stopped = json.loads(first.read_text())
-    assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
-    assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
+    stops = []
+    for to_group, code in ((False, 143), (True, 130)):  # SIGTERM to the study, then Ctrl-C once it has resumed
+        returncode, stderr = stop_study_in_its_first_run(path, first, stops[-1] + 3 if stops else 3, to_group)
+        assert returncode == code, stderr[-2000:]
+        assert "stopping the study" in stderr and "Traceback" not in stderr
+        stopped = json.loads(first.read_text())
+        assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
+        assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
+        stops.append(stopped["progress"]["step"])
     result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], capture_output=True, text=True,
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads(first.read_text())
     assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
-    assert [point["at_step"] for point in resumed["run"]["resumed"]] == [stopped["progress"]["step"]]
-    every_run = ["gelu_seed1.json", "relu_seed1.json"]
-    assert sorted(p.name for p in folder.glob("*.json")) == every_run
+    assert [point["at_step"] for point in resumed["run"]["resumed"]] == stops  # each stop continued where it was
+    assert sorted(p.name for p in folder.glob("*.json")) == ["gelu_seed1.json", "relu_seed1.json"]
 
 
 def toolkit_copy(folder) -> None:
