@@ -7,7 +7,7 @@ Writes report.md (the document to read first), summary.md, summary.csv (for tool
 verdicts.png (where a declared comparison was tested), training_curves.png, training_dynamics.png and
 attention.png. The analysis's life, in the order ``analyze`` reads: read the logs -> group them (runs
 are pooled over seeds only when every setting but activation and seed agrees) -> per group, its n-gram
-baselines -> its verdicts on the declared comparisons -> its tables -> its figures -> the lr sweeps
+ngrams -> its verdicts on the declared comparisons -> its tables -> its figures -> the lr sweeps
 across groups -> the summary and the report. Failed and unfinished runs are listed, not dropped; two
 logs of the same run count once. The parts live in analysis/ (runs, stats, verdicts, findings,
 tables, figures, report). Needs no torch: logs are read through run_log.py.
@@ -27,15 +27,15 @@ import pandas as pd
 
 from analysis import report
 from analysis.figures import FIGURE_GUIDE, draw_group_figures, plot_ladder, plot_lr_sweep
-from analysis.findings import Judgement, judge_group, markdown_baselines, markdown_verdicts
+from analysis.findings import Judgement, judge_group, markdown_ngrams, markdown_verdicts
 from analysis.ladder import RungResult, markdown_ladder
 from analysis.runs import POINTS, AnalysisError, Run, describe_group, differences, group_runs, \
-    kept_baselines, load_runs, log_paths
+    kept_ngrams, load_runs, log_paths
 from analysis.tables import NOT_ANALYSED, csv_table, group_table, group_tables, markdown_not_analysed, \
     markdown_sweep, paired_comparisons, sweep_families
 from analysis.tuning import markdown_tuning
 from analysis.verdicts import SEEDS_AND_ARTICLES, UNCERTAINTIES
-from baselines import baselines_for, strongest_ngram
+from ngrams import ngrams_for, strongest_ngram
 from cli import Parser
 import preregistration
 from metrics import summarised_names
@@ -98,22 +98,22 @@ def apply_study(args: argparse.Namespace) -> tuple[str | None, list[dict]]:
 class GroupAnalysis:
     """One group's part of every output."""
 
-    headline: str  # against the baselines, for the report's opening
+    headline: str  # against the n-gram models, for the report's opening
     summary: list[str]  # its section of summary.md
     section: report.Section
     csv: pd.DataFrame
     primary: Judgement  # its verdicts on the primary metric (a ladder's report reads them)
-    baselines: dict
+    ngrams: dict
 
 
-def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: argparse.Namespace,
+def analyse_group(i: int, group: list[Run], note: str, ngrams: dict, args: argparse.Namespace,
                   out_dir: Path) -> GroupAnalysis:
-    """Baselines, then verdicts, then tables, then figures, for one group of runs."""
+    """N-gram models, then verdicts, then tables, then figures, for one group of runs."""
     table = group_table(group, args.metric)
-    against_baselines = markdown_baselines(group, baselines, args.metric, args.point)
+    against_ngrams = markdown_ngrams(group, ngrams, args.metric, args.point)
     arms = sorted({r.variant for r in group})
     implied = [(arm, args.baseline) for arm in arms if arm != args.baseline] if args.baseline in arms else []
-    comparisons = args.comparisons or implied  # a study's declared ones, else each arm against the baseline
+    comparisons = args.comparisons or implied  # a study's declared ones, else each arm against the baseline arm
     default = None if args.comparisons else args.baseline
     primary, *secondary = (judge_group(group, comparisons, metric, args.point, args.margin, args.alpha,
                                        args.uncertainty, default) for metric in (args.metric, *args.secondary))
@@ -122,13 +122,13 @@ def analyse_group(i: int, group: list[Run], note: str, baselines: dict, args: ar
                              *(f"**Secondary metric `{j.metric}`**, declared as such: " + markdown_verdicts(group, j)
                                for j in secondary)])
     tables = group_tables(group, table, paired, verdicts, args.metric, args.point)
-    figures = draw_group_figures(group, baselines, args.baseline, out_dir, "" if i == 1 else f"_group{i}", primary)
+    figures = draw_group_figures(group, ngrams, args.baseline, out_dir, "" if i == 1 else f"_group{i}", primary)
     described = describe_group(group) + "."
-    return GroupAnalysis(f"**Group {i}** ({note})\n\n{against_baselines}",
+    return GroupAnalysis(f"**Group {i}** ({note})\n\n{against_ngrams}",
                          [f"## Group {i}: {note}", "", described, "", tables, ""],
                          report.Section(f"group {i} ({note})", described, group, tables, figures),
                          csv_table(table, paired, args.metric, args.baseline).assign(group=i, group_settings=note),
-                         primary, baselines)
+                         primary, ngrams)
 
 
 def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: Path) -> list[tuple[str, list]]:
@@ -150,8 +150,8 @@ def analyze_ladder(args: argparse.Namespace, study) -> tuple[str, list[Path]]:
         written += files
         first = analysed[0]
         runs = first.section.runs
-        bar = strongest_ngram(first.baselines)
-        bar_loss = first.baselines.get(bar, {}).get("val", {}).get("loss") if bar else None
+        bar = strongest_ngram(first.ngrams)
+        bar_loss = first.ngrams.get(bar, {}).get("val", {}).get("loss") if bar else None
         arms = sorted({r.variant for r in runs})
         beats = {arm: bar_loss is not None and float(np.mean([r.metric_at("val_loss", args.point) for r in runs
                                                               if r.variant == arm])) < bar_loss for arm in arms}
@@ -180,8 +180,8 @@ def analyze(args: argparse.Namespace) -> tuple[str, list[Path], list[GroupAnalys
     groups = group_runs(runs)
     if args.metric is None:
         args.metric = "test_loss" if all(r.log["final"].get("test") for r in runs) else "val_loss"
-    kept = kept_baselines(logs_folder)
-    analysed = [analyse_group(i, group, note, baselines_for(group[0].log, kept), args, out_dir)
+    kept = kept_ngrams(logs_folder)
+    analysed = [analyse_group(i, group, note, ngrams_for(group[0].log, kept), args, out_dir)
                 for i, (group, note) in enumerate(zip(groups, differences(groups)), start=1)]
     sweeps = analyse_sweeps(groups, args, out_dir)
     headline = "\n\n".join(g.headline for g in analysed)

@@ -12,7 +12,7 @@ counts:
     loss_seen / loss_unseen / unseen_fraction: the loss on targets whose type occurs as a training
         target, on those whose type never does, and the share of the latter (Mielke & Eisner 2019);
     interp_loss: the model interpolated linearly with the strongest n-gram (modified Kneser-Ney,
-        baselines.py; the Kneser-Ney trigram in logs written before it), (Mikolov 2012),
+        ngrams.py; the Kneser-Ney trigram in logs written before it), (Mikolov 2012),
         p = w p_model + (1 - w) p_ngram, w on a grid of INTERPOLATION_STEPS + 1 values chosen on the
         selection split and applied as it is to the report split; interp_gain = ngram_loss -
         interp_loss, the n-gram's loss on the same targets less the interpolation's (older logs call

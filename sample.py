@@ -37,7 +37,7 @@ def run_log_path(log_or_dir: Path) -> Path:
             if is_finished(read_log(path)):
                 complete.append(path)
         except ValueError:
-            continue  # not a run log (a summary, a baselines file)
+            continue  # not a run log (a summary, an ngrams.json)
     if len(complete) != 1:
         names = ", ".join(p.name for p in complete) or "none"
         raise ValueError(f"{log_or_dir} holds {len(complete)} complete runs ({names}): name one log")

@@ -1,4 +1,4 @@
-"""The analysis's figures (matplotlib, files only): the verdicts, training curves with the baselines,
+"""The analysis's figures (matplotlib, files only): the verdicts, training curves with the n-gram models,
 dynamics, attention, compute-matched curves and lr sweeps. One colour per activation in every
 figure, fixed by the activation registry's order; bands are 95% confidence intervals over seeds."""
 
@@ -35,13 +35,13 @@ FIGURE_GUIDE = {
                 "equivalence margin (grey band). The verdict beside each row is the Holm-adjusted tests', not read "
                 "off the bar.",
     "training_curves": "Training loss per logged step; the loss on the selection split and on the report split (the "
-                       "primary metric) at each evaluation, each with the n-gram baselines on its own targets (dotted, "
+                       "primary metric) at each evaluation, each with the n-gram models on its own targets (dotted, "
                        "named with their split); and each activation's report loss minus the baseline arm's, paired "
                        "by seed: what the comparison is about. Lower is better; bands are 95% confidence intervals "
                        "over seeds, as in the tables (none with one seed).",
     "metric_panels": "The reference study's four panels per activation: training loss per logged step, and for each "
                      "evaluated split (a row each: selection, then report) its loss, perplexity and bits per byte at "
-                     "each evaluation, with the n-gram baselines on the same targets (dotted; a baseline above the "
+                     "each evaluation, with the n-gram models on the same targets (dotted; an n-gram above the "
                      "curves is named in the margin, not drawn). The same numbers as the tables, in the units "
                      "the seed study reported.",
     "training_dynamics": "Gradient norm before clipping, and per MLP layer the units that never fire on the probe set "
@@ -199,10 +199,10 @@ def role_and_split(group: list[Run], role: str) -> str:
     return f"{SPLIT_ROLES[role]} split {split_name(group[0].log, role)}"
 
 
-def label_baselines(ax, values: dict[str, float], split: str) -> None:
-    """The n-gram baselines as dotted lines, labelled in the right margin (never over the curves or
+def label_ngrams(ax, values: dict[str, float], split: str) -> None:
+    """The n-gram models as dotted lines, labelled in the right margin (never over the curves or
     the title), the labels kept 3.5% of the axis apart and the stack centred on the lines it names.
-    The y range opens downwards to show a baseline below the curves; one above them (the unigram) is
+    The y range opens downwards to show an n-gram below the curves; one above them (the unigram) is
     not drawn: its label says "above"."""
     if not values:
         return
@@ -239,14 +239,14 @@ def curve_panels(group: list[Run], baseline_arm: str) -> list[tuple[str, str, st
     return panels
 
 
-def plot_curves(group: list[Run], path: Path, baselines: dict | None = None, baseline_arm: str = "relu") -> None:
-    fig = curves_figure(group, baselines or {}, baseline_arm)
+def plot_curves(group: list[Run], path: Path, ngrams: dict | None = None, baseline_arm: str = "relu") -> None:
+    fig = curves_figure(group, ngrams or {}, baseline_arm)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.Figure:
-    """Training loss, then the loss of each evaluated split with its n-gram baselines, then each arm
+def curves_figure(group: list[Run], ngrams: dict, baseline_arm: str) -> plt.Figure:
+    """Training loss, then the loss of each evaluated split with its n-gram models, then each arm
     minus the baseline arm on the report split, paired by seed: every panel has lines in it."""
     variants = by_variant(group)
     colors = variant_colors(list(variants))
@@ -276,11 +276,11 @@ def curves_figure(group: list[Run], baselines: dict, baseline_arm: str) -> plt.F
             plot_evaluations(ax, variants, colors, key, group)
             ax.set_title(f"loss on the {split} (nats/token)" + ("\nthe primary metric" if role == "test" else ""))
         if what == "loss":
-            label_baselines(ax, {name: s[role]["loss"] for name, s in baselines.items() if s.get(role)},
+            label_ngrams(ax, {name: s[role]["loss"] for name, s in ngrams.items() if s.get(role)},
                             SPLIT_ROLES[role])
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Training curves per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram baselines on the "
+    fig.suptitle(f"Training curves per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram models on the "
                  f"same targets)\n{fixed_settings(group)}")
     return fig
 
@@ -296,21 +296,21 @@ def plot_evaluations(ax, variants: dict[str, list[Run]], colors: dict, key: str,
         plot_per_epoch(ax, variants, colors, lambda r: epoch_metric(r, key), group)
 
 
-# The reference study's four panels, one row per evaluated split: (log key suffix, title, baseline value).
+# The reference study's four panels, one row per evaluated split: (log key suffix, title, n-gram value).
 METRIC_PANELS = (("loss", "loss (nats/token)", lambda scores: scores["loss"]),
                  ("ppl", "perplexity", lambda scores: float(np.exp(scores["loss"]))),
                  ("bpb", "bits per byte", lambda scores: scores["bpb"]))
 
 
-def plot_metric_panels(group: list[Run], path: Path, baselines: dict | None = None) -> None:
-    fig = metric_panels_figure(group, baselines or {})
+def plot_metric_panels(group: list[Run], path: Path, ngrams: dict | None = None) -> None:
+    fig = metric_panels_figure(group, ngrams or {})
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def metric_panels_figure(group: list[Run], baselines: dict) -> plt.Figure:
+def metric_panels_figure(group: list[Run], ngrams: dict) -> plt.Figure:
     """The reference study's figure: training loss, then loss, perplexity and bits per byte of each
-    evaluated split (a row per split: selection, then report), each with the n-gram baselines."""
+    evaluated split (a row per split: selection, then report), each with the n-gram models."""
     variants = by_variant(group)
     colors = variant_colors(list(variants))
     roles = evaluated_roles(group)
@@ -320,17 +320,17 @@ def metric_panels_figure(group: list[Run], baselines: dict) -> plt.Figure:
     axes[0][0].set(title="training loss (nats/token)", xlabel="optimizer step (moving average of 5 logged steps)")
     axes[0][0].legend(fontsize=9)
     for row, role in zip(axes, roles):
-        for ax, (suffix, title, baseline_value) in zip(row[1:], METRIC_PANELS):
+        for ax, (suffix, title, ngram_value) in zip(row[1:], METRIC_PANELS):
             plot_evaluations(ax, variants, colors, logged_name(role, suffix), group)
             ax.set_title(f"{title} on the {role_and_split(group, role)}")
-            label_baselines(ax, {name: baseline_value(s[role]) for name, s in baselines.items() if s.get(role)},
+            label_ngrams(ax, {name: ngram_value(s[role]) for name, s in ngrams.items() if s.get(role)},
                             SPLIT_ROLES[role])
     for row in axes[1:]:
         row[0].axis("off")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(f"The reference study's panels per activation ({seeds_phrase(variants, 'band')}; dotted: n-gram "
-                 f"baselines on the same targets)\n{fixed_settings(group)}")
+                 f"models on the same targets)\n{fixed_settings(group)}")
     return fig
 
 
@@ -462,13 +462,13 @@ def verdicts_figure(group: list[Run], judgement: Judgement) -> plt.Figure:
     return fig
 
 
-def draw_group_figures(group: list[Run], baselines: dict, baseline_arm: str, folder: Path, suffix: str,
+def draw_group_figures(group: list[Run], ngrams: dict, baseline_arm: str, folder: Path, suffix: str,
                        judgement: Judgement | None = None) -> list[tuple[str, str]]:
     """Every figure a group has data for, drawn into ``folder``; (file name, how to read it) of each.
     The verdict figure comes first (the claims), where a declared comparison was tested."""
     figures = {"verdicts": functools.partial(plot_verdicts, judgement=judgement)} if judgement and judgement.tested else {}
-    figures["training_curves"] = functools.partial(plot_curves, baselines=baselines, baseline_arm=baseline_arm)
-    figures["metric_panels"] = functools.partial(plot_metric_panels, baselines=baselines)
+    figures["training_curves"] = functools.partial(plot_curves, ngrams=ngrams, baseline_arm=baseline_arm)
+    figures["metric_panels"] = functools.partial(plot_metric_panels, ngrams=ngrams)
     if has_probes(group):
         figures["training_dynamics"] = plot_dynamics
     if has_attention(group):

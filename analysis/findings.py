@@ -1,4 +1,4 @@
-"""What a study may claim, as markdown: the runs against the n-gram baselines, and one verdict per
+"""What a study may claim, as markdown: the runs against the n-gram models, and one verdict per
 declared comparison with the design's power. Every sentence that states a result is generated
 here from a test's outcome, so the report never says more than its tests do.
 
@@ -16,7 +16,7 @@ from analysis.report import fmt, table
 from analysis.runs import SPLIT_ROLES, split_name
 from analysis.verdicts import EQUIVALENT, NOT_TESTED, SEEDS, SEEDS_AND_ARTICLES, ArticleLosses, Power, Verdict, \
     common_seeds, judge_by_seeds, judge_by_seeds_and_articles, power
-from baselines import interpolation_partner, strongest_ngram
+from ngrams import interpolation_partner, logged_ngrams, strongest_ngram
 from metrics import logged_name, role_and_metric
 
 
@@ -26,28 +26,28 @@ def split_label(runs: list, metric: str) -> str:
     return f"{key} on the {SPLIT_ROLES.get(role, role)} split `{split_name(runs[0].log, role)}`"
 
 
-def baseline_value(baselines: dict, name: str, metric: str) -> float:
-    """A baseline's value of ``metric`` (loss, ppl or bpb on val or test), nan where not recorded."""
+def ngram_value(ngrams: dict, name: str, metric: str) -> float:
+    """An n-gram model's value of ``metric`` (loss, ppl or bpb on val or test), nan where not recorded."""
     role, key = role_and_metric(metric)
-    scores = baselines.get(name, {}).get(role)
+    scores = ngrams.get(name, {}).get(role)
     if not scores:
         return math.nan
     return math.exp(scores["loss"]) if key == "ppl" else float(scores.get(key, math.nan))
 
 
-def markdown_baselines(group: list, baselines: dict, metric: str, point: str) -> str:
-    """Each arm against the best n-gram baseline on the metric's split, with a warning when none beats it."""
-    values = {name: baseline_value(baselines, name, metric) for name in sorted(baselines)}
+def markdown_ngrams(group: list, ngrams: dict, metric: str, point: str) -> str:
+    """Each arm against the best n-gram model on the metric's split, with a warning when none beats it."""
+    values = {name: ngram_value(ngrams, name, metric) for name in sorted(ngrams)}
     values = {name: v for name, v in values.items() if math.isfinite(v)}
     if not values:
-        return "These logs hold no n-gram baselines (written before they were recorded)."
-    strongest = strongest_ngram(baselines)
+        return "These logs hold no n-gram models (written before they were recorded)."
+    strongest = strongest_ngram(ngrams)
     best_name = strongest if strongest in values else min(values, key=values.get)
     best = values[best_name]
     which = ("the strongest standard n-gram, modified Kneser-Ney with the order chosen on the selection split"
-             if best_name == strongest else "the best of these logs' baselines; they predate modified Kneser-Ney")
+             if best_name == strongest else "the best of these logs' n-gram models; they predate modified Kneser-Ney")
     ranked = sorted(values, key=lambda n: (n != best_name, values[n]))  # the bar first, then the others by loss
-    lines = [f"**Against the n-gram baselines** ({split_label(group, metric)}, trained on exactly the runs' "
+    lines = [f"**Against the n-gram models** ({split_label(group, metric)}, trained on exactly the runs' "
              f"training tokens, scored on the same targets): " + ", ".join(f"{n} {values[n]:.4f}" for n in ranked)
              + f". Each arm's mean at the {point} point minus {best_name} ({which}):", ""]
     beaten = False
@@ -59,35 +59,35 @@ def markdown_baselines(group: list, baselines: dict, metric: str, point: str) ->
         verb = f"beats it by {-gap:.4f}" if gap < 0 else f"does **not** beat it (+{gap:.4f})"
         lines.append(f"- {arm}: {mean:.4f}, {verb}")
     if not beaten:
-        lines = [f"> **Warning: no arm beats the {best_name} baseline.** On its own, no model here predicts better "
+        lines = [f"> **Warning: no arm beats the {best_name} model.** On its own, no model here predicts better "
                  f"than counts of short word sequences; the verdicts below compare models below that bar and are "
                  f"not read as statements about what the MLP computes (what each adds to an n-gram: the "
                  f"interpolation below).", ""] + lines
-    breakdown = markdown_loss_breakdown(group, baselines, metric, point)
+    breakdown = markdown_loss_breakdown(group, ngrams, metric, point)
     return "\n".join(lines) + (f"\n\n{breakdown}" if breakdown else "")
 
 
 def markdown_ngram_scores(log: dict) -> str:
-    """The n-gram baselines one run's log holds, as they score the selection split (all targets, those
+    """The n-gram models one run's log holds, as they score the selection split (all targets, those
     of types seen in training, the unseen ones) and the report split: what a search's report opens with."""
-    baselines = log["data"].get("baselines") or {}
-    header = ["baseline", f"selection `{split_name(log, 'val')}`", "seen types", "unseen types",
+    ngrams = logged_ngrams(log)
+    header = ["n-gram", f"selection `{split_name(log, 'val')}`", "seen types", "unseen types",
               f"report `{split_name(log, 'test')}`"]
     rows = []
-    for name, scores in baselines.items():
+    for name, scores in ngrams.items():
         val, test = scores.get("val") or {}, scores.get("test") or {}
         rows.append([name, *(fmt(val.get(key), missing="-") for key in ("loss", "loss_seen", "loss_unseen")),
                      fmt(test.get("loss"), missing="-")])
     return table(header, rows, align="lrrrr")
 
 
-def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: str) -> str | None:
-    """Where the loss goes, baselines and arms side by side on the metric's split: all targets,
+def markdown_loss_breakdown(group: list, ngrams: dict, metric: str, point: str) -> str | None:
+    """Where the loss goes, n-gram models and arms side by side on the metric's split: all targets,
     those of types seen in training and the unseen ones; and for each arm, its interpolation with the
     Kneser-Ney trigram and the gain over the trigram alone. None for logs from before these existed."""
     role = role_and_metric(metric)[0]
-    partner = interpolation_partner(group[0].log["data"].get("baselines") or {})
-    if not baselines.get(partner, {}).get(role, {}).get("loss_seen"):
+    partner = interpolation_partner(logged_ngrams(group[0].log))
+    if not ngrams.get(partner, {}).get(role, {}).get("loss_seen"):
         return None
 
     def cells(values: list[float | None]) -> str:
@@ -97,7 +97,7 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
         values = [r.metric_at(logged_name(role, key), point) for r in group if r.variant == arm]
         return float(np.nanmean(values)) if not all(math.isnan(v) for v in values) else math.nan
 
-    unseen = baselines[partner][role]["unseen_fraction"]
+    unseen = ngrams[partner][role]["unseen_fraction"]
     lines = [f"**Where the loss goes** ({split_label(group, logged_name(role, 'loss'))}; {100 * unseen:.1f}% of its targets are "
              f"of types never seen as a training target). Interpolated: the model mixed with {partner}, "
              f"p = w p_model + (1 - w) p_ngram, w chosen on the selection split; gain: {partner}'s loss minus the "
@@ -105,8 +105,8 @@ def markdown_loss_breakdown(group: list, baselines: dict, metric: str, point: st
              f"over seeds):", "",
              f"| | all | seen types | unseen types | interpolated with {partner} | gain over {partner} | w |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in sorted(n for n in baselines if isinstance(baselines[n].get(role), dict)):
-        scores = baselines[name][role]
+    for name in sorted(n for n in ngrams if isinstance(ngrams[n].get(role), dict)):
+        scores = ngrams[name][role]
         lines.append(f"| {name} | " + cells([scores["loss"], scores.get("loss_seen"), scores.get("loss_unseen")])
                      + " | - | - | - |")
     for arm in sorted({r.variant for r in group}):

@@ -18,7 +18,7 @@ from analysis.runs import SPLIT_ROLES
 from run_log import recorded
 from transformer_from_scratch.catalog import describe_model_size
 
-HEADLINE = "First: do the models beat the n-gram baselines?"  # the section every report opens with
+HEADLINE = "First: do the transformers beat the n-gram models?"  # the section every report opens with
 TUNING = "Learning rate per arm, tuned on the selection split"
 WIKITEXT_LICENCE = "CC BY-SA 3.0 (WikiText-2, Merity et al. 2016, arXiv:1609.07843)"
 # The code's own licence is MIT (LICENSE); the data and the tokenizer keep theirs, named in the data card.
@@ -179,7 +179,7 @@ def model_card(runs: list) -> str:
                                     f"{train.get('keep', 'last')} weights" if train.get("patience") else "") + ".",
         "", table(["variant", "activation", "MLP width", "parameters", "non-embedding", "MLP"], rows), "",
         "- **Intended use**: comparing MLP activation functions under identical, paired conditions; teaching; a "
-        "baseline for such comparisons.",
+        "reference point for such comparisons.",
         "- **Out of scope**: any use as a language model (generation, downstream tasks, deployment). These models "
         "are tiny and trained on little text; they produce unreliable and possibly offensive text.",
         "- **Limitations**: one small dataset, a few seeds, one model size; a ranking here need not hold at scale or "

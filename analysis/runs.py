@@ -35,7 +35,7 @@ def split_name(log: dict, role: str) -> str:
     return ((log.get("data") or {}).get(role) or {}).get("split", "?")
 
 
-KEPT_BASELINES = "baselines.json"  # baselines of logs that predate them, kept beside them (baselines.py)
+KEPT_NGRAMS = "ngrams.json"  # ngrams of logs that predate them, kept beside them (ngrams.py)
 
 
 # Settings that identify a variant or a repetition rather than a different experiment.
@@ -184,7 +184,7 @@ def log_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def folder_logs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.json") if p.name != KEPT_BASELINES)
+    return sorted(p for p in folder.glob("*.json") if p.name != KEPT_NGRAMS)
 
 
 def evaluations(run: Run) -> list[dict]:
@@ -203,15 +203,15 @@ def by_variant(group: list[Run]) -> dict[str, list[Run]]:
     return dict(sorted(out.items()))
 
 
-def kept_baselines(folder: Path) -> list[dict]:
-    """The baselines kept beside logs that predate them (baselines.py writes baselines.json)."""
-    path = folder / KEPT_BASELINES
+def kept_ngrams(folder: Path) -> list[dict]:
+    """The ngrams kept beside logs that predate them (ngrams.py writes ngrams.json)."""
+    path = folder / KEPT_NGRAMS
     try:
         kept = json.loads(path.read_text()) if path.is_file() else []
     except (OSError, ValueError) as err:
         warnings.warn(f"ignoring {path}: {err}", stacklevel=2)
         return []
-    return [e for e in kept if isinstance(e, dict) and {"identity", "baselines"} <= set(e)] if isinstance(kept, list) else []
+    return [e for e in kept if isinstance(e, dict) and {"identity", "ngrams"} <= set(e)] if isinstance(kept, list) else []
 
 
 def varying_settings(settings: list[dict]) -> list[str]:

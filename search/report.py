@@ -1,4 +1,4 @@
-"""A search's report: the n-gram baselines first, which study the search allows, the best
+"""A search's report: the n-gram models first, which study the search allows, the best
 configuration per arm (chosen on the selection split, reported on the report split), every trial
 (pruned and failed ones listed, never dropped), each flag's importance, and two figures: the
 optimisation history and one slice per searched flag.
@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis import report  # noqa: E402
 from analysis.findings import markdown_ngram_scores  # noqa: E402
+from ngrams import logged_ngrams  # noqa: E402
 from run_log import read_log  # noqa: E402
 from search.runner import run_name_of  # noqa: E402
 
@@ -28,7 +29,7 @@ STOP_MARGIN = 0.05  # the study's rule: 0.05 nats below the bigram alone, or a g
 FIGURE_GUIDE = {
     "search_history": "Each trial's objective (the selection loss at its best point) in the order the trials "
                       "started; crosses: pruned trials at their last reported evaluation; the line: the best so far; "
-                      "dotted: the n-gram baselines on the selection split. Lower is better.",
+                      "dotted: the n-gram models on the selection split. Lower is better.",
     "search_slices": "The objective against each searched flag, one panel per flag (complete trials): where a "
                      "flag's panel has a clear low region, the search found its range; a flat cloud means it "
                      "barely matters here.",
@@ -47,7 +48,7 @@ def trial_rows(optuna_study, trials_folder: Path) -> list[dict]:
             log = None
         final = (log or {}).get("final") or {}
         rows.append({"number": t.number, "name": name, "state": t.state.name.lower(), "params": dict(t.params),
-                     "value": t.value, "last_report": max(t.intermediate_values, default=0),
+                     "value": t.value, "last_evaluation": max(t.intermediate_values, default=0),
                      "intermediate": dict(t.intermediate_values), "log": log, "final": final,
                      "failed": t.user_attrs.get("failed"),
                      "hours": (t.datetime_complete - t.datetime_start).total_seconds() / 3600
@@ -66,13 +67,13 @@ def flags_text(params: dict) -> str:
     return ", ".join(f"{k} {flag_value(v)}" for k, v in sorted(params.items()) if k != "arm")
 
 
-def baselines_of(rows: list[dict]) -> dict:
-    return next((r["log"]["data"].get("baselines") or {} for r in rows if r["log"]), {})
+def ngrams_of(rows: list[dict]) -> dict:
+    return next((logged_ngrams(r["log"]) for r in rows if r["log"]), {})
 
 
-def markdown_baselines(rows: list[dict]) -> str:
+def markdown_ngrams(rows: list[dict]) -> str:
     log = next((r["log"] for r in rows if r["log"]), None)
-    return markdown_ngram_scores(log) if log else "No trial has written its log yet: no baselines to show."
+    return markdown_ngram_scores(log) if log else "No trial has written its log yet: no n-gram models to show."
 
 
 def best_per_arm(rows: list[dict], arms: list[str]) -> dict[str, dict]:
@@ -90,11 +91,11 @@ def best_overall(best: dict[str, dict]) -> dict:
     return min(best.values(), key=lambda r: r["value"])
 
 
-def allowed_study(best: dict[str, dict], baselines: dict) -> str:
+def allowed_study(best: dict[str, dict], ngrams: dict) -> str:
     """The search's rule, read on the selection split: which primary metric a study may use."""
-    if not best or not baselines:
+    if not best or not ngrams:
         return "Not decided yet: no complete trial."
-    bigram = baselines["bigram_kn"]["val"]["loss"]
+    bigram = ngrams["bigram_kn"]["val"]["loss"]
     top = best_overall(best)
     gain = top["final"].get("val", {}).get("interp_gain")
     said = (f"The best configuration ({top['name']}) reaches {top['value']:.4f} on the selection split; the "
@@ -176,7 +177,7 @@ def study_declaration(best: dict[str, dict]) -> str:
 def how_it_ended(row: dict) -> str:
     log = row["log"]
     if row["state"] == "pruned":
-        return f"pruned after {row['last_report']} evaluations"
+        return f"pruned after {row['last_evaluation']} evaluations"
     if row["state"] == "complete" and log and log.get("stopped_early"):
         return f"stopped early at step {log['stopped_early']['step']}"
     if row["state"] == "fail":
@@ -190,7 +191,7 @@ def markdown_trials(rows: list[dict]) -> str:
     lines = ["| trial | arm | flags | objective | best step | report loss there | how it ended | hours |",
              "|---|---|---|---:|---:|---:|---|---:|"]
     for r in rows:
-        value = r["value"] if r["state"] == "complete" else (r["intermediate"].get(r["last_report"]) if r["intermediate"] else None)
+        value = r["value"] if r["state"] == "complete" else (r["intermediate"].get(r["last_evaluation"]) if r["intermediate"] else None)
         lines.append(f"| {r['name']} | {r['params'].get('arm', '-')} | {flags_text(r['params'])} | {fmt(value)} | "
                      f"{r['final'].get('step', '-')} | {fmt(r['final'].get('test', {}).get('loss'))} | {how_it_ended(r)} | "
                      f"{fmt(r['hours'], 2)} |")
@@ -216,12 +217,12 @@ def markdown_importance(optuna_study) -> str:
             f"exploratory, with this few trials): {cells}.")
 
 
-def plot_history(rows: list[dict], baselines: dict, path: Path) -> None:
+def plot_history(rows: list[dict], ngrams: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     done = [r for r in rows if r["state"] == "complete" and r["value"] is not None]
     pruned = [r for r in rows if r["state"] == "pruned" and r["intermediate"]]
     ax.scatter([r["number"] for r in done], [r["value"] for r in done], label="complete", color="C0")
-    ax.scatter([r["number"] for r in pruned], [r["intermediate"][r["last_report"]] for r in pruned], marker="x",
+    ax.scatter([r["number"] for r in pruned], [r["intermediate"][r["last_evaluation"]] for r in pruned], marker="x",
                label="pruned (last evaluation)", color="C3")
     best, best_so_far = math.inf, []
     for r in sorted(done, key=lambda r: r["number"]):
@@ -230,7 +231,7 @@ def plot_history(rows: list[dict], baselines: dict, path: Path) -> None:
     if best_so_far:
         ax.step(*zip(*best_so_far), where="post", color="C0", label="best so far")
     for i, name in enumerate(("bigram_kn", "trigram_kn")):
-        loss = baselines.get(name, {}).get("val", {}).get("loss")
+        loss = ngrams.get(name, {}).get("val", {}).get("loss")
         if loss is not None:
             ax.axhline(loss, linestyle=":", color=f"C{4 + i}", label=f"{name} (selection split)")
     ax.set_xlabel("trial")
@@ -274,9 +275,9 @@ def write_search_report(title: str, optuna_study, arms: list[str], trials_folder
     from run_log import atomic_write
 
     rows = trial_rows(optuna_study, trials_folder)
-    baselines = baselines_of(rows)
+    ngrams = ngrams_of(rows)
     best = best_per_arm(rows, arms)
-    plot_history(rows, baselines, out_dir / "search_history.png")
+    plot_history(rows, ngrams, out_dir / "search_history.png")
     plot_slices(rows, out_dir / "search_slices.png")
     counts = {state: sum(r["state"] == state for r in rows)
               for state in ("complete", "pruned", "fail", "running", "waiting")}
@@ -287,8 +288,8 @@ def write_search_report(title: str, optuna_study, arms: list[str], trials_folder
         f"of stopped or stale trials, under their names). Every trial trains on the tuning seed; the "
         f"objective is the selection split's loss at the run's best point; each configuration is chosen on the "
         f"selection split and reported on the report split.",
-        "## First: the n-gram baselines", markdown_baselines(rows),
-        "## Which study the search allows", allowed_study(best, baselines),
+        "## First: the n-gram models", markdown_ngrams(rows),
+        "## Which study the search allows", allowed_study(best, ngrams),
         "## The best configuration per arm", markdown_best(best),
         "## The best configuration, as a study declares it", study_declaration(best),
         "## Every trial", markdown_trials(rows),

@@ -212,10 +212,10 @@ def train_trial(trial, run: TrialRun, stop: Stop) -> float:
     stderr = []
     reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the run
     reader.start()
-    reported, asked = 0, False
+    sent, asked = 0, False
     while True:
         finished = process.poll() is not None
-        reported = report_new_evaluations(trial, run.log_path, reported)
+        sent = send_new_evaluations(trial, run.log_path, sent)
         if finished:
             break
         if not asked and listening(run.log_path, started_ns) and trial.should_prune():
@@ -231,7 +231,7 @@ def train_trial(trial, run: TrialRun, stop: Stop) -> float:
     except (OSError, ValueError):
         log = {"status": "no log"}
     if log["status"] == PRUNED:
-        raise optuna.TrialPruned(f"{run.name} pruned after {reported} evaluations")
+        raise optuna.TrialPruned(f"{run.name} pruned after {sent} evaluations")
     if log["status"] == COMPLETE:
         return objective_value(log)
     if stop.signum is not None:  # whatever its log says (a run stopped before its handlers were up has none)
@@ -255,16 +255,16 @@ def listening(log_path: Path, started_ns: int) -> bool:
         return False
 
 
-def report_new_evaluations(trial, log_path: Path, reported: int) -> int:
-    """Report the evaluations past the first ``reported`` (step = the evaluation's ordinal, 1-based,
-    the unit of min_evaluations); how many are reported now."""
+def send_new_evaluations(trial, log_path: Path, sent: int) -> int:
+    """Pass Optuna (trial.report) the evaluations past the first ``sent`` (step = the evaluation's ordinal, 1-based,
+    the unit of min_evaluations); how many are sent now."""
     try:
         losses = selection_losses(read_log(log_path))
     except (OSError, ValueError):  # not written yet
-        return reported
-    for ordinal, (_, loss) in enumerate(losses[reported:], start=reported + 1):
+        return sent
+    for ordinal, (_, loss) in enumerate(losses[sent:], start=sent + 1):
         trial.report(loss, ordinal)
-    return max(reported, len(losses))
+    return max(sent, len(losses))
 
 
 class Budget:

@@ -424,35 +424,35 @@ def test_a_damaged_log_is_skipped_with_one_line_naming_its_field_and_listed_in_t
     assert "every log in this folder was read" not in (results / "report.md").read_text()
 
 
-BASELINES = {"unigram": {"val": {"loss": 6.0, "bpb": 2.0}, "add_k": 0.3},
+NGRAMS = {"unigram": {"val": {"loss": 6.0, "bpb": 2.0}, "add_k": 0.3},
              "bigram_kn": {"val": {"loss": 4.85, "bpb": 1.6}}, "trigram_kn": {"val": {"loss": 4.9, "bpb": 1.7}}}
 
 
-def test_baselines_lead_the_report_and_a_study_that_does_not_beat_them_is_warned(results):
+def test_ngrams_lead_the_report_and_a_study_that_does_not_beat_them_is_warned(results):
     for path in results.glob("*_seed*.json"):
         log = json.loads(path.read_text())
-        log["data"]["baselines"] = BASELINES
+        log["data"]["ngrams"] = NGRAMS
         path.write_text(json.dumps(log))
     assert analyze_results.main(["--results_dir", str(results)]) == 0
     report_md = (results / "report.md").read_text()
-    first = report_md.split("## First: do the models beat the n-gram baselines?")[1].split("## What was run")[0]
+    first = report_md.split("## First: do the transformers beat the n-gram models?")[1].split("## What was run")[0]
     assert "bigram_kn 4.8500" in first and "Warning" not in first  # swiglu (4.72) beats the bigram (4.85)
     assert "- swiglu (matched): 4.7233, beats it by 0.1267" in first
     assert "- relu: 5.0167, does **not** beat it (+0.1667)" in first
     for path in results.glob("swiglu_seed*.json"):
         path.unlink()
     assert analyze_results.main(["--results_dir", str(results)]) == 0
-    assert "Warning: no arm beats the bigram_kn baseline" in (results / "summary.md").read_text()
+    assert "Warning: no arm beats the bigram_kn model" in (results / "summary.md").read_text()
 
 
-def test_baselines_kept_beside_older_logs_are_matched_by_data_identity(results):
+def test_ngrams_kept_beside_older_logs_are_matched_by_data_identity(results):
     identity = {"tokenizer_sha256": None, "train": {"sha256": "a", "layout": "lines", "max_length": 16},
                 "val": {"sha256": "b", "layout": "lines", "max_length": 16}, "test": None}
-    (results / "baselines.json").write_text(json.dumps([{"identity": {**identity, "val": None}, "baselines": {}},
-                                                        {"identity": identity, "baselines": BASELINES}]))
+    (results / "ngrams.json").write_text(json.dumps([{"identity": {**identity, "val": None}, "ngrams": {}},
+                                                        {"identity": identity, "ngrams": NGRAMS}]))
     assert analyze_results.main(["--results_dir", str(results)]) == 0
     summary = (results / "summary.md").read_text()
-    assert "bigram_kn 4.8500" in summary and "baselines.json" not in summary  # read as baselines, not as a log
+    assert "bigram_kn 4.8500" in summary and "ngrams.json" not in summary  # read as ngrams, not as a log
 
 
 def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(results):
@@ -580,11 +580,11 @@ def test_the_curves_figure_draws_the_report_split_and_leaves_no_panel_empty(tmp_
     titles = [ax.get_title() for ax in axes]
     assert any("report split validation:B" in t and "primary metric" in t for t in titles)
     labels = [t.get_text() for ax in axes for t in ax.texts]
-    assert labels == ["trigram_kn (selection)", "trigram_kn (report)"]  # each baseline line names its split
+    assert labels == ["trigram_kn (selection)", "trigram_kn (report)"]  # each n-gram's line names its split
     assert "one seed: no band" in fig.get_suptitle()
 
 
-def test_the_metric_panels_are_the_reference_studys_four_per_split_with_baselines_off_the_curves(tmp_path):
+def test_the_metric_panels_are_the_reference_studys_four_per_split_with_ngrams_off_the_curves(tmp_path):
     paths = []
     for act, level in (("relu", 5.5), ("gelu", 5.0)):
         log = with_report_split(synthetic_log(act, 1, VAL_LOSS[act][1]), "reference")
@@ -609,8 +609,8 @@ def test_the_metric_panels_are_the_reference_studys_four_per_split_with_baseline
     loss_panel = drawn[titles.index("loss (nats/token) on the selection split validation:A")]
     low, high = loss_panel.get_ylim()
     assert low < 4.0 < high < 9.0  # the 4-gram below the curves is shown; the unigram far above is not
-    baseline_lines = [line.get_ydata()[0] for line in loss_panel.lines if line.get_linestyle() == ":"]
-    assert baseline_lines == [4.0]
+    ngram_lines = [line.get_ydata()[0] for line in loss_panel.lines if line.get_linestyle() == ":"]
+    assert ngram_lines == [4.0]
     labels = {t.get_text(): t.xyann for t in loss_panel.texts}
     assert labels.keys() == {"kn4_modified (selection)", "unigram (selection) 9, above"}
     assert all(x > 1.0 and y <= high for x, y in labels.values())  # in the right margin, never above the axes

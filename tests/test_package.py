@@ -80,7 +80,7 @@ def project_imports() -> dict[str, set[str]]:
 
 def test_no_module_imports_one_that_imports_it_back():
     graph = project_imports()
-    assert {"analysis.runs", "training.data", "baselines", "train_simple"} <= set(graph)  # it sees the house
+    assert {"analysis.runs", "training.data", "ngrams", "train_simple"} <= set(graph)  # it sees the house
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph[start])

@@ -110,7 +110,7 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
         log = logs[f"trial{number:03d}"]
         assert log["status"] == "complete" and log["final"]["kept"] == "best" and log["train_config"]["seed"] == 1000
     report = (path.parent / "report.md").read_text()
-    first = report.index("## First: the n-gram baselines")
+    first = report.index("## First: the n-gram models")
     assert first < report.index("## Every trial") and all(f"trial{n:03d}" in report for n in range(6))
     # each arm with a complete trial has a row naming its best one (which arms the sampler drew is chance)
     assert "## The best configuration per arm" in report

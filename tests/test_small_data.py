@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import train_simple
-from baselines import MODIFIED_KN_ORDERS, baseline_losses, strongest_ngram, unigram_log_probs
+from ngrams import MODIFIED_KN_ORDERS, ngram_losses, strongest_ngram, unigram_log_probs
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, final_weights, needs_shared_data, read_log, \
     run_cli
 from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, tokenize_split
@@ -34,11 +34,11 @@ RUN = "relu_seed3"
 # Where the loss goes
 
 
-def test_baselines_split_their_loss_by_seen_and_unseen_target_types():
+def test_ngrams_split_their_loss_by_seen_and_unseen_target_types():
     # training targets (positions >= 1) are the types 1, 2, 3 and 7; type 4 is only ever a first token
     train = (np.array([[4, 1, 2, 3], [4, 2, 1, 3], [4, 7, 3, 1]]), np.array([4, 4, 4]))
     val = (np.array([[1, 2, 5, 3, 6]]), np.array([5]), 20)  # targets 2, 5, 3, 6: 5 and 6 unseen
-    out = baseline_losses(train, {"val": val}, 8, "val")
+    out = ngram_losses(train, {"val": val}, 8, "val")
     unigram = out.losses["unigram"]["val"]
     log_p = unigram_log_probs(np.bincount([1, 2, 3, 2, 1, 3, 7, 3, 1], minlength=8).astype(float),
                               out.losses["unigram"]["add_k"])
@@ -139,14 +139,14 @@ def test_a_run_records_where_its_loss_goes_and_its_gain_over_the_strongest_ngram
     argv = [a for a in tiny_argv(None, "--eval_every", "3") if a not in ("--test_split", "none")]
     assert train_simple.main(argv + three_splits) == 0
     log = read_log(tmp_path / "out" / f"{RUN}.json")
-    baselines = log["data"]["baselines"]
-    strongest = strongest_ngram(baselines)  # the modified KN order with the lowest selection loss
-    assert strongest == min(MODIFIED_KN_ORDERS, key=lambda name: baselines[name]["val"]["loss"])
+    ngrams = log["data"]["ngrams"]
+    strongest = strongest_ngram(ngrams)  # the modified KN order with the lowest selection loss
+    assert strongest == min(MODIFIED_KN_ORDERS, key=lambda name: ngrams[name]["val"]["loss"])
     for role in ("val", "test"):
-        baseline = baselines[strongest][role]
-        assert {"loss_seen", "loss_unseen", "unseen_fraction"} <= set(baseline)
+        strongest_scores = ngrams[strongest][role]
+        assert {"loss_seen", "loss_unseen", "unseen_fraction"} <= set(strongest_scores)
         final = log["final"][role]
-        assert final["ngram_loss"] == pytest.approx(baseline["loss"], rel=1e-9)  # the same targets
+        assert final["ngram_loss"] == pytest.approx(strongest_scores["loss"], rel=1e-9)  # the same targets
         assert final["interp_gain"] == pytest.approx(final["ngram_loss"] - final["interp_loss"])
     # every evaluation reports its interpolation with the weight the selection split chose
     for entry in log["evals"] + log["epochs"]:
@@ -201,14 +201,14 @@ def test_the_output_bias_is_counted_as_vocabulary_and_never_weight_decayed(tiny_
 
 @pytest.mark.slow
 @needs_shared_data
-def test_the_output_bias_starts_the_model_at_the_unigram_baselines_loss(tmp_path):
+def test_the_output_bias_starts_the_model_at_the_unigram_models_loss(tmp_path):
     args = build_parser().parse_args([
         "--data_dir", str(WIKITEXT_DIR), "--tokenizer", str(GPT2_TOKENIZER_DIR), "--train_split", "test",
         "--val_split", "validation:A", "--test_split", "none", "--layout", "packed", "--cache_dir", str(tmp_path)])
     data = train_simple.load_data(args)
     subset = evaluation_subset(data.val, 6000)
     targets = subset.scored_targets()
-    unigram = -unigram_log_probs(data.train_counts.numpy(), data.baselines["unigram"]["add_k"])[targets.numpy()].mean()
+    unigram = -unigram_log_probs(data.train_counts.numpy(), data.ngrams["unigram"]["add_k"])[targets.numpy()].mean()
     losses = {}
     for bias, final_ln in (("none", True), ("log_unigram", True), ("log_unigram", False)):  # seed-size models
         model = Transformer(TransformerConfig(unembed_bias=bias, final_ln=final_ln), seed=1)

@@ -2,7 +2,7 @@
 
     flags         every flag, a typed dataclass field: the settings that change a result, and the rest
     settings      the parser built from them, their checks, and one RunSpec per requested run
-    data          the splits tokenized, their n-gram baselines, the subsets evaluated during training
+    data          the splits tokenized, their n-gram models, the subsets evaluated during training
     state         the training state: fresh, checkpointed, restored, reduced to final weights
     schedule      data order, run length, learning rate, when to evaluate
     evaluation    the pass over a split (metrics.py's sums), the selection and report splits at each
@@ -15,5 +15,5 @@
     machine       device, loss kernel, allocator, CPU facts, git state
     watch         progress bars, status lines, TensorBoard
     export        --export_hf: a Hugging Face GPT-2 of a complete run
-    backfill_baselines   the n-gram baselines of logs written before runs recorded them
+    backfill_ngrams   the n-gram models of logs written before runs recorded them
 """

@@ -1,5 +1,5 @@
 """A run's data: the three splits tokenized (each split's role: train, selection, report), the
-n-gram baselines on exactly their tokens with the trigram's per-target losses, which types the
+n-gram models on exactly their tokens with the trigram's per-target losses, which types the
 training split has as targets, and the fixed subsets evaluated during training."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import safetensors.numpy
 import torch
 from torch import Tensor
 
-from baselines import BASELINES_VERSION, Baselines, baseline_losses, target_counts, unigram_log_probs
+from ngrams import NGRAMS_VERSION, NgramScores, ngram_losses, target_counts, unigram_log_probs
 from data_utils import DataError, TokenizedSplit, article_fraction, default_cache_dir, load_split_text, load_tokenizer, \
     sha256_bytes, token_byte_lengths, tokenize_split, tokenizer_fingerprint
 from run_log import WriteError, atomic_write
@@ -32,7 +32,7 @@ class Data:
     tokenizer_sha256: str
     test_skipped: str | None = None  # why no test split is evaluated, when one was asked for
     during_training: dict = field(default_factory=dict)  # role -> the (sub)split evaluated during training
-    baselines: dict = field(default_factory=dict)  # n-gram baselines on these splits (baselines.py)
+    ngrams: dict = field(default_factory=dict)  # n-gram models on these splits (ngrams.py)
     train_counts: Tensor | None = None  # how often each type is a training target (float64, d_vocab)
 
     @property
@@ -41,9 +41,9 @@ class Data:
         return self.train_counts > 0
 
     def log_unigram(self) -> Tensor:
-        """log p(w) of the unigram baseline (its add-k chosen on the selection split): the output
+        """log p(w) of the unigram model (its add-k chosen on the selection split): the output
         bias's starting point under unembed_bias "log_unigram"."""
-        k = self.baselines["unigram"]["add_k"]
+        k = self.ngrams["unigram"]["add_k"]
         return torch.from_numpy(unigram_log_probs(self.train_counts.numpy(), k)).float()
 
     @property
@@ -57,7 +57,7 @@ class Data:
     def describe(self, data_flags: dict) -> dict:
         return {**data_flags, "tokenizer": self.tokenizer.name_or_path, "tokenizer_sha256": self.tokenizer_sha256,
                 **{role: split.info if split is not None else None for role, split in self.roles.items()},
-                "test_skipped": self.test_skipped, "baselines": self.baselines,
+                "test_skipped": self.test_skipped, "ngrams": self.ngrams,
                 "evaluated_during_training": {role: {k: split.info[k] for k in ("sequences", "tokens")}
                                               for role, split in self.during_training.items()}}
 
@@ -98,11 +98,11 @@ def load_data(args: argparse.Namespace) -> Data:
         if split.info["tokens"] == 0:
             raise DataError(f"the {role} split {split.info['split']!r} has no scored tokens (every sequence is a "
                             f"single token)")
-    baselines = cached_baselines(data, args.cache_dir)
-    data.baselines = baselines.losses
+    ngrams = cached_ngrams(data, args.cache_dir)
+    data.ngrams = ngrams.losses
     for role, split in (("val", data.val), ("test", data.test)):
         if split is not None:  # the trigram's per-target NLL, for interpolating the model with it
-            split.reference_nll = torch.from_numpy(baselines.token_nll[role])
+            split.reference_nll = torch.from_numpy(ngrams.token_nll[role])
     data.train_counts = torch.from_numpy(target_counts(data.train.tokens.numpy(), data.train.lengths.numpy(),
                                                        data.vocab_size))
     data.during_training = {role: evaluation_subset(split, args.eval_tokens) for role, split in
@@ -124,32 +124,32 @@ def evaluation_subset(split: TokenizedSplit, n_tokens: int | None) -> TokenizedS
     return subset
 
 
-def cached_baselines(data: Data, cache_dir: Path | None) -> Baselines:
-    """The n-gram baselines of these splits, computed once per data identity (seconds) and cached:
+def cached_ngrams(data: Data, cache_dir: Path | None) -> NgramScores:
+    """The n-gram models of these splits, computed once per data identity (seconds) and cached:
     their losses as JSON, the trigram's per-target NLL beside them as safetensors (numbers only)."""
     evaluated = {role: split for role, split in (("val", data.val), ("test", data.test)) if split is not None}
-    identity = {"version": BASELINES_VERSION, "tokenizer": data.tokenizer_sha256, "vocab": data.vocab_size,
+    identity = {"version": NGRAMS_VERSION, "tokenizer": data.tokenizer_sha256, "vocab": data.vocab_size,
                 **{role: {k: split.info[k] for k in ("sha256", "layout", "max_length")}
                    for role, split in (("train", data.train), *evaluated.items())}}
     key = sha256_bytes(json.dumps(identity, sort_keys=True).encode())[:32]
-    path = (cache_dir or default_cache_dir()) / f"baselines-{key}.json"
+    path = (cache_dir or default_cache_dir()) / f"ngrams-{key}.json"
     nll_path = path.with_suffix(".safetensors")
     try:
         cached = json.loads(path.read_text())
         token_nll = safetensors.numpy.load(nll_path.read_bytes())
         if (isinstance(cached, dict) and cached.get("identity") == identity and set(token_nll) == set(evaluated)
                 and all(token_nll[role].shape == split.tokens.shape for role, split in evaluated.items())):
-            return Baselines(cached["baselines"], token_nll)
+            return NgramScores(cached["ngrams"], token_nll)
     except Exception:  # noqa: BLE001 - missing, damaged or foreign: any of these is computed again
         pass
     as_arrays = {role: (split.tokens.numpy(), split.lengths.numpy(), split.info["bytes"])
                  for role, split in evaluated.items()}
-    computed = baseline_losses((data.train.tokens.numpy(), data.train.lengths.numpy()), as_arrays, data.vocab_size, "val")
+    computed = ngram_losses((data.train.tokens.numpy(), data.train.lengths.numpy()), as_arrays, data.vocab_size, "val")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(nll_path, safetensors.numpy.save({role: np.ascontiguousarray(nll)
                                                        for role, nll in computed.token_nll.items()}))
-        atomic_write(path, json.dumps({"identity": identity, "baselines": computed.losses}).encode())
+        atomic_write(path, json.dumps({"identity": identity, "ngrams": computed.losses}).encode())
     except (OSError, WriteError) as err:
-        print(f"warning: could not cache the n-gram baselines: {err}", file=sys.stderr)
+        print(f"warning: could not cache the n-gram models: {err}", file=sys.stderr)
     return computed

@@ -133,7 +133,7 @@ class ModelSettings:
     tie_embeddings: bool = flag(False, "the unembedding is the token embedding's transpose (halves the embedding "
                                        "parameters)")
     unembed_bias: str = flag("none", "log_unigram: a trained bias on the logits, started at the log of the training "
-                                     "targets' add-k unigram (the unigram baseline's k), not weight-decayed",
+                                     "targets' add-k unigram (the unigram model's k), not weight-decayed",
                              choices=UNEMBED_BIASES)
     embed_scale: float | str = flag(1.0, "multiply the token embeddings by this where they enter the residual stream; "
                                          "sqrt_d_model (Vaswani et al. 2017) is what tied embeddings need to learn "

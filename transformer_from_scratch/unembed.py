@@ -5,7 +5,7 @@ W_U is the token embedding's transpose, one tensor for both ends of the model.
 
 Output bias (``unembed_bias``): none in the study and in GPT-2. ``log_unigram`` adds a trained bias
 b_U on the logits, initialised by the training script to the log of the add-k unigram of the
-training targets (Meister et al. 2023): the model starts at the unigram baseline's loss instead of
+training targets (Meister et al. 2023): the model starts at the unigram model's loss instead of
 ln d_vocab, and the matrices need not spend their capacity on word frequencies.
 """
 

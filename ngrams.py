@@ -1,7 +1,7 @@
-"""Count-based n-gram baselines on exactly the tokens a run trains and is scored on.
+"""Count-based n-gram models on exactly the tokens a run trains and is scored on.
 
 A transformer that does not beat these has learned word frequencies and word pairs, which any
-activation can: its differences then say nothing about what the MLP computes. Each baseline is
+activation can: its differences then say nothing about what the MLP computes. Each is
 trained on the run's training sequences and scored on the same next-token targets as the model
 (same layout, truncation and tokenizer: a sequence's first token is context only, padding is never
 scored, and no n-gram reaches across two sequences):
@@ -45,10 +45,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASELINES_VERSION = 3  # 2: seen/unseen losses and the trigram's per-target losses; 3: modified KN, the strongest's per-target losses. Bump when a baseline's definition changes: cached values are then recomputed
+NGRAMS_VERSION = 3  # 2: seen/unseen losses and the trigram's per-target losses; 3: modified KN, the strongest's per-target losses. Bump when a model's definition changes: cached values are then recomputed
 ADD_K_GRID = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 MODIFIED_KN_ORDERS = {"kn2_modified": 2, "kn3_modified": 3, "kn4_modified": 4}
-BASELINE_NAMES = ("unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS)
+NGRAM_NAMES = ("unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -292,8 +292,8 @@ def loss_breakdown(nll: np.ndarray, seen: np.ndarray, n_bytes: int, total: float
 
 
 @dataclass(frozen=True)
-class Baselines:
-    """The baselines of one run's data: ``losses[name][role]`` (loss_breakdown's keys; the unigram's
+class NgramScores:
+    """The n-gram models of one run's data: ``losses[name][role]`` (loss_breakdown's keys; the unigram's
     add_k beside the roles; ``"strongest": True`` beside the roles of the modified KN model with the
     lowest selection loss), and that model's NLL of every scored target of each evaluated split, at its place
     in that split's tokens (``token_nll[role]``, NaN where nothing is scored)."""
@@ -302,9 +302,9 @@ class Baselines:
     token_nll: dict[str, np.ndarray]
 
 
-def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[np.ndarray, np.ndarray, int]],
-                    d_vocab: int, selection: str) -> Baselines:
-    """Each baseline's loss (nats per scored token), split by seen and unseen target types, and bits
+def ngram_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, tuple[np.ndarray, np.ndarray, int]],
+                    d_vocab: int, selection: str) -> NgramScores:
+    """Each n-gram model's loss (nats per scored token), split by seen and unseen target types, and bits
     per byte, on each evaluated split.
 
     ``evaluated``: role -> (tokens, lengths, scored bytes); ``selection`` names the role whose loss
@@ -331,33 +331,39 @@ def baseline_losses(train: tuple[np.ndarray, np.ndarray], evaluated: dict[str, t
     losses["unigram"]["add_k"] = k
     strongest = min(MODIFIED_KN_ORDERS, key=lambda name: losses[name][selection]["loss"])
     losses[strongest]["strongest"] = True  # chosen on the selection split, like every other choice
-    return Baselines(losses, at_places[strongest])
+    return NgramScores(losses, at_places[strongest])
 
 
 # ---------------------------------------------------------------------------------------------
-# Baselines for logs written before runs recorded them: computed once, kept beside the logs
+# N-gram models for logs written before runs recorded them: computed once, kept beside the logs
 
 
 def data_identity(data: dict) -> dict:
-    """What a set of baselines depends on, read off a log's ``data`` section."""
+    """What a set of n-gram scores depends on, read off a log's ``data`` section."""
     return {"tokenizer_sha256": data.get("tokenizer_sha256"),
             **{role: {k: info.get(k) for k in ("sha256", "layout", "max_length")} if info else None
                for role, info in ((r, data.get(r)) for r in ("train", "val", "test"))}}
 
 
-def baselines_for(log: dict, kept: list[dict]) -> dict:
-    """The log's own baselines, with those of a kept entry ({identity, baselines}) for its data that
-    the log lacks (a log from before modified Kneser-Ney gets it from the folder's baselines.json)."""
+def logged_ngrams(log: dict) -> dict:
+    """The n-gram models' scores a log recorded: ``data.ngrams`` (``data.baselines`` in logs written
+    before 2026-12-05, when the word "baseline" was kept for the baseline arm alone)."""
+    return log["data"].get("ngrams") or log["data"].get("baselines") or {}
+
+
+def ngrams_for(log: dict, kept: list[dict]) -> dict:
+    """The log's own n-gram scores, with those of a kept entry ({identity, ngrams}) for its data that
+    the log lacks (a log from before modified Kneser-Ney gets them from the folder's ngrams.json)."""
     identity = data_identity(log["data"])
-    kept_here = next((entry["baselines"] for entry in kept if entry.get("identity") == identity), {})
-    return {**kept_here, **(log["data"].get("baselines") or {})}
+    kept_here = next((entry["ngrams"] for entry in kept if entry.get("identity") == identity), {})
+    return {**kept_here, **logged_ngrams(log)}
 
 
-def strongest_ngram(baselines: dict) -> str | None:
+def strongest_ngram(ngrams: dict) -> str | None:
     """The modified Kneser-Ney model chosen as the bar (lowest selection loss), None before there were any."""
-    return next((name for name in MODIFIED_KN_ORDERS if baselines.get(name, {}).get("strongest")), None)
+    return next((name for name in MODIFIED_KN_ORDERS if ngrams.get(name, {}).get("strongest")), None)
 
 
-def interpolation_partner(baselines: dict) -> str:
+def interpolation_partner(ngrams: dict) -> str:
     """The n-gram a run's model was interpolated with: the strongest, or the trigram in older logs."""
-    return strongest_ngram(baselines) or "trigram_kn"
+    return strongest_ngram(ngrams) or "trigram_kn"

@@ -1,4 +1,4 @@
-"""n-gram baselines against hand-computed values, and the selection/report halves of a split."""
+"""n-gram models against hand-computed values, and the selection/report halves of a split."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from collections import Counter, defaultdict
 
-from baselines import MODIFIED_KN_ORDERS, Grams, KneserNey, ModifiedKneserNey, baseline_losses, grams, \
+from ngrams import MODIFIED_KN_ORDERS, Grams, KneserNey, ModifiedKneserNey, ngram_losses, grams, \
     strongest_ngram, unigram_nll_sum
 from conftest import WIKITEXT_DIR, needs_shared_data
 from data_utils import DataError, SplitText, article_half, load_split_text
@@ -55,11 +55,11 @@ def test_every_kneser_ney_distribution_sums_to_one(order):
             assert model.p_mid(np.full(9, context[1]), np.arange(9)).sum() == pytest.approx(1.0, abs=1e-12)
 
 
-def test_baselines_score_each_role_and_choose_k_on_selection_only():
+def test_ngrams_score_each_role_and_choose_k_on_selection_only():
     rng = np.random.default_rng(1)
     train = (rng.integers(0, 20, (50, 8)), np.full(50, 8))
     val, test = (rng.integers(0, 20, (10, 8)), np.full(10, 8), 300), (rng.integers(0, 20, (10, 8)), np.full(10, 8), 280)
-    out = baseline_losses(train, {"val": val, "test": test}, 20, "val").losses
+    out = ngram_losses(train, {"val": val, "test": test}, 20, "val").losses
     assert set(out) == {"unigram", "bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS}
     assert out["unigram"]["add_k"] in (0.01, 0.1, 0.3, 1, 3, 10)
     for name in ("bigram_kn", "trigram_kn", *MODIFIED_KN_ORDERS):

@@ -1,8 +1,8 @@
-"""n-gram baselines for logs written before runs recorded them: computed once from the data a log
+"""n-gram models for logs written before runs recorded them: computed once from the data a log
 names (checked by sha256), with the run's own data loading so the tokens are exactly the run's, and
-kept in ``baselines.json`` beside the logs, which analyze_results.py reads.
+kept in ``ngrams.json`` beside the logs, which analyze_results.py reads.
 
-    python -m training.backfill_baselines results/old_study/relu_seed1.json
+    python -m training.backfill_ngrams results/old_study/relu_seed1.json
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from baselines import data_identity
+from ngrams import data_identity
 from data_utils import DataError
 from run_log import atomic_write, read_log
 from training.data import load_data
@@ -20,9 +20,9 @@ from training.settings import build_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compute the baselines of a run's data and add them to a folder's baselines.json."""
-    p = argparse.ArgumentParser(description="n-gram baselines for logs that predate them: written to "
-                                            "<folder>/baselines.json, which analyze_results.py reads.")
+    """Compute the n-gram scores of a run's data and add them to a folder's ngrams.json."""
+    p = argparse.ArgumentParser(description="n-gram models for logs that predate them: written to "
+                                            "<folder>/ngrams.json, which analyze_results.py reads.")
     p.add_argument("log", type=Path, help="a log whose data section says which data (flags are read from it)")
     args = p.parse_args(argv)
     try:
@@ -45,11 +45,11 @@ def backfill(log_path: Path, log: dict) -> int:
     if identity != data_identity(log["data"]):
         print(f"error: the data found now differs from {log_path}'s (sha256 or tokenizer)", file=sys.stderr)
         return 2
-    path = log_path.parent / "baselines.json"
+    path = log_path.parent / "ngrams.json"
     kept = json.loads(path.read_text()) if path.exists() else []
-    kept = [entry for entry in kept if entry["identity"] != identity] + [{"identity": identity, "baselines": data.baselines}]
+    kept = [entry for entry in kept if entry["identity"] != identity] + [{"identity": identity, "ngrams": data.ngrams}]
     atomic_write(path, (json.dumps(kept, indent=1) + "\n").encode())
-    print(f"{path}: {json.dumps(data.baselines)}")
+    print(f"{path}: {json.dumps(data.ngrams)}")
     return 0
 
 
