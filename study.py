@@ -184,9 +184,9 @@ def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
     """Run the search (unless --report_only), then write its report beside the study file; 0, or 128 +
     the signal that stopped the search (its trials in flight then queued again)."""
     from search.report import write_search_report
-    from search.runner import open_optuna_study, run_search, storage_url
+    from search.runner import default_storage, open_optuna_study, run_search
 
-    url = args.storage or storage_url(study.folder)
+    url = args.storage or default_storage(study.folder)
     stopped_by = None
     if not args.report_only:
         stopped_by = run_search(study.name, study.search, url,
@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="training processes side by side (threads split between them)")
     p.add_argument("--list", action="store_true", help="print the training commands, one per line, and nothing else")
     p.add_argument("--storage", default=None,
-                   help="a search's Optuna storage URL (default: sqlite:///<study folder>/search.db); workers on "
-                        "other machines join the same search by giving the same URL")
+                   help="a search's Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or a journal file's "
+                        "path (default: <study folder>/search.journal, or its search.db where a search began on "
+                        "SQLite); workers on other machines join the same search by giving the same storage")
     p.add_argument("--report_only", action="store_true", help="a search: write its report from what has run, train nothing")
     p.add_argument("--plan", action="store_true",
                    help="from this finished (pilot) study's runs, print the seeds per arm a next study needs to detect "

@@ -1,14 +1,16 @@
 """Running a search with Optuna: a TPE sampler, a pruner fed the selection loss at each evaluation,
-and the Optuna study's state in a SQLite file beside the study file (``search.db``; any RDB URL for many
-machines), so a search survives interruption and runs from several processes at once.
+and the Optuna study's state in Optuna's journal file beside the study file (``search.journal``, which
+several processes append to safely; a search begun on ``search.db``, SQLite, keeps it; any RDB URL for
+many machines), so a search survives interruption and runs from several processes at once.
 
 Each trial is an ordinary train_simple.py run (its own JSON log and lock, in ``trials/``), named
 ``trial<NNN>`` after its Optuna trial number. While it trains, the worker reads its log (rewritten
 at every logged step) and reports each new evaluation of the selection split to the pruner; when
 the pruner says stop, the worker sends the run SIGUSR1, which ends it with the status ``pruned``.
-A worker that dies stops beating (Optuna's heartbeat); its trial is then failed and retried with the
-same parameters under the same run name, so train_simple.py's --resume continues it from its last
-checkpoint. Trials that finished (complete or pruned) are never run again.
+A worker that dies lets its trial's lock go (on the journal: live_trials.py) or stops beating (on an
+RDB storage: Optuna's heartbeat); its trial is then failed and retried with the same parameters under
+the same run name, so train_simple.py's --resume continues it from its last checkpoint. Trials that
+finished (complete or pruned) are never run again.
 
 A search is stopped cleanly with SIGTERM (or Ctrl-C, which reaches its trials too): each trial in
 flight finishes its step, checkpoints and exits, is failed with that reason and queued again under
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from run_log import COMPLETE, PRUNED, read_log
+from search.live_trials import MAX_RETRIES, LiveTrials, queue_again
 from study_file.space import Search, StudyError
 from study_file.tuning import objective_value
 from training.signals import StopRuns
@@ -74,8 +77,22 @@ class TrialRun:
         return self.folder / f"{self.name}.json"
 
 
-def storage_url(study_folder: Path) -> str:
-    return f"sqlite:///{(study_folder / 'search.db').resolve()}"
+def default_storage(study_folder: Path) -> str:
+    """The journal file beside the study file, or ``search.db`` where a search began on SQLite (the
+    default before the journal: Optuna advises against SQLite for parallel optimisation, and a
+    cross-process race on it was measured here, which a per-process lock cannot close)."""
+    sqlite = study_folder / "search.db"
+    return f"sqlite:///{sqlite.resolve()}" if sqlite.exists() else str((study_folder / "search.journal").resolve())
+
+
+def is_journal(storage: str) -> bool:
+    """A storage given as a file path (no URL scheme) is a journal file."""
+    return "://" not in storage
+
+
+def live_trials_of(storage: str) -> LiveTrials | None:
+    """The trial locks that stand in for heartbeats on a journal file (None on an RDB storage)."""
+    return LiveTrials(Path(f"{storage}.live")) if is_journal(storage) else None
 
 
 def selection_losses(log: dict) -> list[tuple[int, float]]:
@@ -106,7 +123,7 @@ def space_signature(search: Search) -> str:
 
 
 def open_optuna_study(name: str, search: Search, url: str):
-    """The Optuna study (created, or loaded to resume) on ``url``. Each worker process seeds its
+    """The Optuna study (created, or loaded to resume) on ``url`` (an RDB URL or a journal file's path). Each worker process seeds its
     sampler with the tuning seed and its process id: workers that drew alike would train the same
     configurations (the draws, not the trials, are what a seed would make repeatable). StudyError (one
     line) for a storage that cannot be read, or that holds another search (another name or space): the
@@ -115,7 +132,9 @@ def open_optuna_study(name: str, search: Search, url: str):
 
     try:
         optuna_study = create_or_load(name, search, url)
-    except sqlalchemy.exc.SQLAlchemyError as err:
+    except StudyError:  # another search's storage (a ValueError too)
+        raise
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError) as err:  # ValueError: a journal line that is not JSON
         raise StudyError(f"search storage {url} cannot be read ({type(err).__name__}: it is damaged or not an Optuna "
                          f"storage); it is left as it is: move it away to start the search afresh") from None
     recorded = optuna_study.user_attrs.get("space")
@@ -129,23 +148,10 @@ def open_optuna_study(name: str, search: Search, url: str):
 
 def create_or_load(name: str, search: Search, url: str):
     import optuna
-    import sqlalchemy
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are, since v2.8
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers wait for the file lock
-    storage = None
-    for attempt in range(5):  # workers starting at once race to create the schema: the loser finds it made
-        try:
-            storage = RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat_seconds,
-                                 grace_period=2 * search.heartbeat_seconds,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-            break
-        except sqlalchemy.exc.SQLAlchemyError:
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
+    storage = journal_storage(url) if is_journal(url) else rdb_storage(url, search)
     others = [n for n in optuna.get_all_study_names(storage) if n != name]
     if others:
         raise StudyError(f"search storage {url} holds another search ({', '.join(map(repr, others))}), not {name!r}: "
@@ -159,6 +165,30 @@ def create_or_load(name: str, search: Search, url: str):
         except optuna.exceptions.DuplicatedStudyError:
             time.sleep(1)
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner_for(search))
+
+
+def journal_storage(path: str):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    # the open(O_EXCL) lock: Optuna's default symlink lock is for filesystems without O_EXCL, which ours has
+    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def rdb_storage(url: str, search: Search):
+    import sqlalchemy
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # workers wait for the file lock
+    for attempt in range(5):  # workers starting at once race to create the schema: the loser finds it made
+        try:
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=search.heartbeat_seconds,
+                              grace_period=2 * search.heartbeat_seconds,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
 
 
 def run_name_of(frozen) -> str:
@@ -187,16 +217,11 @@ class Stop(StopRuns):
 
     def __call__(self, optuna_study, trial) -> None:
         import optuna
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
 
         if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("stopped"):
             # Optuna's retry callback's record, but not the callback: it copies the user attributes, and a
             # retry carrying "stopped" would be queued again whenever it failed, for any reason, forever
-            original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-            history = [*RetryHeartbeatStaleTrialCallback.retry_history(trial), trial.number]
-            optuna_study.add_trial(optuna.create_trial(
-                state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                system_attrs={"failed_trial": trial.number if original is None else original, "retry_history": history}))
+            queue_again(optuna_study, trial)
         if self.signum is not None:
             optuna_study.stop()
 
@@ -292,14 +317,15 @@ class Budget:
             optuna_study.stop()
 
 
-def one_at_a_time(optuna_study) -> None:
+def one_at_a_time(optuna_study, live: LiveTrials | None = None) -> None:
     """Serialise this process's ``optuna_study.ask()`` and pruner calls, which Optuna's worker threads make
     unlocked. Asking pops a waiting trial (a retry) by reading it WAITING and then marking it RUNNING;
     on SQLite two threads asking at once both read it waiting and both ran it (measured: the kill
     test's two resumed workers, 1 run in 3), the second failing on the run's lock and then telling a
     trial the first had completed. The Hyperband pruner builds its brackets on its first prune();
     two threads pruning at once both built them, and the trials' bracket lookup then failed ("This
-    line should be unreachable": the six-trial and kill tests on a loaded machine)."""
+    line should be unreachable": the six-trial and kill tests on a loaded machine). On a journal file,
+    ``live`` also takes each asked trial's lock, under a lock that spans processes."""
     lock = threading.Lock()
 
     def locked(call):
@@ -308,7 +334,7 @@ def one_at_a_time(optuna_study) -> None:
                 return call(*args, **kwargs)
         return locked_call
     # Optuna's worker threads call optuna_study.ask() and optuna_study.pruner.prune(): this instance's are the locked ones
-    optuna_study.ask = locked(optuna_study.ask)
+    optuna_study.ask = locked(optuna_study.ask if live is None else live.asking(optuna_study, optuna_study.ask))
     optuna_study.pruner.prune = locked(optuna_study.pruner.prune)
 
 
@@ -324,8 +350,10 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
     logging.getLogger("optuna.study._optimize").addFilter(WITHOUT_TRACEBACK)  # where Optuna logs a failed trial
     # Retry the trials of dead workers here, once, before the worker threads start: each thread's first
     # trial would retry them too, and two threads doing so at once retried each twice (measured on resume).
+    # (On a journal file the same check runs before every ask, under the search-wide lock.)
     optuna.storages.fail_stale_trials(optuna_study)
-    one_at_a_time(optuna_study)
+    live = live_trials_of(url)
+    one_at_a_time(optuna_study, live)
     budget = Budget(search)
     if budget.exhausted(optuna_study):
         return None
@@ -341,7 +369,8 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
         while not budget.exhausted(optuna_study) and stop.signum is None:
             left = None if search.trials is None else search.trials - budget.spent(optuna_study)[0]
             try:
-                optuna_study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[budget, stop], catch=(TrialFailed,))
+                optuna_study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[*filter(None, [live]), budget, stop],
+                                   catch=(TrialFailed,))
                 break
             except optuna.exceptions.UpdateFinishedTrialError as err:
                 # A live trial whose heartbeat lagged (a loaded machine) was failed as stale by another

@@ -198,15 +198,16 @@ def test_committed_summary_is_regenerated_exactly(tmp_path, study):
         assert (tmp_path / name).read_text() == (results / name).read_text(), name
 
 
-def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
-    """study.py --report_only on a copy of the committed search (its Optuna storage and trial logs):
-    the report comes out byte for byte as committed."""
+def test_the_committed_search_report_is_regenerated_exactly(tmp_path, capsys):
+    """study.py --report_only on a copy of the committed search (its Optuna storage, SQLite, and trial
+    logs): the report comes out byte for byte as committed."""
+    import study
+
     search = ROOT / "results" / "wikitext2_search"
     shutil.copytree(search, tmp_path / "search")
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), str(tmp_path / "search" / "search.toml"),
-                             "--report_only"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert study.main([str(tmp_path / "search" / "search.toml"), "--report_only"]) == 0, capsys.readouterr().err[-2000:]
     assert (tmp_path / "search" / "report.md").read_text() == (search / "report.md").read_text()
+    assert not (tmp_path / "search" / "search.journal").exists()  # a search begun on SQLite keeps it
 
 
 def test_the_analysis_loads_no_part_of_the_runner():

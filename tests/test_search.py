@@ -76,16 +76,28 @@ def run_study(path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=600, **kwargs)
 
 
-def search_trials(path) -> list:
-    """The tiny search's Optuna trials, from its storage beside ``path``."""
+def study_here(capsys, path, *extra: str) -> tuple[int, str]:
+    """study.py in this process, for what trains nothing: its exit code and stderr."""
+    import study
+
+    code = study.main(["--allow_dirty", str(path), *extra])
+    return code, capsys.readouterr().err
+
+
+def search_trials(path, storage: str | None = None) -> list:
+    """The tiny search's Optuna trials, from ``storage`` (default: the default one beside ``path``)."""
     import optuna
 
-    return optuna.load_study(study_name="tiny search", storage=f"sqlite:///{path.parent / 'search.db'}").get_trials()
+    from search.runner import default_storage, is_journal, journal_storage
+
+    storage = storage or default_storage(path.parent)
+    return optuna.load_study(study_name="tiny search",
+                             storage=journal_storage(storage) if is_journal(storage) else storage).get_trials()
 
 
-def trial_states(path) -> dict[str, list[int]]:
+def trial_states(path, storage: str | None = None) -> dict[str, list[int]]:
     states: dict[str, list[int]] = {}
-    for t in search_trials(path):
+    for t in search_trials(path, storage):
         states.setdefault(t.state.name.lower(), []).append(t.number)
     return states
 
@@ -129,11 +141,11 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
     assert result.stdout.splitlines()[0] == f"search report: {path.parent / 'report.md'}"
 
 
-@pytest.mark.slow
-def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
-    path = search_file(4, heartbeat=3)
-    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
-                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_search_after_two_trials(path, *storage: str) -> dict[str, str]:
+    """Start the search (two workers), SIGKILL it and its trials' runs at once when two trials have
+    finished: the finished trials' logs, by run name."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2", *storage],
+                               cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
     deadline = time.time() + 300
     while time.time() < deadline:  # until two trials have finished
@@ -144,35 +156,54 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(search_file):
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)  # the search and its trial's run, at once
     process.wait()
-    finished = {p.stem: p.read_text() for p in done}
-    path.write_text(path.read_text().replace("heartbeat_seconds = 3", "heartbeat_seconds = 10"))
-    time.sleep(21)  # past the resumed workers' grace (2 x 10 s): the trials in flight are stale now, and a live
-    # trial of the two resumed workers is not (with 3 s beats a loaded machine once failed one as stale)
-    stale = trial_states(path).get("running", [])
-    result = run_study(path, "--jobs", "2")
-    assert result.returncode == 0, result.stderr[-2000:]
-    for name, text in finished.items():  # finished trials were not run again
+    return {p.stem: p.read_text() for p in done}
+
+
+def assert_resumed_once(path, finished: dict[str, str], stale: list[int], storage: str | None = None) -> None:
+    """Finished trials were not run again, the budget was met, and each trial killed in flight was
+    failed and retried once, under its own name: no run name is new beyond the budget."""
+    folder = path.parent / "trials"
+    for name, text in finished.items():
         assert (folder / f"{name}.json").read_text() == text
-    states = trial_states(path)
+    states = trial_states(path, storage)
     assert len(states.get("complete", [])) + len(states.get("pruned", [])) >= 4
-    # a trial killed in flight was failed and retried under its own name: no run name is new beyond the budget
     names = {p.stem for p in folder.glob("*.json")}
     assert len(names) == len(states.get("complete", [])) + len(states.get("pruned", []))
-    assert sorted(states.get("fail", [])) == sorted(stale)  # each retried once: the two workers did not both retry it
+    assert stale and sorted(states.get("fail", [])) == sorted(stale)  # not retried twice by two workers
 
 
 @pytest.mark.slow
-def test_two_workers_on_one_storage_never_run_the_same_trial(search_file):
+def test_a_killed_search_on_sqlite_resumes_its_stale_trials_once(search_file):
+    # an RDB storage has no trial locks: a killed worker's trials are found by their missing heartbeats
+    path = search_file(4, heartbeat=3)
+    sqlite = f"sqlite:///{path.parent / 'search.db'}"
+    finished = kill_search_after_two_trials(path, "--storage", sqlite)
+    path.write_text(path.read_text().replace("heartbeat_seconds = 3", "heartbeat_seconds = 10"))
+    time.sleep(21)  # past the resumed workers' grace (2 x 10 s): the trials in flight are stale now, and a live
+    # trial of the two resumed workers is not (with 3 s beats a loaded machine once failed one as stale)
+    stale = trial_states(path, sqlite).get("running", [])
+    result = run_study(path, "--jobs", "2", "--storage", sqlite)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_resumed_once(path, finished, stale, sqlite)
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumed_by_two_worker_processes_on_one_journal_runs_no_trial_twice(search_file):
+    # the default storage, a journal file: a killed worker's trial locks are free at once, no wait
     path = search_file(4)
+    finished = kill_search_after_two_trials(path)
+    stale = trial_states(path).get("running", [])
     workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert all(w.returncode == 0 for w in workers), errors
+    assert_resumed_once(path, finished, stale)
     started = [line.split(":")[0] for text in errors for line in text.splitlines() if " --activation " in line]
-    assert len(started) == len(set(started)) >= 4  # each trial started by one worker only
-    for log in (path.parent / "trials").glob("*.json"):
-        assert json.loads(log.read_text())["run"]["resumed"] == []  # and trained in one piece
-    drawn = [json.dumps(t.params, sort_keys=True) for t in search_trials(path)]
+    assert len(started) == len(set(started)) and started  # each trial started by one worker only
+    for name in set(started) - {f"trial{n:03d}" for n in stale}:  # a new trial trained in one piece
+        assert json.loads((path.parent / "trials" / f"{name}.json").read_text())["run"]["resumed"] == []
+    finished_trials = [t for t in search_trials(path) if t.state.name in ("COMPLETE", "PRUNED")]
+    drawn = [json.dumps(t.params, sort_keys=True) for t in finished_trials]
     assert len(drawn) == len(set(drawn))  # the workers drew apart: no configuration trained twice
 
 
@@ -263,33 +294,33 @@ def test_a_one_worker_search_stops_cleanly_too(search_file):
     ("lr = {low = 0.0, high = 1e-3, log = true}", "log range, so low must be positive"),
     ("seeds = [1, 2]", "cannot search 'seeds' (the study sets it per trial)"),
 ])
-def test_a_bad_search_table_is_one_line_and_exit_2(search_file, space, message):
+def test_a_bad_search_table_is_one_line_and_exit_2(search_file, capsys, space, message):
     path = search_file()
     text = path.read_text()
     path.write_text(text[: text.index("[search.space]")] + "[search.space]\n" + space + "\n")
-    result = run_study(path)
-    assert result.returncode == 2 and message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (path.parent / "search.db").exists()
+    code, err = study_here(capsys, path)
+    assert code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in path.parent.iterdir()) == ["search.toml"]
 
 
-def test_a_search_needs_a_budget_and_a_tuning_seed_outside_the_final_seeds(search_file):
+def test_a_search_needs_a_budget_and_a_tuning_seed_outside_the_final_seeds(search_file, capsys):
     path = search_file()
     text = path.read_text()
     path.write_text(text.replace("trials = 6\n", ""))
-    assert "needs a budget" in run_study(path).stderr
+    assert "needs a budget" in study_here(capsys, path)[1]
     path.write_text("seeds = [1000]\n" + text)
-    assert "tuning_seed 1000 is one of the final seeds" in run_study(path).stderr
+    assert "tuning_seed 1000 is one of the final seeds" in study_here(capsys, path)[1]
     study = load_study(search_file())  # a search needs neither seeds nor a baseline
     assert study.search.trials == 6 and study.baseline == "relu" and set(study.search.space) == {
         "lr", "mlp_ratio", "tie_embeddings"}
 
 
-def test_listing_a_search_is_one_line_and_exit_2_and_starts_no_trial(search_file):
+def test_listing_a_search_is_one_line_and_exit_2_and_starts_no_trial(search_file, capsys):
     # --list once ran the search itself: a search's trials are drawn as it runs, so there is no list
     path = search_file()
-    result = run_study(path, "--list")
-    assert result.returncode == 2 and "--list is for a study" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (path.parent / "search.db").exists()
+    code, err = study_here(capsys, path, "--list")
+    assert code == 2 and "--list is for a study" in err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in path.parent.iterdir()) == ["search.toml"]
 
 
 def test_worker_threads_pruning_at_once_all_get_an_answer():
@@ -328,45 +359,35 @@ def test_worker_threads_pruning_at_once_all_get_an_answer():
         sys.setswitchinterval(interval)
 
 
-def test_the_committed_search_report_is_regenerated_exactly(tmp_path):
-    """The committed report is what the committed storage and trial logs say, as this code writes it."""
-    import shutil
-
-    from search.report import write_search_report
-    from search.runner import open_optuna_study
-
-    folder = ROOT / "results" / "wikitext2_search"
-    if not (folder / "search.db").exists():
-        pytest.skip("no committed search")
-    shutil.copy(folder / "search.db", tmp_path / "search.db")  # opening a storage may write to it
-    study = load_study(folder / "search.toml")
-    report = write_search_report(study.name, open_optuna_study(study.name, study.search, f"sqlite:///{tmp_path / 'search.db'}"),
-                                 [arm.name for arm in study.arms], folder / "trials", tmp_path)
-    assert report.read_text() == (folder / "report.md").read_text()
-
-
-def test_a_damaged_search_storage_is_one_line_and_left_as_it_is(search_file):
+@pytest.mark.parametrize("storage_name, damage", [
+    ("search.db", b"SQLite format 3\x00" + os.urandom(4096)),  # a real SQLite file, damaged past its header
+    ("search.journal", b'{"op_code": 0, "worker_id": "w", "study_name": "tiny search", "directions": [1]}\n'
+                       b'{"op_code": 5, "worker_id": "w", "study_id\x00\x00\x00\n'  # a line zeroed mid-file
+                       b'{"op_code": 4, "worker_id": "w", "study_id": 0, "datetime_start": null}\n'),
+])
+def test_a_damaged_search_storage_is_one_line_and_left_as_it_is(search_file, capsys, storage_name, damage):
     import hashlib
 
     path = search_file()
-    storage = path.parent / "search.db"
-    storage.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))  # a real file, damaged past its header
+    storage = path.parent / storage_name
+    storage.write_bytes(damage)
     before = hashlib.sha256(storage.read_bytes()).hexdigest()
-    result = run_study(path, "--report_only")
-    assert result.returncode == 2, result.stderr[-2000:]
-    [line] = result.stderr.splitlines()
-    assert line.startswith("error: search storage") and "cannot be read" in line and "Traceback" not in result.stderr
+    code, err = study_here(capsys, path, "--report_only")
+    assert code == 2, err[-2000:]
+    [line] = err.splitlines()
+    assert line.startswith("error: search storage") and "cannot be read" in line
     assert hashlib.sha256(storage.read_bytes()).hexdigest() == before
 
 
-def test_a_storage_of_another_search_is_refused_not_mixed(search_file):
+def test_a_storage_of_another_search_is_refused_not_mixed(search_file, capsys):
     path = search_file()
-    assert run_study(path, "--report_only").returncode == 0  # creates the storage, recording its search's space
+    assert study_here(capsys, path, "--report_only")[0] == 0  # creates the storage, recording its search's space
+    assert (path.parent / "search.journal").exists() and not (path.parent / "search.db").exists()  # the journal, by default
     other_name = path.read_text().replace('name = "tiny search"', 'name = "another search"')
     other_space = path.read_text().replace("tie_embeddings = [true, false]", "tie_embeddings = [true]")
     for text, says in ((other_name, "holds another search ('tiny search')"), (other_space, "with another space")):
         path.write_text(text)
-        result = run_study(path, "--report_only")
-        assert result.returncode == 2, result.stderr[-2000:]
-        [line] = result.stderr.splitlines()
+        code, err = study_here(capsys, path, "--report_only")
+        assert code == 2, err[-2000:]
+        [line] = err.splitlines()
         assert says in line
