@@ -60,7 +60,7 @@ activation = "gelu"
 
 @pytest.mark.slow
 def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdict(tmp_path, corpus_dir,
-                                                                                 tiny_tokenizer_dir):
+                                                                                 tiny_tokenizer_dir, capsys):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED)
     result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), "--jobs", "2"],
@@ -76,9 +76,11 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
         assert sum(entry["article_nll"]) / sum(entry["article_tokens"]) == pytest.approx(entry["loss"], rel=1e-6)
     assert "over seeds and the scored split's articles" in (folder / "summary.md").read_text()
     # an arm trained into the folder after the fact, with the same settings
-    listed = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), "--list"],
-                            capture_output=True, text=True, timeout=60).stdout.splitlines()
-    argv = listed[0].split()[2:]  # relu, seed 1: the study's own flags
+    import study
+
+    capsys.readouterr()
+    assert study.main(["--allow_dirty", str(folder / "study.toml"), "--list"]) == 0
+    argv = capsys.readouterr().out.splitlines()[0].split()[2:]  # relu, seed 1: the study's own flags
     argv[argv.index("relu")] = "silu"
     argv[argv.index("--run_name") + 1] = "silu_seed1"
     assert train_simple.main(argv) == 0
@@ -91,10 +93,9 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
                   if row.startswith("| gelu vs relu")]
     assert len(difference) == 2 and difference[0] != difference[1]  # each table judges its own metric
     assert "| silu |" in summary  # described, never judged
-    planned = subprocess.run([sys.executable, str(ROOT / "study.py"), str(folder / "study.toml"), "--plan",
-                              "--plan_margin", "0.01"], capture_output=True, text=True, timeout=120)
-    assert planned.returncode == 0, planned.stderr
-    gelu = next(row for row in planned.stdout.splitlines() if row.startswith("| gelu vs relu |")).split(" | ")
+    capsys.readouterr()
+    assert study.main([str(folder / "study.toml"), "--plan", "--plan_margin", "0.01"]) == 0
+    gelu = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("| gelu vs relu |")).split(" | ")
     assert float(gelu[2]) >= 0  # the articles' SE, read from the per-article losses these logs hold
 
 
@@ -119,14 +120,16 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
     ('name = "x"\nbaseline = "relu"\nseeds = [1]\nlrs = [1e-3, 2e-3]\n[[arms]]\nactivation = "relu"\n[tuning]\n'
      'seed = 2\nlr_multipliers = [1]\n', "multiplies one lr"),
 ])
-def test_a_bad_study_file_is_one_line(tmp_path, body, message):
+def test_a_bad_study_file_is_one_line(tmp_path, capsys, body, message):
+    import study
+
     path = tmp_path / "study.toml"
     path.write_text(body)
     with pytest.raises(StudyError, match=message):
         load_study(path)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--list"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and message in result.stderr
+    assert study.main(["--allow_dirty", str(path), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err
 
 
 def test_an_activation_is_one_table_entry_and_its_function(tmp_path, corpus_dir, tiny_tokenizer_dir, capsys,
@@ -192,12 +195,14 @@ activation = "relu"
 """
 
 
-def test_a_study_has_no_search_report(tmp_path):
+def test_a_study_has_no_search_report(tmp_path, capsys):
+    import study
+
     path = tmp_path / "study.toml"
     path.write_text(ONE_RUN)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--report_only"], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "--report_only is for a search" in result.stderr
+    assert study.main(["--allow_dirty", str(path), "--report_only"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--report_only is for a search" in err
 
 
 def run_study(folder, *extra):
