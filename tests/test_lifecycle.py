@@ -570,6 +570,7 @@ def test_a_train_split_with_no_scored_tokens_is_refused(tiny_argv, tmp_path, cap
 # Provenance
 
 
+@pytest.mark.slow
 def test_each_segment_records_its_commit_and_a_dirty_tree(tiny_argv, tmp_path, monkeypatch):
     repo = tmp_path / "repo"  # a copy of the code in a git repository of its own, so the test can dirty it
     repo.mkdir()
