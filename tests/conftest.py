@@ -182,9 +182,3 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
 
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """The slow (end-to-end) tests first: pytest-xdist hands tests out in this order, so the long ones
-    start at once and the short ones fill the cores around them, instead of one long test running
-    alone at the end while the other core idles."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order within each group
