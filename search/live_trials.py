@@ -57,13 +57,12 @@ class LiveTrials:
             return trial
         return locked_ask
 
-    def fail_dead_workers_trials(self, optuna_study) -> list[int]:
-        """Fail each RUNNING trial whose lock is free, queue it again (up to MAX_RETRIES), and return
-        their numbers. Call under the search-wide lock."""
+    def fail_dead_workers_trials(self, optuna_study) -> None:
+        """Fail each RUNNING trial whose lock is free and queue it again (up to MAX_RETRIES). Call under
+        the search-wide lock."""
         import optuna
 
         running = optuna.trial.TrialState.RUNNING
-        failed = []
         for trial in optuna_study.get_trials(deepcopy=False, states=(running,)):
             if trial.number in self.held:
                 continue  # this process runs it
@@ -78,12 +77,10 @@ class LiveTrials:
                     continue
                 optuna_study._storage.set_trial_user_attr(trial._trial_id, "failed", "its worker died; queued again")
                 optuna_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                failed.append(trial.number)
                 if len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(now)) < MAX_RETRIES:
                     queue_again(optuna_study, now)
             finally:
                 lock.release()
-        return failed
 
     def __call__(self, _optuna_study, trial) -> None:
         lock = self.held.pop(trial.number, None)

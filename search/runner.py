@@ -123,11 +123,11 @@ def space_signature(search: Search) -> str:
 
 
 def open_optuna_study(name: str, search: Search, url: str):
-    """The Optuna study (created, or loaded to resume) on ``url`` (an RDB URL or a journal file's path). Each worker process seeds its
-    sampler with the tuning seed and its process id: workers that drew alike would train the same
-    configurations (the draws, not the trials, are what a seed would make repeatable). StudyError (one
-    line) for a storage that cannot be read, or that holds another search (another name or space): the
-    file is left as it is, and no trial of one search mixes with another's."""
+    """The Optuna study (created, or loaded to resume) on ``url``, an RDB URL or a journal file's path.
+    Each worker process seeds its sampler with the tuning seed and its process id: workers that drew
+    alike would train the same configurations (the draws, not the trials, are what a seed would make
+    repeatable). StudyError (one line) for a storage that cannot be read, or that holds another search
+    (another name or space): the file is left as it is, and no trial of one search mixes with another's."""
     import sqlalchemy
 
     try:
@@ -369,7 +369,7 @@ def run_search(name: str, search: Search, url: str, make_run, jobs: int) -> int 
         while not budget.exhausted(optuna_study) and stop.signum is None:
             left = None if search.trials is None else search.trials - budget.spent(optuna_study)[0]
             try:
-                optuna_study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=[*filter(None, [live]), budget, stop],
+                optuna_study.optimize(objective, n_trials=left, n_jobs=jobs, callbacks=([live] if live else []) + [budget, stop],
                                    catch=(TrialFailed,))
                 break
             except optuna.exceptions.UpdateFinishedTrialError as err:

@@ -181,4 +181,3 @@ def assert_same_run(a: Path, b: Path) -> None:
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
-
