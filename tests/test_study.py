@@ -300,8 +300,9 @@ def test_a_study_whose_lr_tuning_ran_before_it_was_committed_is_not_pre_register
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache",
                 ONE_RUN + "[tuning]\nseed = 7\nlr_multipliers = [0.5, 2]\n")
     git(folder, "init", "-q")
-    for line in run_study(folder, "--list").stdout.splitlines():  # the lr tuning, before the declaration
-        subprocess.run(shlex.split(line), check=True, capture_output=True, cwd=folder, timeout=600)
+    tuning = [subprocess.Popen(shlex.split(line), cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for line in run_study(folder, "--list").stdout.splitlines()]  # the lr tuning, before the declaration
+    assert [run.wait(timeout=600) for run in tuning] == [0, 0]
     git(folder, "add", "study.toml")
     git(folder, "commit", "-q", "-m", "declared after the tuning")
     result = run_study(folder)
