@@ -8,6 +8,7 @@ import argparse
 import glob
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,22 +216,29 @@ def validate(args: argparse.Namespace) -> None:
         check_writable(args.export_hf, "--export_hf folder", keep_created=True)  # exports expect it
 
 
+CHECK_ATTEMPTS = 20  # a loaded machine can interleave two checks several times in a row
+
+
 def check_writable(folder: Path, what: str, keep_created: bool = False) -> None:
     """Write a file in ``folder`` (creating it as needed): an unusable folder is found before any
     training. The folders it had to create are removed again, so a command that fails later (offline,
     a refused run) leaves nothing behind; training creates them when it writes."""
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
-        for attempt in range(5):  # another process's check (a study's --jobs 2) may remove what it made under us
+        # another process's check (a study's --jobs 2) may remove what it made under us: then the write fails
+        # (FileNotFoundError), or mkdir finds the folder and it is gone before mkdir's own is_dir() check
+        # (FileExistsError: the failure a suite run beside a study hit)
+        for attempt in range(CHECK_ATTEMPTS):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 probe = folder / f".write-test-{os.getpid()}"
                 probe.touch()
                 probe.unlink()
                 break
-            except FileNotFoundError:
-                if attempt == 4:
+            except (FileNotFoundError, FileExistsError):
+                if attempt == CHECK_ATTEMPTS - 1:
                     raise
+                time.sleep(0.001 * attempt)  # out of step with the other process's check
     except OSError as err:
         raise UsageError(f"{what} {folder} is not writable: {err.strerror or err}") from None
     finally:
