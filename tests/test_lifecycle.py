@@ -252,28 +252,35 @@ def start_training(argv: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def train_until_signalled(argv: list[str], log_path: Path, signum: int) -> tuple[int, str]:
-    """Train in a process of its own and send it `signum` once its log has step 3: its exit code and stderr."""
+def train_until_signalled(argv: list[str], log_path: Path, signum: int, at_step: int = 3) -> tuple[int, str]:
+    """Train in a process of its own and send it `signum` once its log has `at_step`: its exit code and stderr."""
     proc = start_training(argv)
-    wait_for(lambda: log_step(log_path) >= 3)
+    wait_for(lambda: log_step(log_path) >= at_step)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
     return proc.returncode, stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, tmp_path, signum, code):
+def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, tmp_path):
+    """Ctrl-C, then SIGTERM once the run has resumed: each stop checkpoints the step it stopped after and
+    exits with the shell's code for its signal, and the twice-resumed run ends as an uninterrupted one."""
     long_run = ("--num_epochs", "30")
     log_path, ckpt_path = paths(tmp_path / "stopped")
-    returncode, stderr = train_until_signalled(tiny_argv(tmp_path / "stopped", *long_run), log_path, signum)
-    assert returncode == code, stderr[-2000:]
-    log = read_log(log_path)
-    assert log["status"] == "interrupted" and "Traceback" not in stderr
-    stopped_at = torch.load(ckpt_path, weights_only=True)["progress"]["step"]
-    assert stopped_at == log["progress"]["step"] >= 3  # the checkpoint is of the step it stopped after (a signal
-    # that lands between step 3's log and the next step stops the run at 3: seen on a loaded machine)
+    stops: list[int] = []
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        resume = ("--resume",) if stops else ()
+        returncode, stderr = train_until_signalled(tiny_argv(tmp_path / "stopped", *long_run, *resume), log_path,
+                                                   signum, at_step=stops[-1] + 3 if stops else 3)
+        assert returncode == code, stderr[-2000:]
+        log = read_log(log_path)
+        assert log["status"] == "interrupted" and "Traceback" not in stderr
+        stopped_at = torch.load(ckpt_path, weights_only=True)["progress"]["step"]
+        assert stopped_at == log["progress"]["step"] >= (stops[-1] if stops else 0) + 3  # the checkpoint is of the
+        # step it stopped after (a signal that lands between step 3's log and the next step stops the run at 3)
+        stops.append(stopped_at)
     assert train_simple.main(tiny_argv(tmp_path / "stopped", *long_run, "--resume")) == 0
+    assert [point["at_step"] for point in read_log(log_path)["run"]["resumed"]] == stops
     assert train_simple.main(tiny_argv(tmp_path / "whole", *long_run)) == 0
     assert_same_run(tmp_path / "whole", tmp_path / "stopped")
 
