@@ -85,14 +85,12 @@ def study_here(capsys, path, *extra: str) -> tuple[int, str]:
 
 
 def search_trials(path, storage: str | None = None) -> list:
-    """The tiny search's Optuna trials, from ``storage`` (default: the default one beside ``path``)."""
-    import optuna
+    """The search's Optuna trials, from ``storage`` (default: the default one beside ``path``), opened as
+    its workers open it."""
+    from search.runner import default_storage, open_optuna_study
 
-    from search.runner import default_storage, is_journal, journal_storage
-
-    storage = storage or default_storage(path.parent)
-    return optuna.load_study(study_name="tiny search",
-                             storage=journal_storage(storage) if is_journal(storage) else storage).get_trials()
+    study = load_study(path)
+    return open_optuna_study(study.name, study.search, storage or default_storage(path.parent)).get_trials()
 
 
 def trial_states(path, storage: str | None = None) -> dict[str, list[int]]:
