@@ -33,7 +33,7 @@ from preregistration import declaration, dirty_refusal, git_state, uncommitted_w
 from run_log import EXIT_BAD_INPUT, EXIT_HELD
 from study_file import Arm, Candidate, Rung, Study, StudyError, chosen_candidates, load_study, run_name, \
     tuning_candidates, tuning_runs
-from training.signals import StopRuns
+from training.launch import StopRuns
 
 ROOT = Path(__file__).resolve().parent
 

@@ -38,7 +38,7 @@ from run_log import COMPLETE, PRUNED, read_log
 from search.live_trials import MAX_RETRIES, LiveTrials, queue_again
 from study_file.space import Search, StudyError
 from study_file.tuning import objective_value
-from training.signals import StopRuns
+from training.launch import StopRuns
 
 POLL_SECONDS = 2.0  # how often a worker reads its trial's log
 

@@ -71,8 +71,9 @@ def project_imports() -> dict[str, set[str]]:
     for name, path in modules.items():
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []  # (from a package, a module too)
             imported |= {t for t in targets if t in modules and t != name}
         graph[name] = imported
     return graph

@@ -523,15 +523,21 @@ def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_o
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
     path = folder / "study.toml"
-    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 60\nnum_epochs = 20"))  # long enough to meet
+    path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 60\nnum_epochs = 20"))
     command = [sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)]
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
     log = folder / "relu_seed1.json"
     deadline = time.time() + 300
     while not (log.exists() and json.loads(log.read_text() or "{}").get("progress", {}).get("step", 0) >= 2):
         assert time.time() < deadline and first.poll() is None, "relu_seed1 was never seen training"
-        time.sleep(0.2)
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a real second process
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGSTOP)  # the first study and its run, paused mid-run: they meet however fast it is
+    try:
+        assert json.loads(log.read_text())["status"] == "running"
+        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a real process
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     first_err = first.communicate(timeout=600)[1]
     assert second.returncode == 0 and first.returncode == 0, second.stderr[-2000:] + first_err[-2000:]
     assert "is held by another process (another study.py trains it there)" in second.stderr

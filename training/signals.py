@@ -1,14 +1,12 @@
 """Stopping a run cleanly: SIGINT or SIGTERM finishes the step, checkpoints and exits 130/143;
 SIGUSR1, which a search sends to a trial its pruner stops, finishes the step, marks the log
 ``pruned`` (for good: nothing resumes it) and exits 138. A study or search that runs many runs
-passes its own SIGINT or SIGTERM on to them (StopRuns), so it stops as cleanly."""
+passes its own SIGINT or SIGTERM on to them (training.launch.StopRuns), so it stops as cleanly."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 
@@ -63,55 +61,3 @@ class StopSignal(SignalHandlers):
     def pruned(self) -> bool:
         """Whether the signal was a search's pruner stopping this run (SIGUSR1)."""
         return self.signum == signal.SIGUSR1
-
-
-class StopRuns(SignalHandlers):
-    """Stops the runs a study or a search started, cleanly, on SIGINT or SIGTERM.
-
-    Each run in flight gets SIGTERM: it finishes its step, checkpoints and exits, so running the
-    study or search again continues it from there (a run that got the signal itself too, from a
-    terminal's Ctrl-C or a scheduler, takes the two as one stop). ``run`` starts nothing once the
-    stop came. Its handlers are installed while it is entered, in the main thread; runs are started
-    from any thread.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, what: str, after: str = "run it again to continue them") -> None:
-        self.message = f"stopping {what}: its runs in flight checkpoint; {after}"
-        self.signum: int | None = None
-        # Reentrant: a signal can arrive while the main thread, starting a run, holds the lock
-        self.lock = threading.RLock()
-        self.processes: set[subprocess.Popen] = set()
-
-    def _handle(self, signum: int, _frame) -> None:
-        with self.lock:
-            if self.signum is None:
-                print(f"{signal.Signals(signum).name}: {self.message}", file=sys.stderr)
-            self.signum = signum
-            for process in self.processes:
-                process.send_signal(signal.SIGTERM)
-
-    def start(self, command: list[str], **popen) -> subprocess.Popen:
-        """Start a run, tracked for the stop (stopped at once if the stop came first)."""
-        with self.lock:
-            process = subprocess.Popen(command, **popen)
-            self.processes.add(process)
-            if self.signum is not None:
-                process.send_signal(signal.SIGTERM)
-            return process
-
-    def finished(self, process: subprocess.Popen) -> None:
-        with self.lock:
-            self.processes.discard(process)
-
-    def run(self, command: list[str]) -> int | None:
-        """Run a command to its end, tracked for the stop: its exit status, or None (not started)
-        when the stop came before it."""
-        with self.lock:
-            if self.signum is not None:
-                return None
-            process = self.start(command)
-        code = process.wait()
-        self.finished(process)
-        return code
