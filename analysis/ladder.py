@@ -1,8 +1,6 @@
 """Does an answer transfer across a ladder of widths and data sizes? The statistics of a ladder study,
 pure functions of the runs' numbers (no torch):
 
-    expected_best      the expected best selection loss of n tuning trials, from the N an arm ran
-                       (Dodge et al. 2019): what the ranking would be at a smaller tuning budget
     interaction_tests  does a comparison's effect change with width? with data? (OLS of each seed's
                        paired difference on the rungs' log2 width and log2 data fraction)
     compute_multiplier the compute the baseline arm needs, on its loss-compute fit over the ladder, to
@@ -19,18 +17,6 @@ import numpy as np
 import statsmodels.api as sm
 
 from analysis.stats import holm
-
-
-def expected_best(losses: list[float], n: int) -> float:
-    """The expected lowest of n trials drawn with replacement from these N trials' losses (Dodge et al.
-    2019, eq. 1): with the losses sorted, v_(1) <= ... <= v_(N), the lowest of n draws is v_(i) with
-    probability ((N - i + 1) / N)^n - ((N - i) / N)^n. Its bias: the N trials stand for the space, so at
-    n near N it is optimistic about what N fresh trials would find, and it never goes below the best seen."""
-    values = np.sort(np.asarray(losses, dtype=np.float64))
-    count = len(values)
-    at_least = ((count - np.arange(count)) / count) ** n  # P(lowest of n >= v_(i)), i = 1..N
-    below = np.append(at_least[1:], 0.0)
-    return float(np.sum(values * (at_least - below)))
 
 
 @dataclass(frozen=True)

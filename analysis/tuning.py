@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from analysis.ladder import expected_best
+import numpy as np
+
 from study_file.tuning import Candidate, Tuning, choose
 
 
@@ -61,3 +62,15 @@ def markdown_search_tuning(objectives: list[tuple[Candidate, float | None]], tun
     if not chosen:
         lines += ["", "No choice yet: a configuration has not finished, or all of an arm's diverged."]
     return "\n".join(lines)
+
+
+def expected_best(losses: list[float], n: int) -> float:
+    """The expected lowest of n trials drawn with replacement from these N trials' losses (Dodge et al.
+    2019, eq. 1): with the losses sorted, v_(1) <= ... <= v_(N), the lowest of n draws is v_(i) with
+    probability ((N - i + 1) / N)^n - ((N - i) / N)^n. Its bias: the N trials stand for the space, so at
+    n near N it is optimistic about what N fresh trials would find, and it never goes below the best seen."""
+    values = np.sort(np.asarray(losses, dtype=np.float64))
+    count = len(values)
+    at_least = ((count - np.arange(count)) / count) ** n  # P(lowest of n >= v_(i)), i = 1..N
+    below = np.append(at_least[1:], 0.0)
+    return float(np.sum(values * (at_least - below)))

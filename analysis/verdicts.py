@@ -46,7 +46,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import statsmodels.api as sm
 from scipy import optimize, stats
 
 from analysis.stats import holm
@@ -96,6 +95,8 @@ class Power:
 
 def two_way_fit(values: dict[tuple[str, int], float]):
     """OLS of value ~ arm + seed, arms and seeds as indicator columns; (fit, arm column index)."""
+    import statsmodels.api as sm  # here: a second to import, and a study file's loader imports this module
+
     arms = sorted({arm for arm, _ in values})
     seeds = sorted({seed for _, seed in values})
     keys = [key for key in values if math.isfinite(values[key])]

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from analysis.ladder import compute_multipliers, expected_best, interaction_tests
+from analysis.ladder import compute_multipliers, interaction_tests
+from analysis.tuning import expected_best
 
 RUNGS = {0: {"width": 128, "data": 0.5}, 1: {"width": 128, "data": 1.0}, 2: {"width": 256, "data": 0.5},
          3: {"width": 256, "data": 1.0}}
