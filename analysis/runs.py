@@ -62,16 +62,10 @@ class Run:
 
     def metric_at(self, name: str, point: str) -> float:
         """``name`` at the run's end, or at its evaluation with the lowest selection (val) loss: a
-        point chosen on the selection split, read (for a test_* metric) on the report split. A run
-        that --patience stopped early is read at its best point either way: its end is past it (its
-        final numbers already are the best point's when it kept those weights, --keep best)."""
-        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
-        if point == "final" and not stopped:
+        point chosen on the selection split, read (for a test_* metric) on the report split."""
+        if self.reads_final(point):
             return self.metric(name)
-        entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
-        if not entries:
-            return math.nan
-        value = min(entries, key=lambda e: e["val_loss"]).get(name)
+        value = self.best_evaluation().get(name)
         return float(value) if value is not None else math.nan
 
     def article_losses_at(self, name: str, point: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -80,17 +74,27 @@ class Run:
         split, key = role_and_metric(name)
         if key != "loss":
             return None
-        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
-        if point == "final" and not stopped:
+        if self.reads_final(point):
             entry = self.log["final"].get(split) or {}
             nll, tokens = entry.get("article_nll"), entry.get("article_tokens")
         else:
-            entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
-            best = min(entries, key=lambda e: e["val_loss"]) if entries else {}
+            best = self.best_evaluation()
             nll, tokens = best.get(logged_name(split, "article_nll")), best.get(logged_name(split, "article_tokens"))
         if nll is None or tokens is None:
             return None
         return np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.int64)
+
+    def reads_final(self, point: str) -> bool:
+        """Whether ``point`` is read from the run's final numbers. A run that --patience stopped early
+        is read at its best point either way: its end is past it (its final numbers already are the
+        best point's when it kept those weights, --keep best)."""
+        stopped = self.log.get("stopped_early") and self.log["final"].get("kept") != "best"
+        return point == "final" and not stopped
+
+    def best_evaluation(self) -> dict:
+        """The evaluation with the lowest selection (val) loss; {} where none is finite."""
+        entries = [e for e in evaluations(self) if math.isfinite(e.get("val_loss", math.nan))]
+        return min(entries, key=lambda e: e["val_loss"]) if entries else {}
 
 
 def flatten(prefix: str, obj, out: dict) -> dict:
