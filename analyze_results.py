@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=SEEDS_AND_ARTICLES,
                    help="what the verdicts' uncertainty covers: seeds, or seeds and the report split's articles "
                         "(needs logs with per-article losses; older logs fall back to seeds, said in the report)")
+    p.add_argument("--no_figures", action="store_true",
+                   help="the report and tables without figures: drawing them is most of an analysis's time (a quick "
+                        "look at a study in progress, or a machine without a display's fonts to spare)")
     p.add_argument("--pool_precisions", action="store_true",
                    help="pool runs that differ only in precision (--bf16); by default they are never compared")
     p.add_argument("--study", type=Path, default=None,
@@ -122,7 +125,8 @@ def analyse_group(i: int, group: list[Run], note: str, ngrams: dict, args: argpa
                              *(f"**Secondary metric `{j.metric}`**, declared as such: " + markdown_verdicts(group, j)
                                for j in secondary)])
     tables = group_tables(group, table, paired, verdicts, args.metric, args.point)
-    figures = draw_group_figures(group, ngrams, args.baseline, out_dir, "" if i == 1 else f"_group{i}", primary)
+    figures = [] if args.no_figures else draw_group_figures(group, ngrams, args.baseline, out_dir,
+                                                           "" if i == 1 else f"_group{i}", primary)
     described = describe_group(group) + "."
     return GroupAnalysis(f"**Group {i}** ({note})\n\n{against_ngrams}",
                          [f"## Group {i}: {note}", "", described, "", tables, ""],
@@ -136,8 +140,10 @@ def analyse_sweeps(groups: list[list[Run]], args: argparse.Namespace, out_dir: P
     sweeps = []
     for i, family in enumerate(sweep_families(groups), start=1):
         name = "lr_sweep.png" if i == 1 else f"lr_sweep{i}.png"
-        plot_lr_sweep(family, args.metric, out_dir / name)
-        sweeps.append((markdown_sweep(family, args.metric, args.baseline), [(name, FIGURE_GUIDE["lr_sweep"])]))
+        if not args.no_figures:
+            plot_lr_sweep(family, args.metric, out_dir / name)
+        figures = [] if args.no_figures else [(name, FIGURE_GUIDE["lr_sweep"])]
+        sweeps.append((markdown_sweep(family, args.metric, args.baseline), figures))
     return sweeps
 
 
@@ -160,11 +166,14 @@ def analyze_ladder(args: argparse.Namespace, study) -> tuple[str, list[Path]]:
         log = runs[0].log
         results.append(RungResult(rung.name, log["model_config"]["d_model"], float(recorded(log["data"], "train_fraction")),
                                   compute, first.primary, beats, bar))
-    plot_ladder(results, study.folder / "ladder_effects.png")
-    text = (f"# {study.name}: the ladder\n\n{markdown_ladder(results, study.baseline, study.alpha)}\n\n"
-            f"![ladder_effects.png](ladder_effects.png)\n\n{FIGURE_GUIDE['ladder_effects']}\n")
+    figure = "" if args.no_figures else \
+        f"\n![ladder_effects.png](ladder_effects.png)\n\n{FIGURE_GUIDE['ladder_effects']}\n"
+    if not args.no_figures:
+        plot_ladder(results, study.folder / "ladder_effects.png")
+    text = f"# {study.name}: the ladder\n\n{markdown_ladder(results, study.baseline, study.alpha)}\n{figure}"
     atomic_write(study.folder / "ladder.md", printable(text).encode())
-    return text, [study.folder / "ladder.md", study.folder / "ladder_effects.png", *written]
+    return text, [study.folder / "ladder.md", *([] if args.no_figures else [study.folder / "ladder_effects.png"]),
+                  *written]
 
 
 def analyze(args: argparse.Namespace) -> tuple[str, list[Path], list[GroupAnalysis]]:
@@ -233,6 +242,17 @@ def printable(text: str) -> str:
     return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
+def where_written(files: list[Path], ladder: bool) -> str:
+    """The closing lines: the report first, then the summaries (a ladder: each rung's report), then the
+    figures."""
+    drawn = ", ".join(dict.fromkeys(p.name for p in files if p.suffix == ".png"))
+    figures = f"figures: {drawn or 'none (--no_figures)'}"
+    if ladder:
+        rungs = [str(p) for p in files[1:] if p.name == "report.md"]
+        return f"report: {files[0]}\nthe rungs' reports: {', '.join(rungs)}\n{figures}"
+    return f"report: {files[0]}\nsummary: {files[1]} and {files[2].name}\n{figures}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -242,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             study = load_study(args.study) if args.study else None
             summary, written, *_ = analyze_ladder(args, study) if study and study.ladder else analyze(args)
             print(summary)
-            print(f"report: {written[0]}\nsummary: {written[1]} and {written[2].name}\nfigures: "
-                  + ", ".join(p.name for p in written[3:]))
+            print(where_written(written, ladder=bool(study and study.ladder)))
     except (AnalysisError, WriteError, StudyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

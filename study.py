@@ -192,9 +192,9 @@ def search_main(study: Study, args: argparse.Namespace, threads: int) -> int:
         stopped_by = run_search(study.name, study.search, url,
                                 lambda trial: trial_run(study, trial, threads, args.allow_dirty), args.jobs)
     report = write_search_report(study.name, open_optuna_study(study.name, study.search, url), [a.name for a in study.arms],
-                                 study.folder / "trials", study.folder)
-    print(f"search report: {report}\nfigures: {study.folder / 'search_history.png'}, "
-          f"{study.folder / 'search_slices.png'}")
+                                 study.folder / "trials", study.folder, figures=not args.no_figures)
+    print(f"search report: {report}\nfigures: " + ("none (--no_figures)" if args.no_figures else
+                                                 f"{study.folder / 'search_history.png'}, {study.folder / 'search_slices.png'}"))
     return 0 if stopped_by is None else 128 + stopped_by
 
 
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan_margin", type=float, default=None, help="the equivalence margin (default: the study's)")
     p.add_argument("--timing_steps", type=int, default=30,
                    help="with --plan on a ladder or a study not yet run: the steps of each rung's timing run")
+    p.add_argument("--no_figures", action="store_true",
+                   help="the study's analysis or the search's report without figures (analyze_results.py --no_figures)")
     p.add_argument("--allow_dirty", action="store_true",
                    help="run from a tree with uncommitted code changes, each run storing the change beside its log "
                         "(train_simple.py --allow_dirty); without it such a study is refused before its first run")
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunRefused as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    analysed = subprocess.run([sys.executable, str(ROOT / "analyze_results.py"), "--study", str(args.study)]).returncode
+    analysis = [sys.executable, str(ROOT / "analyze_results.py"), "--study", str(args.study)]
+    analysed = subprocess.run(analysis + ["--no_figures"] * args.no_figures).returncode
     for command in failed:
         print(f"error: failed: {shlex.join(command)} (rerun the study to resume it)", file=sys.stderr)
     return 1 if failed or analysed else 0

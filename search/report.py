@@ -270,15 +270,17 @@ def plot_slices(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_search_report(title: str, optuna_study, arms: list[str], trials_folder: Path, out_dir: Path) -> Path:
-    """report.md and the two figures in ``out_dir``; the report's path."""
+def write_search_report(title: str, optuna_study, arms: list[str], trials_folder: Path, out_dir: Path,
+                        figures: bool = True) -> Path:
+    """report.md and (unless not ``figures``) the two figures in ``out_dir``; the report's path."""
     from run_log import atomic_write
 
     rows = trial_rows(optuna_study, trials_folder)
     ngrams = ngrams_of(rows)
     best = best_per_arm(rows, arms)
-    plot_history(rows, ngrams, out_dir / "search_history.png")
-    plot_slices(rows, out_dir / "search_slices.png")
+    if figures:
+        plot_history(rows, ngrams, out_dir / "search_history.png")
+        plot_slices(rows, out_dir / "search_slices.png")
     counts = {state: sum(r["state"] == state for r in rows)
               for state in ("complete", "pruned", "fail", "running", "waiting")}
     text = "\n\n".join([
@@ -294,7 +296,8 @@ def write_search_report(title: str, optuna_study, arms: list[str], trials_folder
         "## The best configuration, as a study declares it", study_declaration(best),
         "## Every trial", markdown_trials(rows),
         "## What mattered (exploratory)", markdown_importance(optuna_study),
-        "## Figures", *(f"![{name}]({name}.png)\n\n{guide}" for name, guide in FIGURE_GUIDE.items()),
+        *(["## Figures", *(f"![{name}]({name}.png)\n\n{guide}" for name, guide in FIGURE_GUIDE.items())]
+          if figures else []),
     ]) + "\n"
     path = out_dir / "report.md"
     atomic_write(path, text.encode())

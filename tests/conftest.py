@@ -178,6 +178,24 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
+def train_here(capsys, argv: list[str]) -> tuple[int, str]:
+    """train_simple.py run in this process, for a run refused before or without training: its exit
+    code and stderr (a traceback would be the calling test's own error). Saves the four seconds a new
+    Python takes to import torch; run_cli keeps the script's own exit for the tests that need it."""
+    import train_simple
+
+    code = train_simple.main(argv)
+    return code, capsys.readouterr().err
+
+
+def study_command(path: Path, *extra: str, figures: bool = False) -> list[str]:
+    """study.py on the study or search file ``path``, from this tree (--allow_dirty), without the figures
+    of its analysis or report unless asked: drawing them is most of an analysis's time, and the tests
+    named for them draw them."""
+    return [sys.executable, str(ROOT / "study.py"), "--allow_dirty", *([] if figures else ["--no_figures"]), str(path),
+            *extra]
+
+
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)

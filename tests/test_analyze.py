@@ -73,6 +73,12 @@ def synthetic_log(act: str, seed: int, val_loss: float, **train_overrides) -> di
     }
 
 
+def tables_only(argv: list[str]) -> int:
+    """The analysis without its figures, for the tests of what the tables and reports say: drawing the
+    figures is most of an analysis's time, and the tests named for them draw them."""
+    return analyze_results.main([*argv, "--no_figures"])
+
+
 @pytest.fixture
 def results(tmp_path):
     for act, seeds in VAL_LOSS.items():
@@ -115,7 +121,7 @@ def test_tables_statistics_and_figures(results, capsys):
 
 
 def test_undeclared_comparisons_are_called_the_default_not_declared(results, tmp_path_factory):
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     summary = (results / "summary.md").read_text()
     assert ("the 2 comparison(s) of each arm against the baseline arm relu: the default, as no comparison was "
             "declared") in summary and "declared comparison(s)" not in summary
@@ -126,7 +132,7 @@ def test_undeclared_comparisons_are_called_the_default_not_declared(results, tmp
     for log in results.glob("*_seed*.json"):
         if not log.name.startswith("swiglu"):
             (folder / log.name).write_text(log.read_text())
-    assert analyze_results.main(["--study", str(folder / "study.toml")]) == 0
+    assert tables_only(["--study", str(folder / "study.toml")]) == 0
     assert "the 1 declared comparison(s)" in (folder / "summary.md").read_text()
 
 
@@ -139,7 +145,7 @@ def test_the_docs_list_exactly_the_metrics_the_analysis_takes():
 def test_one_seed_says_no_significance(tmp_path):
     for act in ("relu", "gelu"):
         (tmp_path / f"{act}.json").write_text(json.dumps(synthetic_log(act, 1, VAL_LOSS[act][1])))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     assert "no confidence interval or significance can be claimed" in (tmp_path / "summary.md").read_text()
 
 
@@ -147,7 +153,7 @@ def test_different_settings_are_never_pooled(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(synthetic_log("relu", 1, 4.0, lr=1e-3)))
     (tmp_path / "b.json").write_text(json.dumps(synthetic_log("relu", 2, 5.0, lr=3e-5)))
     (tmp_path / "c.json").write_text(json.dumps(synthetic_log("relu", 2, 5.0)))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     # Groups in lr order, not file order, and the first is named too, not called "the reference".
     headings = [line for line in summary.splitlines() if line.startswith("## Group")]
@@ -156,19 +162,19 @@ def test_different_settings_are_never_pooled(tmp_path):
 
 def test_no_usable_logs_is_exit_2(tmp_path, capsys):
     (tmp_path / "x.json").write_text("[]")
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 2
+    assert tables_only(["--results_dir", str(tmp_path)]) == 2
     assert "no usable logs" in capsys.readouterr().err
 
 
 def test_strict_makes_a_bad_log_an_error(results, capsys):
-    assert analyze_results.main(["--results_dir", str(results), "--strict"]) == 2
+    assert tables_only(["--results_dir", str(results), "--strict"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
 def test_output_is_reproducible(results, tmp_path):
-    analyze_results.main(["--results_dir", str(results)])
+    tables_only(["--results_dir", str(results)])
     first = (results / "summary.md").read_text(), (results / "summary.csv").read_text()
-    analyze_results.main(["--results_dir", str(results)])
+    tables_only(["--results_dir", str(results)])
     assert first == ((results / "summary.md").read_text(), (results / "summary.csv").read_text())
 
 
@@ -228,7 +234,7 @@ def test_failed_and_unfinished_runs_are_listed_not_dropped(results):
     interrupted["progress"]["step"] = 12
     (results / "gelu_seed4.json").write_text(json.dumps(failed))
     (results / "swiglu_seed5.json").write_text(json.dumps(interrupted))
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     summary = (results / "summary.md").read_text()
     unfinished = summary.split("## Failed and unfinished runs")[1]
     assert "| gelu | 4 | 7 | failed: non-finite loss or gradient norm at step 7 | gelu_seed4.json |" in unfinished
@@ -239,11 +245,11 @@ def test_failed_and_unfinished_runs_are_listed_not_dropped(results):
 
 
 def test_a_copied_log_is_one_run_not_another_seed(results, capsys):
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     before = __import__("pandas").read_csv(results / "summary.csv").set_index("variant").loc["relu"]
     (results / "relu_seed1_copy.json").write_text((results / "relu_seed1.json").read_text())
     capsys.readouterr()
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     assert "counted once" in capsys.readouterr().err
     after = __import__("pandas").read_csv(results / "summary.csv").set_index("variant").loc["relu"]
     assert after["seeds"] == 3 and after["val_loss_ci95"] == pytest.approx(before["val_loss_ci95"])
@@ -253,21 +259,21 @@ def test_a_complete_log_with_a_nan_loss_is_listed_with_why_never_analysed(result
     log = json.loads((results / "gelu_seed2.json").read_text())
     log["final"]["val"]["loss"] = float("nan")  # a real NaN in the file, as json.dumps writes it
     (results / "gelu_seed2.json").write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     assert "gelu_seed2.json: marked complete, but its final selection loss is nan" in capsys.readouterr().err
     summary = (results / "summary.md").read_text()
     skipped = summary.split("## Failed and unfinished runs, skipped logs")[1]
     assert "| gelu_seed2.json | marked complete, but its final selection loss is nan: not analysed |" in skipped
     gelu_row = next(line for line in summary.splitlines() if line.startswith("| gelu |"))
     assert gelu_row.split("|")[2].strip() == "2"  # two seeds left, the NaN never averaged
-    assert analyze_results.main(["--results_dir", str(results), "--strict"]) == 2  # --strict: an error
+    assert tables_only(["--results_dir", str(results), "--strict"]) == 2  # --strict: an error
 
 
 def test_a_nan_metric_other_than_the_loss_is_reported_as_such_never_averaged(results):
     log = json.loads((results / "gelu_seed2.json").read_text())
     log["final"]["val"]["bpb"] = float("nan")
     (results / "gelu_seed2.json").write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(results), "--metric", "val_bpb"]) == 0
+    assert tables_only(["--results_dir", str(results), "--metric", "val_bpb"]) == 0
     summary = (results / "summary.md").read_text()
     gelu_row = next(line for line in summary.splitlines() if line.startswith("| gelu |"))
     cells = [c.strip() for c in gelu_row.split("|")[1:-1]]
@@ -277,7 +283,7 @@ def test_a_nan_metric_other_than_the_loss_is_reported_as_such_never_averaged(res
 
 
 def test_unwritable_output_folder_is_one_line_and_exit_2(results, capsys):
-    assert analyze_results.main(["--results_dir", str(results), "--output_dir", "/proc/version/out"]) == 2
+    assert tables_only(["--results_dir", str(results), "--output_dir", "/proc/version/out"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and "not writable" in err[0]
 
@@ -339,7 +345,7 @@ def test_curve_table_shows_crossings_and_overfitting(tmp_path):
             log["evals"] = [{"step": 5, "epoch": 1, "val_loss": half, "val_ppl": math.exp(half), "val_bpb": half / 3}]
             log["epochs"][0].update(val_loss=first + 0.01 * seed)
             (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     relu, gelu, silu = (row_cells(summary, act, "The selection split's val_loss at every evaluation") for act in curves)
     assert relu[1:4] == ["5.3000 (1)", "5.0150 (2)", "5.2000 (2)"]
@@ -354,7 +360,7 @@ def test_curve_table_shows_crossings_and_overfitting(tmp_path):
 
 
 def test_inside_table_reads_the_last_probe(results):
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     relu = row_cells((results / "summary.md").read_text(), "relu", "Inside the model")
     # synthetic_log, last epoch (2): dead 0.01 * seed, active 0.4 + 0.01 * layer, entropy of head h
     # (1.3 - 0.2 h + 0.05 seed) / 2 -> mean over heads and seeds 1-3: 0.65; previous token: 0.2 + 0.1 h, top 0.3
@@ -408,7 +414,7 @@ def test_a_damaged_log_is_skipped_with_one_line_naming_its_field_and_listed_in_t
     undecodable = os.fsencode(results) + b"/running_\xff.json"  # a name that is not UTF-8
     with open(undecodable, "w") as f:
         json.dump({**synthetic_log("relu", 99, 5.0), "status": "interrupted", "final": None}, f)
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     warnings = capsys.readouterr().err.splitlines()
     for name, mutation in zip(names, MUTATIONS):
         [line] = [w for w in warnings if f"/{name}:" in w]
@@ -434,7 +440,7 @@ def test_ngrams_lead_the_report_and_a_study_that_does_not_beat_them_is_warned(re
         log = json.loads(path.read_text())
         log["data"]["ngrams"] = NGRAMS
         path.write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     report_md = (results / "report.md").read_text()
     first = report_md.split("## First: do the transformers beat the n-gram models?")[1].split("## What was run")[0]
     assert "bigram_kn 4.8500" in first and "Warning" not in first  # swiglu (4.72) beats the bigram (4.85)
@@ -442,7 +448,7 @@ def test_ngrams_lead_the_report_and_a_study_that_does_not_beat_them_is_warned(re
     assert "- relu: 5.0167, does **not** beat it (+0.1667)" in first
     for path in results.glob("swiglu_seed*.json"):
         path.unlink()
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     assert "Warning: no arm beats the bigram_kn model" in (results / "summary.md").read_text()
 
 
@@ -451,13 +457,13 @@ def test_ngrams_kept_beside_older_logs_are_matched_by_data_identity(results):
                 "val": {"sha256": "b", "layout": "lines", "max_length": 16}, "test": None}
     (results / "ngrams.json").write_text(json.dumps([{"identity": {**identity, "val": None}, "ngrams": {}},
                                                         {"identity": identity, "ngrams": NGRAMS}]))
-    assert analyze_results.main(["--results_dir", str(results)]) == 0
+    assert tables_only(["--results_dir", str(results)]) == 0
     summary = (results / "summary.md").read_text()
     assert "bigram_kn 4.8500" in summary and "ngrams.json" not in summary  # read as ngrams, not as a log
 
 
 def test_every_declared_comparison_gets_a_verdict_and_the_design_its_power(results):
-    assert analyze_results.main(["--results_dir", str(results), "--margin", "0.05"]) == 0
+    assert tables_only(["--results_dir", str(results), "--margin", "0.05"]) == 0
     summary = (results / "summary.md").read_text()
     verdicts = summary.split("**Verdicts**")[1]
     assert ("Holm-adjusted together over the 4 tests of the 2 comparison(s) of each arm against the baseline arm "
@@ -499,7 +505,7 @@ def test_machine_seconds_are_drawn_only_for_one_machine_alone(results):
 
 def test_the_table_shows_machine_time_only_where_every_run_had_the_machine_alone(results):
     def table_header() -> list[str]:
-        assert analyze_results.main(["--results_dir", str(results)]) == 0
+        assert tables_only(["--results_dir", str(results)]) == 0
         return row_cells((results / "summary.md").read_text(), "variant", "**Power**")
     for path in results.glob("*_seed*.json"):  # side by side: one thread each on a two-core machine
         log = json.loads(path.read_text())
@@ -530,7 +536,7 @@ def test_every_output_names_the_selection_and_report_splits_and_the_preset_by_it
         for seed in (1, 2, 3):
             log = with_report_split(synthetic_log(act, seed, VAL_LOSS[act][seed]), "seed" if seed < 3 else "reference")
             (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     summary, report = (tmp_path / "summary.md").read_text(), (tmp_path / "report.md").read_text()
     assert "6 runs in 1 group(s)" in summary  # the old name "seed" and "reference" are one architecture
     assert "selection split `validation:A`" in summary and "report split `validation:B`" in summary
@@ -547,7 +553,7 @@ def test_a_tiny_model_is_called_by_its_size_never_the_reference(tmp_path):
         log = synthetic_log(act, 1, VAL_LOSS[act][1])
         log["model_config"].update(tiny, preset="reference")
         (tmp_path / f"{act}.json").write_text(json.dumps(log))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     summary, report = (tmp_path / "summary.md").read_text(), (tmp_path / "report.md").read_text()
     named = "size tiny (d_model 64, 2 heads, 2 layers, d_mlp 256)"
     assert named in summary and f"**Size**: {named} (d_mlp before parameter matching)" in report
@@ -648,7 +654,7 @@ def test_a_study_in_progress_lists_a_declared_comparison_without_runs_and_correc
         f'\n[[arms]]\nactivation = "{act}"' for act in ("relu", "gelu", "silu"))
     study.write_text(f'name = "in progress"\nbaseline = "relu"\nseeds = [1, 2, 3]\nlrs = [1e-3]\nmetric = "val_loss"\n'
                      f'{declared}\n')
-    assert analyze_results.main(["--study", str(study)]) == 0
+    assert tables_only(["--study", str(study)]) == 0
     report = (results / "report.md").read_text()
     assert "| silu vs relu | 0 | n/a | n/a | n/a | n/a | not tested |" in report
     assert "Holm-adjusted together over the 4 tests of the 2 declared comparison(s)" in report
@@ -686,7 +692,7 @@ def test_without_a_study_no_comparison_is_implied_against_a_baseline_that_has_no
     for act in ("gelu", "swiglu"):
         for seed, loss in VAL_LOSS[act].items():
             (tmp_path / f"{act}_seed{seed}.json").write_text(json.dumps(synthetic_log(act, seed, loss)))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0  # the baseline is relu by default
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0  # the baseline is relu by default
     report = (tmp_path / "report.md").read_text()
     assert "No comparison to judge" in report and "vs relu" not in report
 
@@ -701,10 +707,10 @@ def test_no_verdict_figure_is_drawn_where_no_comparison_was_tested(tmp_path):
 def test_runs_of_different_precision_are_compared_only_when_asked(tmp_path):
     for seed, bf16 in ((1, False), (2, False), (3, True)):
         (tmp_path / f"relu_{seed}.json").write_text(json.dumps(synthetic_log("relu", seed, 5.0, bf16=bf16)))
-    assert analyze_results.main(["--results_dir", str(tmp_path)]) == 0
+    assert tables_only(["--results_dir", str(tmp_path)]) == 0
     headings = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("## Group")]
     assert headings == ["## Group 1: train.bf16=False", "## Group 2: train.bf16=True"]
-    assert analyze_results.main(["--results_dir", str(tmp_path), "--pool_precisions"]) == 0
+    assert tables_only(["--results_dir", str(tmp_path), "--pool_precisions"]) == 0
     assert "3 runs in 1 group(s)" in (tmp_path / "summary.md").read_text()
 
 
@@ -715,7 +721,7 @@ def test_the_per_pair_view_reads_the_point_the_verdicts_read(results):
         log["epochs"][0]["val_loss"] = {"relu": 1.0, "gelu": 1.5}.get(log["model_config"]["act_fn"], 2.0)
         path.write_text(json.dumps(log))
     argv = ["--results_dir", str(results), "--metric", "val_loss", "--point", "best_selection"]
-    assert analyze_results.main(argv) == 0
+    assert tables_only(argv) == 0
     table = __import__("pandas").read_csv(results / "summary.csv").set_index("variant")
     assert table.loc["gelu", "val_loss_diff_vs_relu"] == pytest.approx(0.5)
     assert "(val_loss at the best_selection point, variant minus baseline" in (results / "summary.md").read_text()
@@ -729,6 +735,13 @@ def test_a_folder_is_read_as_its_logs_and_the_output_ends_with_where_everything_
     assert lines[-1].startswith("figures: verdicts.png, training_curves.png, metric_panels.png, training_dynamics.png")
     assert all((results / name.strip()).exists() for name in lines[-1].removeprefix("figures: ").split(","))
     assert "runs in 1 group" in (results / "summary.md").read_text()
+
+
+def test_without_figures_none_is_drawn_or_linked_and_the_output_says_so(results, capsys):
+    assert analyze_results.main([str(results), "--no_figures"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "figures: none (--no_figures)"
+    assert not list(results.glob("*.png")) and "![" not in (results / "report.md").read_text()
+    assert "## Group 1" in (results / "summary.md").read_text()  # the tables, as with figures
 
 
 def test_the_report_says_which_runs_ran_where_and_whose_code_change_was_not_kept(results):

@@ -27,7 +27,7 @@ from training import flags, settings
 from training.evaluation import evaluate
 from training.state import NLLSum
 from transformer_from_scratch.catalog import SIZES
-from conftest import ROOT, assert_same_run, read_log, run_cli, without_timings
+from conftest import ROOT, assert_same_run, read_log, run_cli, train_here, without_timings
 
 RUN = "relu_seed3"
 
@@ -38,6 +38,12 @@ def paths(out: Path) -> tuple[Path, Path]:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error")]
+
+
+def refused_here(capsys, argv: list[str]) -> tuple[int, list[str]]:
+    """A run refused in this process (train_here): its exit code and its stderr's error lines."""
+    code, err = train_here(capsys, argv)
+    return code, error_lines(err)
 
 
 def test_the_default_output_folder_holds_no_committed_logs():
@@ -349,19 +355,16 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tiny_argv, 
     assert read_log(log_path)["status"] == "complete"
 
 
-@pytest.mark.slow
-def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path):
+def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path, capsys):
     argv = tiny_argv(None, "--data_dir", "/nonexistent", "--train_split", "train")  # data would fail to load
     lock_path = tmp_path / "out" / "checkpoints" / f"{RUN}.lock"
     lock_path.parent.mkdir(parents=True)
-    with filelock.FileLock(lock_path, timeout=0):
-        result = run_cli(argv)
-    assert result.returncode == EXIT_HELD
-    [line] = error_lines(result.stderr)
+    with filelock.FileLock(lock_path, timeout=0):  # another open file's lock: refused as another process's is
+        code, [line] = refused_here(capsys, argv)
+    assert code == EXIT_HELD
     assert "another process" in line and str(lock_path) in line
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -370,27 +373,22 @@ def test_a_held_lock_refuses_the_run_before_loading_data(tiny_argv, tmp_path):
         (b" \n \n \n", "has no text"),
     ],
 )
-def test_bad_training_text_is_one_line_and_exit_2(tiny_argv, tmp_path, content, message):
+def test_bad_training_text_is_one_line_and_exit_2(tiny_argv, tmp_path, capsys, content, message):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(content)
     argv = tiny_argv()
     argv[argv.index("--train_split") + 1] = str(bad)
-    result = run_cli(argv)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [line] = error_lines(result.stderr)
-    assert message in line
+    code, [line] = refused_here(capsys, argv)
+    assert code == 2 and message in line
 
 
-@pytest.mark.slow
-def test_packed_split_shorter_than_one_block_is_one_line_and_exit_2(tiny_argv, tmp_path):
+def test_packed_split_shorter_than_one_block_is_one_line_and_exit_2(tiny_argv, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text(" A short line . \n", encoding="utf-8")
     argv = tiny_argv(None, "--layout", "packed")
     argv[argv.index("--val_split") + 1] = str(short)
-    result = run_cli(argv)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [line] = error_lines(result.stderr)
-    assert "fewer than one packed block" in line
+    code, [line] = refused_here(capsys, argv)
+    assert code == 2 and "fewer than one packed block" in line
 
 
 @pytest.mark.slow
@@ -537,7 +535,6 @@ def test_a_validation_split_that_is_the_training_file_is_refused(tiny_argv, tmp_
 # Bad input: one line, exit 2, before any data is loaded
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (("--lr", "nan"), "--lr must be a finite number"),
     (("--lr", "inf"), "--lr must be a finite number"),
@@ -550,15 +547,13 @@ def test_a_validation_split_that_is_the_training_file_is_refused(tiny_argv, tmp_
     (("--run_name", "sub/run"), "--run_name must be a plain file name"),
     (("--run_name", ".."), "--run_name must be a plain file name"),
 ])
-def test_bad_settings_are_one_line_and_exit_2_before_any_data_is_loaded(tiny_argv, tmp_path, flags, message):
+def test_bad_settings_are_one_line_and_exit_2_before_any_data_is_loaded(tiny_argv, tmp_path, capsys, flags, message):
     argv = tiny_argv(None, "--data_dir", "/nonexistent", "--train_split", "train")  # data would fail to load
     for flag in flags[:1]:
         if flag in argv:
             del argv[argv.index(flag) : argv.index(flag) + 2]
-    result = run_cli([*argv, *flags])
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    [line] = error_lines(result.stderr)
-    assert message in line
+    code, [line] = refused_here(capsys, [*argv, *flags])
+    assert code == 2 and message in line
     assert not (tmp_path / "escaped.json").exists()
 
 

@@ -15,7 +15,7 @@ import tomllib
 
 import pytest
 
-from conftest import CORPUS_LINES, ROOT
+from conftest import CORPUS_LINES, ROOT, study_command
 from study_file import load_study
 
 SEARCH = """
@@ -71,9 +71,9 @@ def search_file(tmp_path, corpus_dir, tiny_tokenizer_dir):
     return write
 
 
-def run_study(path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), *extra], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600, **kwargs)
+def run_study(path, *extra: str, figures: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(study_command(path, *extra, figures=figures), capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
 
 
 def study_here(capsys, path, *extra: str) -> tuple[int, str]:
@@ -108,7 +108,7 @@ def trial_arms(path) -> dict[int, str]:
 @pytest.mark.slow
 def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
     path = search_file(6)
-    result = run_study(path, "--jobs", "2")
+    result = run_study(path, "--jobs", "2", figures=True)
     assert result.returncode == 0, result.stderr[-2000:]
     states = trial_states(path)
     assert len(states.get("complete", [])) + len(states.get("pruned", [])) == 6 and "fail" not in states
@@ -142,8 +142,7 @@ def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
 def kill_search_after_two_trials(path, *storage: str) -> dict[str, str]:
     """Start the search (two workers), SIGKILL it and its trials' runs at once when two trials have
     finished: the finished trials' logs, by run name."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2", *storage],
-                               cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(study_command(path, "--jobs", "2", *storage), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = path.parent / "trials"
     deadline = time.time() + 300
     while time.time() < deadline:  # until two trials have finished
@@ -191,7 +190,7 @@ def test_a_killed_search_resumed_by_two_worker_processes_on_one_journal_runs_no_
     path = search_file(4)
     finished = kill_search_after_two_trials(path)
     stale = trial_states(path).get("running", [])
-    workers = [subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT, text=True,
+    workers = [subprocess.Popen(study_command(path), cwd=ROOT, text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert all(w.returncode == 0 for w in workers), errors
@@ -217,7 +216,7 @@ def stop_search_with_both_trials_training(path, past: dict[str, int], to_group: 
     (0 for a new trial), stop it: SIGTERM to the search alone (it stops its trials), or as a terminal's
     Ctrl-C, SIGINT to the search and its trials at once. The search's exit code and stderr."""
     folder = path.parent / "trials"
-    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path), "--jobs", "2"], cwd=ROOT,
+    search = subprocess.Popen(study_command(path, "--jobs", "2"), cwd=ROOT,
                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # until both trials are training, past their first steps
@@ -269,7 +268,7 @@ def test_a_one_worker_search_stops_cleanly_too(search_file):
     # one worker (the default): the trial is watched from the main thread, where the stop's handler runs too
     path = long_trials(search_file(2))
     log_path = path.parent / "trials" / "trial000.json"
-    search = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=ROOT,
+    search = subprocess.Popen(study_command(path), cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (log_path.exists() and json.loads(log_path.read_text() or "{}").get("progress", {}).get("step", 0) >= 4):

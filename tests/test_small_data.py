@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import train_simple
 from ngrams import MODIFIED_KN_ORDERS, ngram_losses, strongest_ngram, unigram_log_probs
 from conftest import CORPUS_LINES, GPT2_TOKENIZER_DIR, WIKITEXT_DIR, final_weights, needs_shared_data, read_log, \
-    run_cli
+    train_here
 from data_utils import TokenizedSplit, load_split_text, token_byte_lengths, tokenize_split
 from metrics import INTERPOLATION_STEPS
 from training.data import evaluation_subset
@@ -222,11 +222,11 @@ def test_the_output_bias_starts_the_model_at_the_unigram_models_loss(tmp_path):
     assert abs(losses["none", True] - math.log(50257)) < 0.1  # without the bias: ln d_vocab, 3 nats above
 
 
-def test_a_model_with_an_output_bias_is_refused_for_hugging_face_export_in_one_line(tiny_argv, tmp_path):
-    result = run_cli(tiny_argv(None, "--preset", "gpt2", "--unembed_bias", "log_unigram",
-                               "--export_hf", str(tmp_path / "hf")))
-    assert result.returncode == 2 and "lm_head has none" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out" / f"{RUN}.json").exists()
+def test_a_model_with_an_output_bias_is_refused_for_hugging_face_export_in_one_line(tiny_argv, tmp_path, capsys):
+    code, err = train_here(capsys, tiny_argv(None, "--preset", "gpt2", "--unembed_bias", "log_unigram",
+                                             "--export_hf", str(tmp_path / "hf")))
+    assert code == 2 and "lm_head has none" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out" / f"{RUN}.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,11 +343,11 @@ def test_the_analysis_reads_an_early_stopped_run_at_its_best_point(tiny_argv, co
     assert run.metric_at("val_loss", "final") == run.log["stopped_early"]["best_val_loss"] < run.metric("val_loss")
 
 
-def test_a_stopped_run_is_not_trained_further(tiny_argv, corpus_dir, tmp_path):
+def test_a_stopped_run_is_not_trained_further(tiny_argv, corpus_dir, tmp_path, capsys):
     assert train_simple.main(overfitting_argv(tiny_argv, corpus_dir, "--patience", "2", "--keep_optimizer")) == 0
-    result = run_cli(overfitting_argv(tiny_argv, corpus_dir, "--patience", "2", "--keep_optimizer", "--num_epochs", "30",
-                                      "--resume"))
-    assert result.returncode == 2 and "stopped early" in result.stderr
+    code, err = train_here(capsys, overfitting_argv(tiny_argv, corpus_dir, "--patience", "2", "--keep_optimizer",
+                                                    "--num_epochs", "30", "--resume"))
+    assert code == 2 and "stopped early" in err
 
 
 def keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path) -> tuple[list[str], dict]:
@@ -369,13 +369,15 @@ def test_a_keep_best_run_trained_further_still_reports_its_best_point(tiny_argv,
     assert log["final"]["step"] == first["final"]["step"] and log["final"]["val"] == first["final"]["val"]
 
 
-def test_resuming_a_keep_best_run_without_its_best_weights_fails_before_training(tiny_argv, corpus_dir, tmp_path):
+def test_resuming_a_keep_best_run_without_its_best_weights_fails_before_training(tiny_argv, corpus_dir, tmp_path,
+                                                                                   capsys):
     argv, first = keep_best_run_stopped_past_its_best(tiny_argv, corpus_dir, tmp_path)
     best = f"{RUN}.best-step{first['final']['step']}.safetensors"
     (tmp_path / "out" / "checkpoints" / best).unlink()  # copied without it
-    result = run_cli([*argv, "--max_steps", "12", "--resume"])
-    error = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and "Traceback" not in result.stderr and error.startswith("error: --keep best")
+    capsys.readouterr()
+    code, err = train_here(capsys, [*argv, "--max_steps", "12", "--resume"])
+    error = err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("error: --keep best")
     assert f"weights (step {first['final']['step']})" in error and best in error
     assert read_log(tmp_path / "out" / f"{RUN}.json") == first  # nothing trained, nothing lost
 

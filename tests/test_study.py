@@ -16,7 +16,7 @@ import pytest
 
 import analyze_results
 import train_simple
-from conftest import ROOT
+from conftest import ROOT, study_command
 from study_file import StudyError, load_study
 
 TINY_TRAIN = """
@@ -63,8 +63,8 @@ def test_a_study_file_drives_runs_and_analysis_and_a_post_hoc_arm_gets_no_verdic
                                                                                  tiny_tokenizer_dir, capsys):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED)
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), "--jobs", "2"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    result = subprocess.run(study_command(folder / "study.toml", "--jobs", "2"), capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in folder.glob("*.json")) == [f"{a}_seed{s}.json" for a in ("gelu", "relu") for s in (1, 2, 3)]
     log = json.loads((folder / "relu_seed1.json").read_text())
@@ -205,9 +205,9 @@ def test_a_study_has_no_search_report(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--report_only is for a search" in err
 
 
-def run_study(folder, *extra):
-    return subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(folder / "study.toml"), *extra],
-                          capture_output=True, text=True, cwd=folder, timeout=600)
+def run_study(folder, *extra, figures: bool = False):
+    return subprocess.run(study_command(folder / "study.toml", *extra, figures=figures), capture_output=True, text=True,
+                          cwd=folder, timeout=600)
 
 
 def git(folder, *args):
@@ -327,7 +327,7 @@ def stop_study_in_its_first_run(path, first, after_step: int, to_group: bool) ->
     """Start the study, and once its first run's log is past ``after_step``, stop it: SIGTERM to the
     study alone (it stops its run), or as a terminal's Ctrl-C, SIGINT to the study and its run at
     once. The study's exit code and stderr."""
-    study = subprocess.Popen([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], cwd=path.parent.parent,
+    study = subprocess.Popen(study_command(path), cwd=path.parent.parent,
                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (first.exists() and json.loads(first.read_text() or "{}").get("progress", {}).get("step", 0) > after_step):
@@ -358,8 +358,7 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
         assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
         assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
         stops.append(stopped["progress"]["step"])
-    result = subprocess.run([sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=600)
+    result = subprocess.run(study_command(path), capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads(first.read_text())
     assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
@@ -389,7 +388,7 @@ def test_a_declared_study_refuses_a_dirty_tree_and_with_allow_dirty_stores_the_c
     with open(code / "metrics.py", "a") as f:  # a real uncommitted change to the code
         f.write("\n# an uncommitted change\n")
     (code / "helper.py").write_text("X = 1\n")  # an untracked file is code too
-    study = [sys.executable, str(code / "study.py"), str(folder / "study.toml")]
+    study = [sys.executable, str(code / "study.py"), str(folder / "study.toml"), "--no_figures"]
     refused = subprocess.run(study, capture_output=True, text=True, cwd=folder, timeout=600)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "uncommitted code changes (helper.py, metrics.py)" in refused.stderr and "--allow_dirty" in refused.stderr
@@ -524,7 +523,7 @@ def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_o
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
     path = folder / "study.toml"
     path.write_text(path.read_text().replace("max_steps = 3", "max_steps = 60\nnum_epochs = 20"))
-    command = [sys.executable, str(ROOT / "study.py"), "--allow_dirty", str(path)]
+    command = study_command(path)
     first = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     log = folder / "relu_seed1.json"
@@ -575,7 +574,7 @@ def test_a_ladder_study_tunes_every_arm_alike_at_every_rung_and_reports_across_t
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", LADDER)
     path = folder / "study.toml"
     path.write_text(path.read_text().replace("d_model = 32\n", ""))  # the rungs set it
-    result = run_study(folder, "--jobs", "2")
+    result = run_study(folder, "--jobs", "2", figures=True)
     assert result.returncode == 0, result.stderr[-3000:]
     rungs = ["d_model32_train_fraction0.5", "d_model32_train_fraction1", "d_model64_train_fraction1"]
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == rungs

@@ -17,7 +17,7 @@ import metrics
 import train_simple
 from training.state import NLLSum
 from training.settings import build_parser, device_defaults
-from conftest import CORPUS_LINES, ROOT, assert_same_run, read_log, run_cli, without_timings
+from conftest import CORPUS_LINES, ROOT, assert_same_run, read_log, run_cli, train_here, without_timings
 from run_log import SCHEMA_VERSION
 
 
@@ -123,7 +123,6 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, t
     assert "non-finite" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -133,17 +132,17 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoint_and_log(tiny_argv, t
         ({"--batch_size": "0"}, "--batch_size must be positive"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tiny_argv, change, message):
+def test_bad_input_is_one_line_and_exit_2(tiny_argv, capsys, change, message):
     argv = tiny_argv()
     for flag, value in change.items():
         if flag in argv:
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
-    result = run_cli(argv)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    code, err = train_here(capsys, argv)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0]
 
 
 @pytest.mark.slow
