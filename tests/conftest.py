@@ -196,6 +196,24 @@ def study_command(path: Path, *extra: str, figures: bool = False) -> list[str]:
             *extra]
 
 
+@pytest.fixture
+def study_here(capfd, monkeypatch):
+    """study.py run in this process, as study_command would run it (from ``cwd``, default ROOT): a
+    CompletedProcess with its exit code and what it and its runs wrote. For the studies no test signals:
+    the fork server their runs are forked from then stays up across this pytest process's tests, so
+    only the first pays for its start (importing torch and transformers, about four seconds)."""
+    import study
+
+    def run(path: Path, *extra: str, figures: bool = False, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        argv = study_command(path, *extra, figures=figures)[2:]
+        monkeypatch.chdir(cwd)
+        capfd.readouterr()
+        code = study.main(argv)
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+    return run
+
+
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "train_simple.py"), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)

@@ -71,9 +71,10 @@ def search_file(tmp_path, corpus_dir, tiny_tokenizer_dir):
     return write
 
 
-def run_study(path, *extra: str, figures: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run(study_command(path, *extra, figures=figures), capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)
+@pytest.fixture
+def run_study(study_here):
+    """The search run to its end in this process (study_here)."""
+    return study_here
 
 
 def study_here(capsys, path, *extra: str) -> tuple[int, str]:
@@ -106,7 +107,7 @@ def trial_arms(path) -> dict[int, str]:
 
 
 @pytest.mark.slow
-def test_a_six_trial_search_with_pruning_completes_and_reports(search_file):
+def test_a_six_trial_search_with_pruning_completes_and_reports(search_file, run_study):
     path = search_file(6)
     result = run_study(path, "--jobs", "2", figures=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -170,7 +171,7 @@ def assert_resumed_once(path, finished: dict[str, str], stale: list[int], storag
 
 
 @pytest.mark.slow
-def test_a_killed_search_on_sqlite_resumes_its_stale_trials_once(search_file):
+def test_a_killed_search_on_sqlite_resumes_its_stale_trials_once(search_file, run_study):
     # an RDB storage has no trial locks: a killed worker's trials are found by their missing heartbeats
     path = search_file(4, heartbeat=3)
     sqlite = f"sqlite:///{path.parent / 'search.db'}"
@@ -236,7 +237,7 @@ def stop_search_with_both_trials_training(path, past: dict[str, int], to_group: 
 
 
 @pytest.mark.slow
-def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file):
+def test_a_stopped_search_checkpoints_its_trials_and_continues_them_from_where_they_stopped(search_file, run_study):
     path = long_trials(search_file(2))
     folder = path.parent / "trials"
     stops: dict[str, list[int]] = {}

@@ -205,9 +205,10 @@ def test_a_study_has_no_search_report(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "--report_only is for a search" in err
 
 
-def run_study(folder, *extra, figures: bool = False):
-    return subprocess.run(study_command(folder / "study.toml", *extra, figures=figures), capture_output=True, text=True,
-                          cwd=folder, timeout=600)
+@pytest.fixture
+def run_study(study_here):
+    """study.py on ``folder``'s study.toml, run from that folder, in this process (study_here)."""
+    return lambda folder, *extra, figures=False: study_here(folder / "study.toml", *extra, figures=figures, cwd=folder)
 
 
 def git(folder, *args):
@@ -217,7 +218,7 @@ def git(folder, *args):
 
 @pytest.mark.slow
 def test_an_uncommitted_study_file_is_recorded_warned_about_and_said_so_in_the_report(tmp_path, corpus_dir,
-                                                                                     tiny_tokenizer_dir):
+                                                                                     tiny_tokenizer_dir, run_study):
     folder = tmp_path / "loose"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN)
     result = run_study(folder)
@@ -231,7 +232,7 @@ def test_an_uncommitted_study_file_is_recorded_warned_about_and_said_so_in_the_r
 
 @pytest.mark.slow
 def test_a_study_committed_before_its_runs_is_pre_registered_until_the_file_changes(tmp_path, corpus_dir,
-                                                                                   tiny_tokenizer_dir):
+                                                                                   tiny_tokenizer_dir, run_study):
     folder = tmp_path / "declared"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN)
     git(folder, "init", "-q")
@@ -268,7 +269,7 @@ lr_multipliers = [0.5, 4, 1e30]
 
 @pytest.mark.slow
 def test_a_study_tunes_each_arms_lr_on_the_selection_split_before_its_final_seeds(tmp_path, corpus_dir,
-                                                                                  tiny_tokenizer_dir):
+                                                                                  tiny_tokenizer_dir, run_study):
     folder = tmp_path / "tuned"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", TUNED)
     listed = run_study(folder, "--list")  # nothing has run: the candidates only, no final run yet
@@ -295,7 +296,7 @@ def test_a_study_tunes_each_arms_lr_on_the_selection_split_before_its_final_seed
 
 @pytest.mark.slow
 def test_a_study_whose_lr_tuning_ran_before_it_was_committed_is_not_pre_registered(tmp_path, corpus_dir,
-                                                                                    tiny_tokenizer_dir):
+                                                                                    tiny_tokenizer_dir, run_study):
     folder = tmp_path / "late"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache",
                 ONE_RUN + "[tuning]\nseed = 7\nlr_multipliers = [0.5, 2]\n")
@@ -504,7 +505,7 @@ def test_every_bad_value_of_a_study_file_is_refused_before_any_run(tmp_path, cor
 
 
 @pytest.mark.slow
-def test_a_run_that_refuses_its_settings_stops_the_study_and_says_which(tmp_path, corpus_dir, tiny_tokenizer_dir):
+def test_a_run_that_refuses_its_settings_stops_the_study_and_says_which(tmp_path, corpus_dir, tiny_tokenizer_dir, run_study):
     # a value only the run itself finds wrong: the training split is not there (data is checked by the run)
     folder = tmp_path / "s"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
@@ -569,7 +570,7 @@ weight_decay = [0.0, 0.1]
 
 @pytest.mark.slow
 def test_a_ladder_study_tunes_every_arm_alike_at_every_rung_and_reports_across_them(tmp_path, corpus_dir,
-                                                                                     tiny_tokenizer_dir):
+                                                                                     tiny_tokenizer_dir, run_study):
     folder = tmp_path / "ladder"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", LADDER)
     path = folder / "study.toml"
