@@ -271,7 +271,7 @@ def train_until_signalled(argv: list[str], log_path: Path, signum: int, at_step:
 def test_a_signal_checkpoints_and_resume_equals_an_uninterrupted_run(tiny_argv, tmp_path):
     """Ctrl-C, then SIGTERM once the run has resumed: each stop checkpoints the step it stopped after and
     exits with the shell's code for its signal, and the twice-resumed run ends as an uninterrupted one."""
-    long_run = ("--num_epochs", "30")
+    long_run = ("--num_epochs", "15")
     log_path, ckpt_path = paths(tmp_path / "stopped")
     stops: list[int] = []
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
@@ -327,7 +327,7 @@ def test_a_run_killed_between_a_new_best_and_its_next_checkpoint_resumes_and_end
 @pytest.mark.slow
 def test_an_interrupted_run_whose_checkpoint_is_gone_starts_again_and_says_why(tiny_argv, tmp_path, capsys):
     """A fresh clone holds a committed `interrupted` log but not its (ignored) checkpoint."""
-    long_run = ("--num_epochs", "30")
+    long_run = ("--num_epochs", "15")
     log_path, ckpt_path = paths(tmp_path)
     train_until_signalled(tiny_argv(tmp_path, *long_run), log_path, signal.SIGTERM)
     stopped_at = read_log(log_path)["progress"]["step"]

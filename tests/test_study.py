@@ -344,7 +344,7 @@ def stop_study_in_its_first_run(path, first, after_step: int, to_group: bool) ->
 
 @pytest.mark.slow
 def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resumes(tmp_path, corpus_dir,
-                                                                                      tiny_tokenizer_dir):
+                                                                                      tiny_tokenizer_dir, study_here):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", DECLARED.replace("[1, 2, 3]", "[1]"))
     path = folder / "study.toml"
@@ -359,7 +359,7 @@ def test_a_stopped_study_checkpoints_its_run_in_flight_starts_no_other_and_resum
         assert stopped["status"] == "interrupted" and (folder / "checkpoints" / "relu_seed1.pt").exists()
         assert sorted(p.name for p in folder.glob("*.json")) == ["relu_seed1.json"]  # no other run started
         stops.append(stopped["progress"]["step"])
-    result = subprocess.run(study_command(path), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    result = study_here(path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads(first.read_text())
     assert resumed["status"] == "complete" and resumed["progress"]["step"] == 40
@@ -519,7 +519,8 @@ def test_a_run_that_refuses_its_settings_stops_the_study_and_says_which(tmp_path
 
 @pytest.mark.slow
 def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_other_failed(tmp_path, corpus_dir,
-                                                                                            tiny_tokenizer_dir):
+                                                                                            tiny_tokenizer_dir,
+                                                                                            study_here):
     folder = tmp_path / "study"
     write_study(folder, corpus_dir, tiny_tokenizer_dir, tmp_path / "cache", ONE_RUN.replace("seeds = [1]", "seeds = [1, 2]"))
     path = folder / "study.toml"
@@ -535,7 +536,7 @@ def test_two_study_processes_on_one_study_share_its_runs_and_neither_calls_the_o
     os.killpg(first.pid, signal.SIGSTOP)  # the first study and its run, paused mid-run: they meet however fast it is
     try:
         assert json.loads(log.read_text())["status"] == "running"
-        second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # a real process
+        second = study_here(path, cwd=tmp_path)  # the second study: this process, its runs forked from it
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     first_err = first.communicate(timeout=600)[1]
