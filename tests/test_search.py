@@ -206,9 +206,11 @@ def test_a_killed_search_resumed_by_two_worker_processes_on_one_journal_runs_no_
 
 
 def long_trials(path):
-    """The search, its trials long enough to be caught training: 40 epochs, no patience, no pruner."""
+    """The search, its trials long enough to be caught training: 40 epochs, no patience, no pruner; and
+    cheap to finish: an evaluation every 20 steps, a log entry every 4 (each rewrites the whole log)."""
     path.write_text(path.read_text().replace("num_epochs = 4", "num_epochs = 40").replace("patience = 3\n", "")
-                    .replace('pruner = "hyperband"', 'pruner = "none"'))
+                    .replace('pruner = "hyperband"', 'pruner = "none"').replace("eval_every = 2\n", "eval_every = 20\n")
+                    .replace("log_every = 1\n", "log_every = 4\n"))
     return path
 
 
